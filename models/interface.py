@@ -1,0 +1,133 @@
+"""The one narrow seam between `models/` and `wsi_pipeline/`: an RGB tile in, nuclei out.
+
+`wsi_pipeline` imports nothing from `models` but this module. It knows that a predictor
+wants uint8 RGB tiles at `predictor.mpp` microns per pixel and answers with a
+`TileNuclei` per tile; everything about prompters, SAM and checkpoints stays behind it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class TileNuclei:
+    """Nuclei found on one tile, stored column-wise so millions of them stay cheap.
+
+    Coordinates are tile pixels, x to the right and y down. `masks[i]` covers
+    `boxes[i]` = (x0, y0, x1, y1) with x1/y1 exclusive, so its shape is (y1-y0, x1-x0).
+    `classes` index into the predictor's `class_names`.
+    """
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    classes: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int16))
+    class_scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    mask_scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int32))
+    masks: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.points = np.asarray(self.points, np.float32).reshape(-1, 2)
+        self.classes = np.asarray(self.classes, np.int16).reshape(-1)
+        self.class_scores = np.asarray(self.class_scores, np.float32).reshape(-1)
+        self.mask_scores = np.asarray(self.mask_scores, np.float32).reshape(-1)
+        self.boxes = np.asarray(self.boxes, np.int32).reshape(-1, 4)
+        n = len(self.points)
+        sizes = {len(self.classes), len(self.class_scores), len(self.mask_scores), len(self.boxes), len(self.masks)}
+        if sizes != {n}:
+            raise ValueError(f"TileNuclei columns disagree in length: points={n}, others={sorted(sizes)}")
+        for m, (x0, y0, x1, y1) in zip(self.masks, self.boxes):
+            if m.shape != (y1 - y0, x1 - x0):
+                raise ValueError(f"mask of shape {m.shape} does not fit its box {(x0, y0, x1, y1)}")
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def select(self, index: np.ndarray | Sequence[int]) -> "TileNuclei":
+        """A subset (boolean mask or integer indices), in the given order."""
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64).reshape(-1)
+        return TileNuclei(
+            points=self.points[idx],
+            classes=self.classes[idx],
+            class_scores=self.class_scores[idx],
+            mask_scores=self.mask_scores[idx],
+            boxes=self.boxes[idx],
+            masks=[self.masks[i] for i in idx],
+        )
+
+    @staticmethod
+    def concatenate(parts: Sequence["TileNuclei"]) -> "TileNuclei":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return TileNuclei()
+        return TileNuclei(
+            points=np.concatenate([p.points for p in parts]),
+            classes=np.concatenate([p.classes for p in parts]),
+            class_scores=np.concatenate([p.class_scores for p in parts]),
+            mask_scores=np.concatenate([p.mask_scores for p in parts]),
+            boxes=np.concatenate([p.boxes for p in parts]),
+            masks=[m for p in parts for m in p.masks],
+        )
+
+    def shifted(self, dx: int, dy: int) -> "TileNuclei":
+        """The same nuclei in a frame whose origin is (-dx, -dy) of this one's."""
+        return TileNuclei(
+            points=self.points + np.array([dx, dy], np.float32),
+            classes=self.classes,
+            class_scores=self.class_scores,
+            mask_scores=self.mask_scores,
+            boxes=self.boxes + np.array([dx, dy, dx, dy], np.int32),
+            masks=self.masks,
+        )
+
+    def label_maps(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Paint an instance label map (1..N) and a class map (class index + 1, 0 = none).
+
+        Masks are painted in ascending mask score, so a higher score wins an overlap
+        (the release's rule). Label i+1 is nucleus i of this object.
+        """
+        h, w = shape
+        inst = np.zeros((h, w), np.int32)
+        cls = np.zeros((h, w), np.int16)
+        for i in np.argsort(self.mask_scores, kind="stable"):
+            x0, y0, x1, y1 = (int(v) for v in self.boxes[i])
+            cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+            if cx0 >= cx1 or cy0 >= cy1:
+                continue
+            m = self.masks[i][cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+            inst[cy0:cy1, cx0:cx1][m] = i + 1
+            cls[cy0:cy1, cx0:cx1][m] = int(self.classes[i]) + 1
+        return inst, cls
+
+
+@runtime_checkable
+class NucleusPredictor(Protocol):
+    """What the whole-slide pipeline needs of a model, and nothing more."""
+
+    mpp: float  # microns per pixel the model was trained at; tiles must come at this scale
+    class_names: tuple[str, ...]
+    class_colors: tuple[tuple[int, int, int], ...]
+    device: str
+
+    def predict(self, tiles: Sequence[np.ndarray]) -> list[TileNuclei]:
+        """Nuclei of each uint8 RGB (H, W, 3) tile; any H, W >= 1."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready facts for run reports: model name, weights file and hash, config."""
+        ...
+
+
+def load_predictor(weights: str | None = None, device: str = "auto", **options: Any) -> NucleusPredictor:
+    """The bundled model (no `weights`) or a checkpoint file, ready to `predict` tiles.
+
+    Imported lazily so that `wsi_pipeline` can import this module without torch.
+    """
+    from .predictor import load_predictor as _load
+
+    return _load(weights=weights, device=device, **options)

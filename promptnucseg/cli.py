@@ -1,0 +1,48 @@
+"""The `promptnucseg` command: one entry point, one subcommand per job.
+
+Each subcommand lives beside the code it drives and exposes `add_arguments(parser, command)`
+and `run(args) -> int` (`args.command` names the subcommand). Those modules keep heavy imports (torch, openslide) inside `run`, so
+`promptnucseg --help` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from . import __version__
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "segment": ("promptnucseg.wsi_pipeline.segment_command", "segment every nucleus in slides or images"),
+    "train-prompter": ("promptnucseg.models.training.commands", "train the point prompter from a YAML config"),
+    "train-segmentor": ("promptnucseg.models.training.commands", "fine-tune the SAM segmentor from a YAML config"),
+    "evaluate": ("promptnucseg.models.evaluation.command", "score a checkpoint on a dataset, or two label-map folders"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptnucseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"promptnucseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(p, name)
+        p.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(args._module)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
