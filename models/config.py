@@ -1,0 +1,149 @@
+"""Dataclass configs for the prompter, the segmentor and training, loaded from YAML.
+
+One YAML file in `configs/` describes a dataset + model size; the defaults here are the
+release's numbers for Kumar (method-notes.md) so a config only states what differs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+
+@dataclass
+class PrompterConfig:
+    backbone: str = "convnext_small"  # any timm name that supports features_only
+    strides: tuple[int, ...] = (4, 8, 16, 32)  # pyramid levels used (4..16 for PanNuke)
+    fpn_channels: int = 256
+    anchor_step: int = 16  # lambda: 16 for Kumar/CPM-17, 8 for PanNuke
+    num_classes: int = 1  # C; the heads predict C + 1 (last = background)
+    dropout: float = 0.1
+    # loss
+    match_distance_weight: float = 0.1  # Hungarian cost = w * L2 - p(class of GT)
+    background_weight: float = 0.2  # CE weight of the background class
+    regression_weight: float = 5e-3
+    aux_mask_weight: float = 1.0
+    focal_gamma: float = 2.0
+    # inference
+    nms_distance: float = 11.0  # px; 12 for PanNuke / CPM-17
+    mask_filter: bool = True  # drop points whose auxiliary foreground logit <= 0
+
+
+@dataclass
+class SegmentorConfig:
+    arch: str = "sam_vit_b"  # a name in models.segmentor.build.SEGMENTOR_REGISTRY
+    init_checkpoint: str | None = None  # official sam_vit_*.pth to fine-tune from (training only)
+    crop_size: int = 256  # SAM runs on crops at native resolution, no resize to 1024
+    num_negatives: int = 1  # K nearest neighbours as negative prompts
+    # light variants only (ignored by the official sam_vit_* archs)
+    embed_dim: int = 256  # prompt/mask-decoder width
+    encoder_name: str = "resnet18"  # timm backbone for the CNN variant
+    encoder_stride: int = 8  # 8 or 16: image-embedding stride of the CNN/ViT variants
+    vit_dim: int = 192
+    vit_depth: int = 4
+    vit_heads: int = 3
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 1024
+    # loss (20 * focal + 1 * dice + 1 * IoU MSE)
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+
+
+@dataclass
+class InferenceConfig:
+    window: int = 256
+    window_overlap: int = 64
+    edge_margin: int = 7  # drop masks within this many px of an inner window edge
+    box_nms_iou: float = 0.3  # 0.5 for CPM-17
+    mask_threshold: float = 0.0  # on logits
+    prompt_batch: int = 256  # prompts decoded together against one embedding
+
+
+@dataclass
+class ModelConfig:
+    name: str = "promptnucseg"
+    mpp: float = 0.25  # microns per pixel the model works at (40x)
+    class_names: tuple[str, ...] = ("nucleus",)
+    class_colors: tuple[tuple[int, int, int], ...] = ((220, 40, 40),)
+    prompter: PrompterConfig = field(default_factory=PrompterConfig)
+    segmentor: SegmentorConfig = field(default_factory=SegmentorConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)  # dataset folders (see models.data.open_dataset)
+    val_names: list[str] = field(default_factory=list)  # images held out of `train` for validation
+    val: list[str] = field(default_factory=list)  # extra validation folders
+    crop_size: int = 256
+    mpp: float | None = None  # resample datasets to the model mpp when they differ (None: as stored)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    steps_per_epoch: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4  # scaled by batch / 8 as in the release
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1
+    ema_decay: float = 0.99
+    lr_drop_epochs: tuple[int, ...] = ()  # step decay x0.1 (segmentor)
+    nuclei_per_crop: int = 25  # Z for the segmentor
+    workers: int = 0
+    seed: int = 0
+    val_every: int = 1
+    max_minutes: float | None = None  # stop cleanly (and checkpoint) after this wall time
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], values: dict[str, Any] | None) -> T:
+    """Build a (nested) dataclass from a dict, refusing unknown keys so typos fail loudly."""
+    values = dict(values or {})
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)} (known: {', '.join(known)})")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        default = getattr(cls(), name) if _has_default(known[name]) else None
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            kwargs[name] = from_dict(type(default), value)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[name] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file. Fix: pass one of the YAML files in configs/")
+    with open(path) as fh:
+        values = yaml.safe_load(fh) or {}
+    try:
+        return from_dict(ExperimentConfig, values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from err

@@ -1,0 +1,100 @@
+"""Prompter pieces on cases whose right answer is known by hand."""
+import numpy as np
+import pytest
+import torch
+
+from promptnucseg.models.config import PrompterConfig
+from promptnucseg.models.prompter import Prompter, select_prompts
+from promptnucseg.models.prompter.losses import PrompterTargets, binary_focal_loss, prompter_loss
+from promptnucseg.models.prompter.matching import match_anchors
+from promptnucseg.models.prompter.network import anchor_grid
+from promptnucseg.models.prompter.postprocess import point_nms
+
+
+def test_anchor_grid_is_offset_by_half_a_step():
+    a = anchor_grid(32, 48, 16)
+    assert a.shape == (2 * 3, 2)
+    assert a[0].tolist() == [8.0, 8.0] and a[-1].tolist() == [40.0, 24.0]
+
+
+def test_hungarian_picks_nearest_when_classes_agree():
+    points = torch.tensor([[0.0, 0.0], [10.0, 0.0], [100.0, 100.0]])
+    logits = torch.zeros(3, 2)  # equal class probabilities: distance decides
+    gt = torch.tensor([[99.0, 99.0], [9.0, 1.0]])
+    ai, gi = match_anchors(points, logits, gt, torch.tensor([0, 0]), 0.1)
+    assert dict(zip(gi.tolist(), ai.tolist())) == {0: 2, 1: 1}
+
+
+def test_hungarian_prefers_confident_anchor_over_slightly_nearer_one():
+    # anchor 0 is 1 px nearer (cost 0.1 less) but its class probability is ~0.0 vs ~1.0
+    points = torch.tensor([[5.0, 0.0], [6.0, 0.0]])
+    logits = torch.tensor([[-10.0, 10.0], [10.0, -10.0]])
+    ai, gi = match_anchors(points, logits, torch.tensor([[5.0, 0.0]]), torch.tensor([0]), 0.1)
+    assert ai.tolist() == [1]
+
+
+def test_matching_with_no_ground_truth():
+    ai, gi = match_anchors(torch.zeros(4, 2), torch.zeros(4, 2), torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), 0.1)
+    assert len(ai) == len(gi) == 0
+
+
+def test_focal_loss_is_small_for_confident_right_answers_and_large_for_wrong():
+    target = torch.tensor([1.0, 0.0])
+    right = binary_focal_loss(torch.tensor([8.0, -8.0]), target)
+    wrong = binary_focal_loss(torch.tensor([-8.0, 8.0]), target)
+    assert right < 1e-6 < 1.0 < wrong
+
+
+def test_point_nms_keeps_best_in_each_cluster():
+    pts = np.array([[0, 0], [5, 0], [30, 0], [31, 0], [60, 60]], np.float32)
+    scores = np.array([0.5, 0.9, 0.8, 0.3, 0.1], np.float32)
+    assert sorted(point_nms(pts, scores, 11.0).tolist()) == [1, 2, 4]
+
+
+def test_select_prompts_drops_background_outside_and_mask_filtered_points():
+    points = torch.tensor([[4.0, 4.0], [20.0, 4.0], [40.0, 4.0], [-3.0, 4.0]])
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0], [5.0, 0.0]])  # anchor 1 is background
+    mask = torch.full((32, 48), 5.0)
+    mask[:, 36:] = -5.0  # the foreground head says anchor 2 sits on background
+    p = select_prompts(points, logits, mask, (32, 48), 11.0)
+    assert p.points.tolist() == [[4.0, 4.0]]
+    p_nofilter = select_prompts(points, logits, None, (32, 48), 11.0)
+    assert len(p_nofilter.points) == 2
+
+
+@pytest.fixture(scope="module")
+def small_prompter():
+    torch.manual_seed(0)
+    return Prompter(PrompterConfig(backbone="resnet18", fpn_channels=32))
+
+
+def test_prompter_shapes_and_padding(small_prompter):
+    x = small_prompter.normalize(torch.randint(0, 255, (2, 3, 70, 50)).float())
+    assert x.shape[-2:] == (96, 64)  # padded to a multiple of lcm(16, 32)
+    out = small_prompter(x)
+    assert out.points.shape == (2, 6 * 4, 2) and out.logits.shape == (2, 24, 2)
+    assert out.mask_logits.shape == (2, 1, 96, 64)
+
+
+def test_prompter_loss_falls_when_fitting_one_batch(small_prompter):
+    torch.manual_seed(0)
+    model = small_prompter.train()
+    x = model.normalize(torch.randint(0, 255, (2, 3, 64, 64)).float())
+    gt = [torch.tensor([[10.0, 12.0], [40.0, 50.0]]), torch.tensor([[30.0, 30.0]])]
+    fg = torch.zeros(2, 1, 64, 64)
+    fg[0, :, 5:20, 5:20] = 1
+    targets = PrompterTargets(gt, [torch.zeros(2, dtype=torch.long), torch.zeros(1, dtype=torch.long)], fg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        loss = prompter_loss(model(x), targets, model.config)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_unknown_stride_is_refused():
+    with pytest.raises(ValueError, match="stride"):
+        Prompter(PrompterConfig(backbone="resnet18", strides=(8, 16)))
