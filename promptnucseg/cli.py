@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("promptnucseg.wsi_pipeline.segment_command", "segment every nucleus in slides or images"),
     "train-prompter": ("promptnucseg.models.training.commands", "train the point prompter from a YAML config"),
     "train-segmentor": ("promptnucseg.models.training.commands", "fine-tune the SAM segmentor from a YAML config"),
+    "export-model": ("promptnucseg.models.bundle", "bundle a trained prompter + segmentor into one model file"),
     "evaluate": ("promptnucseg.models.evaluation.command", "score a checkpoint on a dataset, or two label-map folders"),
 }
 

@@ -1,0 +1,59 @@
+"""`promptnucseg export-model`: one file with both trained networks, ready to ship or share.
+
+Takes the best prompter and segmentor checkpoints, keeps only their weights (fp16 by
+default: half the size, the predictor loads them back as fp32) and the model config, and
+records the validation metrics the caller measured, for the model card.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def bundle_model(prompter_path: str | Path, segmentor_path: str | Path, out: str | Path, half: bool = True, metrics: dict[str, Any] | None = None) -> Path:
+    from .checkpoints import expect_kind, half_state, read_checkpoint, save_checkpoint
+    from .config import ModelConfig, from_dict, to_dict
+
+    p_ckpt = read_checkpoint(prompter_path)
+    expect_kind(prompter_path, p_ckpt, ("prompter",))
+    s_ckpt = read_checkpoint(segmentor_path)
+    expect_kind(segmentor_path, s_ckpt, ("segmentor",))
+    config = from_dict(ModelConfig, p_ckpt["config"]["model"])
+    config.segmentor = from_dict(type(config.segmentor), s_ckpt["config"]["model"]["segmentor"])
+    config.segmentor.init_checkpoint = None
+    conv = half_state if half else dict
+    save_checkpoint(
+        out,
+        {
+            "kind": "model",
+            "config": to_dict(config),
+            "prompter": conv(p_ckpt["state_dict"]),
+            "segmentor": conv(s_ckpt["state_dict"]),
+            "metrics": {"prompter": p_ckpt.get("metrics", {}), "segmentor": s_ckpt.get("metrics", {}), **(metrics or {})},
+        },
+    )
+    return Path(out)
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--prompter", required=True, help="prompter checkpoint (train-prompter's best.pt)")
+    parser.add_argument("--segmentor", required=True, help="segmentor checkpoint (train-segmentor's best.pt)")
+    parser.add_argument("--out", required=True, help="output model file (.pt)")
+    parser.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16)")
+    parser.add_argument("--metrics", help="JSON file of validation metrics to record in the bundle")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError
+
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+    try:
+        out = bundle_model(args.prompter, args.segmentor, args.out, half=not args.fp32, metrics=metrics)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0

@@ -1,0 +1,293 @@
+"""The predictor: an RGB tile in, its nuclei out (prompter -> SAM segmentor -> merge).
+
+Tiles of any size work: the prompter sees the whole tile at once; the segmentor runs on
+256-px windows overlapping by 64 (the last one flush with the edge). A prompt is decoded
+in every window that holds it; masks within 7 px of an inner window edge are dropped,
+each prompt keeps its best-scoring mask, box NMS removes double prompts, and masks are
+painted in ascending score so a higher score wins overlaps (the release's merge rule).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torchvision.ops import nms
+
+from .checkpoints import CheckpointError, expect_kind, file_sha256, float_state, read_checkpoint
+from .devices import resolve_device
+from .config import ModelConfig, SegmentorConfig, from_dict, to_dict
+from .interface import TileNuclei
+from .prompter import Prompter, select_prompts
+from .prompter.postprocess import Prompts
+from .segmentor import Segmentor, assemble_prompts, build_segmentor, knn_negatives
+from .segmentor.official import is_official_sam_state, load_official_sam, official_arch
+
+BUNDLED_WEIGHTS = Path(__file__).parent / "weights" / "promptnucseg_light_kumar.pt"
+
+
+def window_starts(length: int, window: int, overlap: int) -> list[int]:
+    """Window origins covering [0, length): stride window - overlap, last one flush with the end."""
+    if length <= window:
+        return [0]
+    stride = window - overlap
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+@dataclass
+class _Candidate:
+    prompt: int
+    score: float
+    logits: torch.Tensor  # (S, S) window logits
+    origin: tuple[int, int]  # window (x0, y0) in tile pixels
+
+
+class PromptNucSegPredictor:
+    """Implements `models.interface.NucleusPredictor` for a prompter + segmentor pair."""
+
+    def __init__(self, prompter: Prompter, segmentor: Segmentor, config: ModelConfig, device: str | torch.device = "cpu", source: dict[str, Any] | None = None, batch_size: int = 8) -> None:
+        self.config = config
+        self.torch_device = torch.device(device)
+        self.prompter = prompter.to(self.torch_device).eval()
+        self.segmentor = segmentor.to(self.torch_device).eval()
+        self.mpp = float(config.mpp)
+        self.class_names = tuple(config.class_names)
+        self.class_colors = tuple(tuple(int(v) for v in c) for c in config.class_colors)
+        self.device = str(self.torch_device)
+        self.batch_size = batch_size
+        self.source = dict(source or {})
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.config.name, "mpp": self.mpp, "class_names": list(self.class_names), "device": self.device, **self.source, "config": to_dict(self.config)}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.torch_device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def predict(self, tiles: Sequence[np.ndarray]) -> list[TileNuclei]:
+        for t in tiles:
+            check_tile(t)
+        with self._autocast():
+            prompts = self._prompts(tiles)
+            return [self._segment(tile, p) for tile, p in zip(tiles, prompts)]
+
+    # -- prompter ------------------------------------------------------------------------
+    def _prompts(self, tiles: Sequence[np.ndarray]) -> list[Prompts]:
+        out: list[Prompts | None] = [None] * len(tiles)
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, t in enumerate(tiles):
+            by_shape.setdefault(t.shape[:2], []).append(i)
+        cfg = self.prompter.config
+        for (h, w), idx in by_shape.items():
+            for chunk in _chunks(idx, self.batch_size):
+                x = torch.from_numpy(np.stack([tiles[i] for i in chunk])).permute(0, 3, 1, 2).to(self.torch_device)
+                res = self.prompter(self.prompter.normalize(x))
+                for j, i in enumerate(chunk):
+                    mask = res.mask_logits[j, 0, :h, :w].float() if cfg.mask_filter else None
+                    out[i] = select_prompts(res.points[j].float(), res.logits[j].float(), mask, (h, w), cfg.nms_distance)
+        return out  # type: ignore[return-value]
+
+    # -- segmentor -----------------------------------------------------------------------
+    def _segment(self, tile: np.ndarray, prompts: Prompts) -> TileNuclei:
+        if len(prompts.points) == 0:
+            return TileNuclei()
+        icfg = self.config.inference
+        size = self.segmentor.crop_size
+        h, w = tile.shape[:2]
+        k = self.segmentor.config.num_negatives
+        negatives = knn_negatives(prompts.points, k)
+        coords_all, labels_all = assemble_prompts(prompts.points, prompts.points, negatives)
+        windows = [(x0, y0) for y0 in window_starts(h, size, icfg.window_overlap) for x0 in window_starts(w, size, icfg.window_overlap)]
+        best: dict[int, _Candidate] = {}
+        fallback: dict[int, _Candidate] = {}
+        for chunk in _chunks(windows, self.batch_size):
+            crops = np.stack([_window(tile, x0, y0, size) for x0, y0 in chunk])
+            emb = self.segmentor.embed(torch.from_numpy(crops).permute(0, 3, 1, 2).to(self.torch_device))
+            for j, (x0, y0) in enumerate(chunk):
+                inside = np.flatnonzero(
+                    (prompts.points[:, 0] >= x0) & (prompts.points[:, 0] < x0 + size) & (prompts.points[:, 1] >= y0) & (prompts.points[:, 1] < y0 + size)
+                )
+                inner = (x0 > 0, y0 > 0, x0 + size < w, y0 + size < h)  # left, top, right, bottom edges inside the tile
+                for part in _chunks(list(inside), icfg.prompt_batch):
+                    coords = torch.from_numpy(coords_all[part] - np.array([x0, y0], np.float32)).to(self.torch_device)
+                    labels = torch.from_numpy(labels_all[part]).to(self.torch_device)
+                    logits, iou = self.segmentor.decode(emb[j : j + 1], coords, labels)
+                    logits, iou = logits.float(), iou.float()
+                    touching = _touches_inner_edge(logits > icfg.mask_threshold, inner, icfg.edge_margin)
+                    for n, p in enumerate(part):
+                        cand = _Candidate(int(p), float(iou[n]), logits[n], (x0, y0))
+                        pool = fallback if touching[n] else best
+                        if p not in pool or cand.score > pool[p].score:
+                            pool[p] = cand
+        for p, cand in fallback.items():  # a nucleus cut by every window it is in: keep its best try
+            best.setdefault(p, cand)
+        return self._merge(best, prompts, (h, w))
+
+    def _merge(self, cands: dict[int, _Candidate], prompts: Prompts, shape: tuple[int, int]) -> TileNuclei:
+        icfg = self.config.inference
+        h, w = shape
+        order = sorted(cands)
+        masks, boxes, scores = [], [], []
+        keep_prompt = []
+        for p in order:
+            c = cands[p]
+            m = (c.logits > icfg.mask_threshold).cpu().numpy()
+            x0, y0 = c.origin
+            m = m[: min(m.shape[0], h - y0), : min(m.shape[1], w - x0)]  # drop the padding of small tiles
+            ys, xs = np.nonzero(m)
+            if len(ys) == 0:
+                continue
+            bx0, by0, bx1, by1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+            masks.append(m[by0:by1, bx0:bx1])
+            boxes.append((bx0 + x0, by0 + y0, bx1 + x0, by1 + y0))
+            scores.append(c.score)
+            keep_prompt.append(p)
+        if not masks:
+            return TileNuclei()
+        boxes_t = torch.tensor(boxes, dtype=torch.float32)
+        kept = nms(boxes_t, torch.tensor(scores, dtype=torch.float32), icfg.box_nms_iou).numpy()
+        kept = np.sort(kept)
+        raw = TileNuclei(
+            points=prompts.points[[keep_prompt[i] for i in kept]],
+            classes=prompts.classes[[keep_prompt[i] for i in kept]],
+            class_scores=prompts.scores[[keep_prompt[i] for i in kept]],
+            mask_scores=np.asarray(scores, np.float32)[kept],
+            boxes=np.asarray(boxes, np.int32)[kept],
+            masks=[masks[i] for i in kept],
+        )
+        return exclusive_masks(raw, shape)
+
+
+def exclusive_masks(nuclei: TileNuclei, shape: tuple[int, int]) -> TileNuclei:
+    """Give each pixel to the highest-scoring mask that claims it; drop nuclei left empty.
+
+    This is the release's painting rule, applied to the per-nucleus masks so that what a
+    caller gets (polygons, label maps) agrees with the painted label map.
+    """
+    inst, _ = nuclei.label_maps(shape)
+    keep, masks, boxes = [], [], []
+    for i in range(len(nuclei)):
+        x0, y0, x1, y1 = (int(v) for v in nuclei.boxes[i])
+        own = inst[y0:y1, x0:x1] == i + 1
+        ys, xs = np.nonzero(own)
+        if len(ys) == 0:
+            continue
+        keep.append(i)
+        masks.append(own[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+        boxes.append((x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1))
+    out = nuclei.select(np.asarray(keep, np.int64))
+    out.masks = masks
+    out.boxes = np.asarray(boxes, np.int32).reshape(-1, 4)
+    return out
+
+
+def _touches_inner_edge(masks: torch.Tensor, inner: tuple[bool, bool, bool, bool], margin: int) -> np.ndarray:
+    """(P,) whether each (P, S, S) mask has pixels within `margin` px of an inner window edge."""
+    left, top, right, bottom = inner
+    hit = torch.zeros(masks.shape[0], dtype=torch.bool, device=masks.device)
+    if left:
+        hit |= masks[:, :, :margin].flatten(1).any(1)
+    if right:
+        hit |= masks[:, :, -margin:].flatten(1).any(1)
+    if top:
+        hit |= masks[:, :margin, :].flatten(1).any(1)
+    if bottom:
+        hit |= masks[:, -margin:, :].flatten(1).any(1)
+    return hit.cpu().numpy()
+
+
+def _window(tile: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
+    crop = tile[y0 : y0 + size, x0 : x0 + size]
+    if crop.shape[:2] == (size, size):
+        return crop
+    out = np.full((size, size, 3), 255, np.uint8)  # small tiles: pad with white (glass)
+    out[: crop.shape[0], : crop.shape[1]] = crop
+    return out
+
+
+def _chunks(items: Sequence, n: int) -> list:
+    return [items[i : i + n] for i in range(0, len(items), max(n, 1))]
+
+
+def check_tile(tile: np.ndarray) -> None:
+    if not isinstance(tile, np.ndarray) or tile.dtype != np.uint8 or tile.ndim != 3 or tile.shape[2] != 3:
+        desc = f"{tile.dtype} array of shape {tile.shape}" if isinstance(tile, np.ndarray) else type(tile).__name__
+        raise ValueError(f"tiles must be uint8 RGB arrays (H, W, 3), got {desc}; convert grayscale/RGBA to RGB first")
+    if tile.shape[0] < 1 or tile.shape[1] < 1:
+        raise ValueError(f"empty tile of shape {tile.shape}")
+
+
+# -- loading -------------------------------------------------------------------------------
+
+def _load_bundle(path: Path) -> tuple[Prompter, Segmentor, ModelConfig, dict]:
+    ckpt = read_checkpoint(path)
+    expect_kind(path, ckpt, ("model",))
+    config = from_dict(ModelConfig, ckpt["config"])
+    prompter = Prompter(config.prompter)
+    segmentor = build_segmentor(config.segmentor)
+    try:
+        prompter.load_state_dict(float_state(ckpt["prompter"]))
+        segmentor.load_state_dict(float_state(ckpt["segmentor"]))
+    except RuntimeError as err:
+        raise CheckpointError(path, f"weights do not fit the config stored with them ({str(err).splitlines()[0]})", "re-export the model with `promptnucseg export-model`") from err
+    return prompter, segmentor, config, ckpt.get("metrics", {})
+
+
+def load_predictor(weights: str | Path | None = None, device: str = "auto", prompter_weights: str | Path | None = None, batch_size: int = 8) -> PromptNucSegPredictor:
+    """A ready predictor.
+
+    - no `weights`: the model bundled in the package;
+    - a promptnucseg `model` file (from `export-model`): both networks from it;
+    - an official SAM checkpoint (sam_vit_b/l/h) or a promptnucseg `segmentor` file: that
+      segmentor with the bundled prompter (or `prompter_weights`).
+    """
+    dev = resolve_device(device)
+    path = Path(weights) if weights is not None else BUNDLED_WEIGHTS
+    if weights is None and not path.is_file():
+        raise CheckpointError(path, "the bundled model is missing from this installation", "reinstall promptnucseg, or pass --weights")
+    ckpt = read_checkpoint(path)
+    source: dict[str, Any] = {"weights": str(path), "weights_sha256": file_sha256(path)}
+    if ckpt.get("format") == "promptnucseg" and ckpt.get("kind") == "model":
+        prompter, segmentor, config, metrics = _load_bundle(path)
+        source["metrics"] = metrics
+    elif is_official_sam_state(ckpt) or (ckpt.get("format") == "promptnucseg" and ckpt.get("kind") == "segmentor"):
+        base = Path(prompter_weights) if prompter_weights else BUNDLED_WEIGHTS
+        prompter, config = _load_prompter(base)
+        if is_official_sam_state(ckpt):
+            seg_cfg = SegmentorConfig(arch=official_arch(ckpt), crop_size=config.segmentor.crop_size, num_negatives=config.segmentor.num_negatives)
+            segmentor = build_segmentor(seg_cfg)
+            try:
+                load_official_sam(segmentor, ckpt)
+            except ValueError as err:
+                raise CheckpointError(path, str(err), "pass an unmodified sam_vit_b/l/h checkpoint") from err
+        else:
+            seg_cfg = from_dict(SegmentorConfig, ckpt["config"]["model"]["segmentor"])
+            segmentor = build_segmentor(seg_cfg)
+            segmentor.load_state_dict(float_state(ckpt["state_dict"]))
+        config.segmentor = seg_cfg
+        source["prompter_weights"] = str(base)
+    elif ckpt.get("format") == "promptnucseg" and ckpt.get("kind") == "prompter":
+        raise CheckpointError(path, "is a prompter alone", "pass it as --prompter-weights together with --weights SEGMENTOR_OR_SAM.pth, or export both with `promptnucseg export-model`")
+    else:
+        raise CheckpointError(path, "is neither a promptnucseg model nor an official SAM checkpoint", "pass the bundled default (no --weights), a file from `promptnucseg export-model`, or sam_vit_b/l/h")
+    return PromptNucSegPredictor(prompter, segmentor, config, dev, source, batch_size=batch_size)
+
+
+def _load_prompter(path: Path) -> tuple[Prompter, ModelConfig]:
+    """The prompter (and model config) of a `model` bundle or of a `prompter` checkpoint."""
+    ckpt = read_checkpoint(path)
+    expect_kind(path, ckpt, ("model", "prompter"))
+    if ckpt["kind"] == "model":
+        prompter, _, config, _ = _load_bundle(path)
+        return prompter, config
+    config = from_dict(ModelConfig, ckpt["config"]["model"])
+    prompter = Prompter(config.prompter)
+    prompter.load_state_dict(float_state(ckpt["state_dict"]))
+    return prompter, config

@@ -1,0 +1,1 @@
+"""Training the prompter and the segmentor (CPU or CUDA, same code)."""

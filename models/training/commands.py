@@ -1,0 +1,75 @@
+"""`promptnucseg train-prompter` and `promptnucseg train-segmentor`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
+    parser.add_argument("--out", required=True, help="run folder: last.pt, best.pt, metrics.jsonl")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--data", nargs="+", help="override data.train: dataset folders")
+    parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument("--steps-per-epoch", type=int, help="override train.steps_per_epoch")
+    parser.add_argument("--batch-size", type=int, help="override train.batch_size")
+    parser.add_argument("--max-minutes", type=float, help="stop cleanly after this wall time (checkpoint kept)")
+    parser.add_argument("--seed", type=int, help="override train.seed")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..checkpoints import CheckpointError
+    from ..config import load_experiment
+    from ..prompter import Prompter
+    from ..segmentor import build_segmentor
+    from ..segmentor.official import init_from_official
+    from .data import load_split
+    from ..devices import resolve_device
+    from .loop import seed_everything, train
+    from .tasks import PrompterTask, SegmentorTask
+
+    try:
+        cfg = load_experiment(args.config)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for attr, value in (("epochs", args.epochs), ("steps_per_epoch", args.steps_per_epoch), ("batch_size", args.batch_size), ("max_minutes", args.max_minutes), ("seed", args.seed)):
+        if value is not None:
+            setattr(cfg.train, attr, value)
+    if args.data:
+        cfg.data.train = list(args.data)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+        train_samples, val_samples = load_split(cfg.data)
+    except (RuntimeError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    seed_everything(cfg.train.seed)
+    if args.command == "train-prompter":
+        task = PrompterTask(Prompter(cfg.model.prompter), cfg, train_samples, val_samples)
+    else:
+        segmentor = build_segmentor(cfg.model.segmentor)
+        if cfg.model.segmentor.init_checkpoint and not args.resume:
+            try:
+                init_from_official(segmentor, cfg.model.segmentor.init_checkpoint)
+            except CheckpointError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+        task = SegmentorTask(segmentor, cfg, train_samples, val_samples)
+    print(f"{args.command}: {len(train_samples)} training / {len(val_samples)} validation images on {device}", file=sys.stderr)
+    try:
+        result = train(task, cfg, Path(args.out), device, resume=args.resume, progress=not args.no_progress)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": str(result.out_dir), "epochs": result.epochs_done, "best_score": result.best_score}))
+    return 0

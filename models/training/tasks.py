@@ -1,0 +1,125 @@
+"""The network-specific halves of training: batches, losses and validation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ExperimentConfig
+from ..data.datasets import NucleusSample, instance_points
+from ..prompter import Prompter, select_prompts
+from ..prompter.losses import PrompterTargets, prompter_loss
+from ..segmentor import Segmentor, assemble_prompts, knn_negatives
+from ..segmentor.losses import mask_iou, segmentor_loss
+from .augment import AugmentConfig
+from .sampling import interior_points, make_crop, sample_nuclei
+
+
+def _to_tensor_images(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+@dataclass
+class PrompterTask:
+    model: Prompter
+    config: ExperimentConfig
+    train_samples: list[NucleusSample]
+    val_samples: list[NucleusSample]
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    kind: str = "prompter"
+    use_ema: bool = True
+
+    def batch_loss(self, rng: np.random.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+        size = self.config.data.crop_size
+        crops = [make_crop(self.train_samples[int(rng.integers(len(self.train_samples)))], size, rng, self.augment) for _ in range(self.config.train.batch_size)]
+        x = self.model.normalize(_to_tensor_images([c.image for c in crops], device))
+        fg = np.zeros((len(crops), 1, *x.shape[-2:]), np.float32)
+        for i, c in enumerate(crops):
+            fg[i, 0, :size, :size] = c.instances > 0
+        targets = PrompterTargets(
+            points=[torch.from_numpy(c.centroids).to(device) for c in crops],
+            classes=[torch.from_numpy(c.classes).to(device) for c in crops],
+            foreground=torch.from_numpy(fg).to(device),
+        )
+        return prompter_loss(self.model(x), targets, self.model.config)
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Detection F1 (12 px) of prompts vs GT centroids over the validation images."""
+        from ..evaluation.metrics import detection_scores
+
+        tp = fp = fn = 0
+        for s in self.val_samples:
+            h, w = s.instances.shape
+            out = model(model.normalize(_to_tensor_images([s.image], device)))
+            prompts = select_prompts(out.points[0], out.logits[0], out.mask_logits[0, 0] if model.config.mask_filter else None, (h, w), model.config.nms_distance)
+            ids, gt = instance_points(s.instances)
+            gt_cls = np.array([(s.instance_classes or {}).get(int(i), 0) for i in ids], np.int64)
+            counts = detection_scores(gt, gt_cls, prompts.points, prompts.classes, prompts.scores, radius=12.0)
+            tp, fp, fn = tp + counts.tp, fp + counts.fp, fn + counts.fn
+        f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+        return {"score": f1, "det_f1": f1, "det_precision": tp / max(tp + fp, 1), "det_recall": tp / max(tp + fn, 1)}
+
+
+@dataclass
+class SegmentorTask:
+    model: Segmentor
+    config: ExperimentConfig
+    train_samples: list[NucleusSample]
+    val_samples: list[NucleusSample]
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    kind: str = "segmentor"
+    use_ema: bool = False
+
+    def __post_init__(self) -> None:
+        for p in self.model.prompt_encoder.parameters():  # the release freezes only the prompt encoder
+            p.requires_grad_(False)
+
+    def batch_loss(self, rng: np.random.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+        size = self.model.crop_size
+        k = self.model.config.num_negatives
+        z = self.config.train.nuclei_per_crop
+        crops = [make_crop(self.train_samples[int(rng.integers(len(self.train_samples)))], size, rng, self.augment) for _ in range(self.config.train.batch_size)]
+        embeddings = self.model.embed(_to_tensor_images([c.image for c in crops], device))
+        logits, ious, targets = [], [], []
+        for i, c in enumerate(crops):
+            chosen = sample_nuclei(c, z, rng)
+            if len(chosen) == 0:
+                continue
+            interior = interior_points(c.instances, c.ids, rng)  # one random inside point per nucleus
+            neg = knn_negatives(c.centroids, k)[chosen]
+            coords, labels = assemble_prompts(interior[chosen], interior, neg)
+            lg, iou = self.model.decode(embeddings[i : i + 1], torch.from_numpy(coords).to(device), torch.from_numpy(labels).to(device))
+            logits.append(lg)
+            ious.append(iou)
+            targets.append(torch.from_numpy(c.instances[None] == c.ids[chosen][:, None, None]).to(device))
+        if not logits:  # a batch of empty crops: a zero loss that still touches the graph
+            return {"loss": embeddings.sum() * 0.0}
+        return segmentor_loss(torch.cat(logits), torch.cat(ious), torch.cat(targets).float(), self.model.config)
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Mean mask IoU with centroid prompts (the 'oracle' setting) on fixed validation crops."""
+        size = model.crop_size
+        k = model.config.num_negatives
+        ious = []
+        for s in self.val_samples:
+            h, w = s.instances.shape
+            for y0 in range(0, max(h - size, 0) + 1, size):
+                for x0 in range(0, max(w - size, 0) + 1, size):
+                    img = s.image[y0 : y0 + size, x0 : x0 + size]
+                    inst = s.instances[y0 : y0 + size, x0 : x0 + size]
+                    if img.shape[:2] != (size, size):
+                        continue
+                    ids, cents = instance_points(inst)
+                    if len(ids) == 0:
+                        continue
+                    coords, labels = assemble_prompts(cents, cents, knn_negatives(cents, k))
+                    emb = model.embed(_to_tensor_images([img], device))
+                    lg, _ = model.decode(emb, torch.from_numpy(coords).to(device), torch.from_numpy(labels).to(device))
+                    target = torch.from_numpy(inst[None] == ids[:, None, None]).to(device).float()
+                    ious.append(mask_iou(lg, target).cpu())
+        miou = float(torch.cat(ious).mean()) if ious else 0.0
+        return {"score": miou, "oracle_miou": miou}
