@@ -1,0 +1,107 @@
+"""Predictor: windows, merge rule, tile checks, and model files (bundle round trip, wrong files)."""
+import numpy as np
+import pytest
+import torch
+
+from promptnucseg.models.checkpoints import CheckpointError, save_checkpoint
+from promptnucseg.models.config import ModelConfig, PrompterConfig, SegmentorConfig, to_dict
+from promptnucseg.models.interface import NucleusPredictor, TileNuclei
+from promptnucseg.models.predictor import PromptNucSegPredictor, check_tile, exclusive_masks, load_predictor, window_starts
+from promptnucseg.models.prompter import Prompter
+from promptnucseg.models.segmentor import build_segmentor
+from promptnucseg.models.bundle import bundle_model
+
+
+def test_window_starts_cover_and_end_flush():
+    assert window_starts(100, 256, 64) == [0]
+    assert window_starts(256, 256, 64) == [0]
+    assert window_starts(500, 256, 64) == [0, 192, 244]
+    assert window_starts(1000, 256, 64) == [0, 192, 384, 576, 744]
+
+
+def test_exclusive_masks_give_overlaps_to_the_higher_score():
+    a = np.ones((4, 4), bool)
+    nuclei = TileNuclei(points=[[1, 1], [4, 4]], classes=[0, 0], class_scores=[0.9, 0.9], mask_scores=[0.5, 0.8], boxes=[[0, 0, 4, 4], [2, 2, 6, 6]], masks=[a, a])
+    out = exclusive_masks(nuclei, (8, 8))
+    assert len(out) == 2
+    assert out.masks[1].sum() == 16  # the higher score keeps everything
+    assert out.masks[0].sum() == 16 - 4  # the lower one loses the 2x2 overlap
+    inst, _ = out.label_maps((8, 8))
+    assert (inst == 1).sum() == 12 and (inst == 2).sum() == 16
+    # a mask entirely covered by a better one disappears
+    covered = TileNuclei(points=[[1, 1], [1, 1]], classes=[0, 0], class_scores=[1, 1], mask_scores=[0.1, 0.9], boxes=[[0, 0, 4, 4], [0, 0, 4, 4]], masks=[a, a])
+    assert len(exclusive_masks(covered, (8, 8))) == 1
+
+
+@pytest.mark.parametrize("bad", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8), np.zeros((8, 8, 3), np.float32), np.zeros((0, 8, 3), np.uint8)])
+def test_bad_tiles_are_refused_with_the_fix(bad):
+    with pytest.raises(ValueError, match="RGB|empty"):
+        check_tile(bad)
+
+
+def _tiny_config() -> ModelConfig:
+    return ModelConfig(
+        prompter=PrompterConfig(backbone="resnet18", fpn_channels=32, mask_filter=False),
+        segmentor=SegmentorConfig(arch="sam_cnn_light", embed_dim=32, decoder_mlp_dim=64, encoder_stride=16),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_predictor():
+    torch.manual_seed(0)
+    cfg = _tiny_config()
+    prompter = Prompter(cfg.prompter)
+    with torch.no_grad():  # an untrained prompter says "background" everywhere; make it say "nucleus"
+        prompter.class_head[-1].bias[:] = torch.tensor([3.0, -3.0])
+    return PromptNucSegPredictor(prompter, build_segmentor(cfg.segmentor), cfg, "cpu")
+
+
+def test_predictor_meets_the_interface_for_any_tile_size(tiny_predictor):
+    assert isinstance(tiny_predictor, NucleusPredictor)
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(0, 255, s + (3,), dtype=np.uint8) for s in [(1, 1), (37, 300), (256, 256), (300, 520)]]
+    outs = tiny_predictor.predict(tiles)
+    assert len(outs) == 4
+    for tile, out in zip(tiles, outs):
+        h, w = tile.shape[:2]
+        assert isinstance(out, TileNuclei)
+        if len(out):
+            assert (out.boxes[:, [0, 1]] >= 0).all() and (out.boxes[:, 2] <= w).all() and (out.boxes[:, 3] <= h).all()
+            inst, cls = out.label_maps((h, w))
+            assert inst.max() == len(out)  # masks are exclusive: every nucleus keeps pixels
+            assert set(np.unique(cls)) <= {0, 1}
+    assert len(outs[3]) > 0  # windows were decoded on the large tile
+
+
+def test_bundle_round_trip_gives_identical_nuclei(tmp_path, tiny_predictor):
+    cfg = tiny_predictor.config
+    base = {"config": {"model": to_dict(cfg)}}
+    save_checkpoint(tmp_path / "p.pt", {"kind": "prompter", "state_dict": tiny_predictor.prompter.state_dict(), **base})
+    save_checkpoint(tmp_path / "s.pt", {"kind": "segmentor", "state_dict": tiny_predictor.segmentor.state_dict(), **base})
+    bundle_model(tmp_path / "p.pt", tmp_path / "s.pt", tmp_path / "model.pt", half=False)
+    loaded = load_predictor(tmp_path / "model.pt", device="cpu")
+    tile = np.random.default_rng(1).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    a, b = tiny_predictor.predict([tile])[0], loaded.predict([tile])[0]
+    assert len(a) == len(b) > 0
+    np.testing.assert_allclose(a.points, b.points)
+    assert all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks))
+    assert loaded.describe()["weights_sha256"]
+    # a prompter alone is not a model: the error says what to pass
+    with pytest.raises(CheckpointError, match="prompter alone"):
+        load_predictor(tmp_path / "p.pt", device="cpu")
+    # a segmentor checkpoint of ours combines with a given prompter
+    combo = load_predictor(tmp_path / "s.pt", device="cpu", prompter_weights=tmp_path / "p.pt")
+    assert len(combo.predict([tile])[0]) == len(a)
+
+
+def test_foreign_and_truncated_weights_are_refused(tmp_path):
+    foreign = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, foreign)
+    with pytest.raises(CheckpointError, match="neither a promptnucseg model nor an official SAM"):
+        load_predictor(foreign, device="cpu")
+    good = tmp_path / "ok.pt"
+    save_checkpoint(good, {"kind": "model", "config": {}, "prompter": {}, "segmentor": {}})
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt: not a readable PyTorch checkpoint"):
+        load_predictor(truncated, device="cpu")
