@@ -1,0 +1,54 @@
+"""The tile grid covers the region, keeps alignment, and its cores partition the plane."""
+import numpy as np
+import pytest
+
+from promptnucseg.wsi_pipeline.tiling import TileGrid
+
+
+@pytest.mark.parametrize("w,h,tile,overlap", [(1000, 700, 256, 64), (4096, 300, 1024, 128), (100, 100, 1024, 128), (2049, 2049, 512, 100)])
+def test_tiles_cover_region_and_stay_aligned(w, h, tile, overlap):
+    grid = TileGrid(w, h, tile, overlap)
+    tiles = list(grid)
+    assert len(tiles) == len(grid) and [t.index for t in tiles] == list(range(len(tiles)))
+    covered = np.zeros((h, w), bool)
+    for t in tiles:
+        assert t.x % 32 == 0 and t.y % 32 == 0
+        assert 0 < t.w <= tile and 0 < t.h <= tile and t.x + t.w <= w and t.y + t.h <= h
+        covered[t.y : t.y + t.h, t.x : t.x + t.w] = True
+    assert covered.all()
+
+
+@pytest.mark.parametrize("w,h,tile,overlap", [(1000, 700, 256, 64), (2049, 1500, 512, 100)])
+def test_each_point_has_exactly_one_owner_far_from_inner_edges(w, h, tile, overlap):
+    grid = TileGrid(w, h, tile, overlap)
+    rng = np.random.default_rng(0)
+    xs, ys = rng.uniform(0, w, 20000), rng.uniform(0, h, 20000)
+    owners = np.zeros(len(xs), int)
+    for t in grid:
+        own = t.owns(xs, ys)
+        owners += own
+        # an owned point is at least overlap/2 from any edge of its tile that is not the region's edge
+        ox, oy = xs[own], ys[own]
+        if t.x > 0:
+            assert (ox - t.x >= overlap / 2).all()
+        if t.x + t.w < w:
+            assert (t.x + t.w - ox >= overlap / 2).all()
+        if t.y > 0:
+            assert (oy - t.y >= overlap / 2).all()
+        if t.y + t.h < h:
+            assert (t.y + t.h - oy >= overlap / 2).all()
+    assert (owners == 1).all()
+
+
+def test_points_on_a_boundary_go_to_one_side_only():
+    grid = TileGrid(600, 256, 256, 64)
+    tiles = list(grid)
+    boundary = tiles[0].core[2]
+    hits = [t.index for t in tiles if t.owns(np.array([boundary]), np.array([10.0]))[0]]
+    assert hits == [1]
+
+
+@pytest.mark.parametrize("kwargs,match", [({"tile_size": 250}, "multiple"), ({"overlap": 1024}, "smaller"), ({"overlap": -1}, ">= 0")])
+def test_bad_settings_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TileGrid(1000, 1000, **{"tile_size": 1024, "overlap": 128, **kwargs})
