@@ -110,6 +110,11 @@ def test_flat_tiff_equals_png_of_same_pixels(tmp_path):
         edge = tif.read_region((1400, 850), 0, (200, 120))
         assert (edge[51:, :] == 255).all() and (edge[:, 93:] == 255).all()
         assert np.array_equal(edge[:51, :93], pixels[850:, 1400:])
+    # the same pixels as compressed strips go through zarr instead of a memory map
+    strips = tmp_path / "kidney-lzw.tif"
+    tifffile.imwrite(strips, pixels, photometric="rgb", compression="lzw", rowsperstrip=64)
+    with open_slide(strips) as lzw:
+        assert np.array_equal(lzw.read_region((300, 100), 0, (400, 500)), pixels[100:600, 300:700])
 
 
 @needs_slides
@@ -140,11 +145,11 @@ def test_missing_mpp_is_refused_and_override_is_recorded():
         assert TCGA.name in message and "--mpp 0.25" in message and "\n" not in message
         with pytest.raises(PipelineInputError, match="--mpp"):
             reader.read_at_mpp(0, 0, 512, 512, 0.5)
-        assert resolve_mpp(reader, 0.25) == 0.25
+        assert resolve_mpp(reader, 0.25) == (0.25, "override")
         info = reader.describe()
         assert (info["mpp"], info["mpp_source"], info["metadata_mpp"]) == (0.25, "override", None)
     with open_slide(CMU, mpp_override=0.3) as reader:  # override wins over the file's 0.499
-        assert resolve_mpp(reader) == 0.3
+        assert resolve_mpp(reader) == (0.3, "override")
         assert (reader.mpp_source, reader.metadata_mpp) == ("override", 0.499)
     with open_slide(KIDNEY) as reader:
         with pytest.raises(PipelineInputError, match="kidney-48-5.tif.*no microns per pixel"):
@@ -242,7 +247,7 @@ def test_ome_tiff_physical_size_and_subifd_levels(tmp_path):
         assert reader.mpp == pytest.approx(0.5) and reader.mpp_source == "ome: PhysicalSizeX"
         assert reader.level_dimensions == ((768, 512), (384, 256), (192, 128))
         assert np.array_equal(reader.read_region((200, 100), 1, (64, 32)), img[::2, ::2][50:82, 100:164])
-        assert resolve_mpp(reader) == 0.5
+        assert resolve_mpp(reader) == (0.5, "ome: PhysicalSizeX")
 
 
 def test_absurd_mpp_refused_unless_overridden(tmp_path):
@@ -254,7 +259,7 @@ def test_absurd_mpp_refused_unless_overridden(tmp_path):
             assert reader.mpp == pytest.approx(expected)
             with pytest.raises(PipelineInputError, match=f"{name}.*implausible.*--mpp"):
                 resolve_mpp(reader)
-            assert resolve_mpp(reader, 0.5) == 0.5 and reader.mpp_source == "override"
+            assert resolve_mpp(reader, 0.5) == (0.5, "override") and reader.mpp == 0.5
 
 
 def test_png_dpi_gives_mpp(tmp_path):

@@ -74,10 +74,11 @@ class OpenSlideReader(SlideReader):
 
 
 class TiffReader(SlideReader):
-    """Generic, OME and flat TIFFs through tifffile, one zarr array per pyramid level.
+    """Generic, OME and flat TIFFs through tifffile: one zarr array per pyramid level, or a
+    read-only memory map for uncompressed levels.
 
     tifffile's zarr store serialises seeks and reads on the file handle with a lock and
-    decodes outside it, so concurrent reads from several threads are safe.
+    decodes outside it, and memory maps are read-only, so concurrent reads are safe.
     """
 
     backend = "tifffile"
@@ -108,7 +109,12 @@ class TiffReader(SlideReader):
         dims: list[tuple[int, int]] = []
         for index, level in enumerate(series.levels):
             axes = level.axes
-            array = zarr.open_array(series.aszarr(level=index), mode="r")
+            if level.keyframe.is_memmappable and len(level.pages) == 1:
+                # Uncompressed and contiguous: map it, so a flat TIFF stored as one huge strip
+                # is never decoded whole for a small read.
+                array = tifffile.memmap(self.path, series=0, level=index, mode="r")
+            else:
+                array = zarr.open_array(series.aszarr(level=index), mode="r")
             if len(axes) != len(array.shape):
                 raise PipelineInputError(self.path, f"unexpected TIFF layout (axes {axes}, shape {array.shape})", CORRUPT_FIX)
             if "Y" not in axes or "X" not in axes:
@@ -167,6 +173,7 @@ class TiffReader(SlideReader):
         return np.transpose(pixels, order)
 
     def close(self) -> None:
+        self._arrays = []
         self._tif.close()
 
 

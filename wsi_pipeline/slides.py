@@ -11,8 +11,9 @@ Backends (OpenSlide, tifffile + zarr, Pillow, optional TIAToolbox) live in
 from __future__ import annotations
 
 import math
+import re
 import warnings
-from abc import ABC, abstractmethod
+from abc import ABC
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -336,12 +337,12 @@ def _missing_mpp_error(reader: SlideReader) -> PipelineInputError:
     return PipelineInputError(reader.path, "the slide's metadata gives no microns per pixel", MPP_FIX)
 
 
-def resolve_mpp(reader: SlideReader, override: float | None = None) -> float:
-    """The level-0 um/px the run will use: the override if given (recorded as such), else the
-    file's own value, refused when missing or outside MPP_MIN..MPP_MAX."""
+def resolve_mpp(reader: SlideReader, override: float | None = None) -> tuple[float, str]:
+    """(level-0 um/px, where it came from) for the run: the override if given (recorded as
+    "override"), else the file's own value, refused when missing or outside MPP_MIN..MPP_MAX."""
     if override is not None:
         reader.apply_mpp_override(override)
-        return float(reader.mpp)  # type: ignore[arg-type]
+        return float(override), reader.mpp_source
     if reader.mpp is None:
         raise _missing_mpp_error(reader)
     if not MPP_MIN <= reader.mpp <= MPP_MAX:
@@ -351,7 +352,30 @@ def resolve_mpp(reader: SlideReader, override: float | None = None) -> float:
             f"(expected {MPP_MIN:g}..{MPP_MAX:g})",
             f"{MPP_FIX} (use the scanner's true value)",
         )
-    return float(reader.mpp)
+    return float(reader.mpp), reader.mpp_source
+
+
+_ROI_PATTERN = re.compile(r"^\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*$")
+
+
+def parse_roi(text: str, dimensions: tuple[int, int] | None = None,
+              path: str | Path | None = None) -> tuple[int, int, int, int]:
+    """"x,y,w,h" in level-0 pixels -> (x, y, w, h), checked against the slide's `dimensions` if given."""
+    match = _ROI_PATTERN.match(str(text))
+    example = "e.g. --roi 1000,2000,4096,4096 (x,y,width,height in level-0 pixels)"
+    if not match:
+        raise PipelineInputError(path, f"--roi {text!r} is not four integers x,y,w,h", f"write it as {example}")
+    x, y, w, h = (int(v) for v in match.groups())
+    if x < 0 or y < 0 or w <= 0 or h <= 0:
+        raise PipelineInputError(path, f"--roi {text!r} needs x, y >= 0 and w, h > 0", f"write it as {example}")
+    if dimensions is not None:
+        sw, sh = dimensions
+        if x + w > sw or y + h > sh:
+            raise PipelineInputError(
+                path, f"--roi {text!r} reaches ({x + w}, {y + h}), outside the {sw}x{sh} slide",
+                f"keep x+w <= {sw} and y+h <= {sh}",
+            )
+    return x, y, w, h
 
 
 def _extension(path: Path) -> str:
