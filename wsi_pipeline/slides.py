@@ -205,9 +205,11 @@ class SlideReader(ABC):
         """The level-0 box (x0, y0, w0, h0) at `target_mpp` um/px -> (rgb, scale).
 
         rgb is round(w0 * mpp / target_mpp) x round(h0 * ...) pixels; `scale` = target_mpp / mpp
-        level-0 px per output px, exactly: output pixel (i, j) starts at level-0
-        (x0 + i * scale, y0 + j * scale). The output may cover up to scale/2 px more or less
-        than w0/h0 at the far edges because of the rounding of its size.
+        level-0 px per output px, exactly: output pixel (i, j) covers level-0
+        [x0 + i*scale, x0 + (i+1)*scale) x [y0 + j*scale, ...), so its centre is at
+        x0 + (i + 0.5) * scale (edge-based coordinates; a point u in the same convention maps
+        to x0 + u * scale). The output may cover up to scale/2 px more or less than w0/h0 at
+        the far edges because its size is rounded.
         """
         if not (target_mpp > 0 and math.isfinite(target_mpp)):
             raise ValueError(f"target_mpp must be a positive number, got {target_mpp!r}")
