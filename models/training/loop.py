@@ -111,7 +111,7 @@ def train(task: TrainingTask, config: ExperimentConfig, out_dir: str | Path, dev
                 ema.update(model)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix(loss=f"{float(losses['loss']):.4f}")
+            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
         scheduler.step()
         record: dict[str, Any] = {"epoch": epoch + 1, **{f"train_{k}": v / tc.steps_per_epoch for k, v in sums.items()}}
         eval_model = ema.model if ema is not None else model
