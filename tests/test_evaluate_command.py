@@ -184,3 +184,106 @@ def test_no_mode_or_both_modes_is_an_error(folders, tmp_path, capsys):
     assert "not both" in capsys.readouterr().err
     assert main(["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(gt)]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+# --- evaluate --data --weights (a real, tiny, untrained model over a real dataset folder) ----
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    """A real two-class model file from export-model's code path: small random networks whose
+    prompter is biased towards the two nucleus classes, so predictions exist; what they score
+    is beside the point."""
+    torch = pytest.importorskip("torch")
+    from promptnucseg.models.bundle import bundle_model
+    from promptnucseg.models.checkpoints import save_checkpoint
+    from promptnucseg.models.config import ModelConfig, PrompterConfig, SegmentorConfig, to_dict
+    from promptnucseg.models.prompter import Prompter
+    from promptnucseg.models.segmentor import build_segmentor
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        class_names=("tumour", "immune"),
+        class_colors=((200, 0, 0), (0, 0, 200)),
+        prompter=PrompterConfig(backbone="resnet18", fpn_channels=32, mask_filter=False, num_classes=2),
+        segmentor=SegmentorConfig(arch="sam_cnn_light", embed_dim=32, decoder_mlp_dim=64, encoder_stride=16),
+    )
+    prompter = Prompter(cfg.prompter)
+    with torch.no_grad():
+        prompter.class_head[-1].bias[:] = torch.tensor([3.0, 3.0, -3.0])
+    folder = tmp_path_factory.mktemp("model")
+    base = {"config": {"model": to_dict(cfg)}}
+    save_checkpoint(folder / "p.pt", {"kind": "prompter", "state_dict": prompter.state_dict(), **base})
+    save_checkpoint(folder / "s.pt", {"kind": "segmentor", "state_dict": build_segmentor(cfg.segmentor).state_dict(), **base})
+    return bundle_model(folder / "p.pt", folder / "s.pt", folder / "model.pt", half=False)
+
+
+@pytest.fixture
+def dataset_folder(tmp_path):
+    """images/ + labels/ + classes/ with two images of dark discs on a pink background, classed
+    alternately tumour (1) / immune (2), class names in classes.json."""
+    root = tmp_path / "ds"
+    for sub in ("images", "labels", "classes"):
+        (root / sub).mkdir(parents=True)
+    (root / "classes.json").write_text(json.dumps(["tumour", "immune"]))
+    rng = np.random.default_rng(3)
+    for name, (h, w), n in (("alpha", (96, 128), 6), ("beta", (64, 64), 3)):
+        labels = np.zeros((h, w), np.int32)
+        yy, xx = np.mgrid[:h, :w]
+        for k in range(n):
+            cy, cx = rng.integers(8, h - 8), rng.integers(8, w - 8)
+            labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 25] = 10 * (k + 1)
+        image = np.where(labels[..., None] > 0, [70, 40, 120], [230, 180, 200]).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{name}.png")
+        tifffile.imwrite(root / "labels" / f"{name}.tif", labels.astype(np.uint16), compression="zlib")
+        present = np.unique(labels)[1:]
+        (root / "classes" / f"{name}.json").write_text(json.dumps({str(i): 1 + k % 2 for k, i in enumerate(present)}))
+    return root
+
+
+def test_model_mode_scores_what_it_predicts(tiny_model_file, dataset_folder, tmp_path, capsys):
+    saved, out = tmp_path / "pred", tmp_path / "model.json"
+    rc = main(["evaluate", "--weights", str(tiny_model_file), "--data", str(dataset_folder), "--device", "cpu", "--save-pred", str(saved), "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["mode"] == "model" and [im["name"] for im in report["images"]] == ["alpha", "beta"]
+    assert report["model"]["weights_sha256"]
+    n_true = [im["n_true"] for im in report["images"]]
+    n_true_files = [len(np.unique(tifffile.imread(dataset_folder / "labels" / f"{s}.tif"))) - 1 for s in ("alpha", "beta")]
+    assert n_true == n_true_files
+    det = report["detection"]
+    assert det["tp"] + det["fn"] == sum(n_true)  # every GT centroid is matched or missed
+    assert det["tp"] + det["fp"] == sum(im["n_pred"] for im in report["images"]) > 0  # every nucleus found has a point
+    # class F1: model and dataset name the same two classes; within each class every GT
+    # nucleus is matched or missed, and every predicted point (class 0 or 1) counted once
+    per = det["per_class"]
+    assert list(per) == ["tumour", "immune"]
+    assert per["tumour"]["tp"] + per["tumour"]["fn"] == 3 + 2  # ids 1st, 3rd, 5th of alpha; 1st, 3rd of beta
+    assert per["immune"]["tp"] + per["immune"]["fn"] == 3 + 1
+    assert sum(c["tp"] + c["fp"] for c in per.values()) == det["tp"] + det["fp"]
+    f1s = [c["f1"] for c in per.values() if c["f1"] is not None]
+    assert det["mean_class_f1"] == pytest.approx(sum(f1s) / len(f1s))
+    assert "class F1" in capsys.readouterr().out
+
+    # the saved predictions, scored as label-map folders, give the very same numbers
+    again = tmp_path / "files.json"
+    assert main(["evaluate", "--pred", str(saved), "--gt", str(dataset_folder / "labels"), "--json", str(again)]) == 0
+    files_report = json.loads(again.read_text())
+    assert files_report["images"] == report["images"] and files_report["mean"] == report["mean"]
+
+
+def test_model_mode_image_subset_and_unknown_names(tiny_model_file, dataset_folder, tmp_path, capsys):
+    out = tmp_path / "one.json"
+    assert main(["evaluate", "--weights", str(tiny_model_file), "--data", str(dataset_folder), "--images", "beta", "--device", "cpu", "--json", str(out)]) == 0
+    assert [im["name"] for im in json.loads(out.read_text())["images"]] == ["beta"]
+    capsys.readouterr()
+    assert main(["evaluate", "--weights", str(tiny_model_file), "--data", str(dataset_folder), "--images", "beta,gamma", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "no image named gamma" in err and "alpha" in err
+
+
+def test_model_mode_bad_weights_file_is_named(dataset_folder, tmp_path, capsys):
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["evaluate", "--weights", str(bad), "--data", str(dataset_folder), "--device", "cpu"]) == 2
+    assert str(bad) in capsys.readouterr().err

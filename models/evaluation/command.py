@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .label_io import LABEL_SUFFIXES, LabelMapError, read_label_map
-from .metrics import IMAGE_METRICS, detection_scores, score_label_maps
+from .metrics import IMAGE_METRICS, DetectionCounts, MatchCounts, class_f1_scores, detection_scores, score_label_maps
 
 CONVENTIONS = (
     "HoVer-Net conventions: AJI is MoNuSeg's (not AJI+); PQ pairs are unique at IoU > 0.5; "
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.data and (args.pred or args.gt):
-            raise EvaluationInputError("give either --data (run a model) or --pred and --gt (score label maps), not both")
+            raise EvaluationInputError("--data and --pred/--gt both given. Fix: pass either --data (run a model) or --pred and --gt (score label maps), not both")
         if args.data:
             report = _evaluate_model(args)
         elif args.pred and args.gt:
@@ -118,19 +118,24 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
 
     dataset = open_dataset(args.data)
     names = list(dataset.names)
-    chosen = range(len(names))
+    chosen: list[int] = list(range(len(names)))
     if args.images:
         wanted = [n.strip() for n in args.images.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in names]
         if unknown:
-            raise EvaluationInputError(f"{args.data}: no image named {', '.join(unknown)}. Fix: pick from {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}")
+            more = " ..." if len(names) > 10 else ""
+            raise EvaluationInputError(f"{args.data}: no image named {', '.join(unknown)}. Fix: pick from {', '.join(names[:10])}{more}")
         chosen = [names.index(n) for n in wanted]
     predictor = load_predictor(weights=args.weights or None, device=args.device)
+    if dataset.mpp and abs(dataset.mpp / predictor.mpp - 1) > 0.1:
+        print(f"warning: {args.data} is at {dataset.mpp:g} um/px but the model expects {predictor.mpp:g}; images are scored as they are, not resampled", file=sys.stderr)
+    # class F1 needs both sides to number the same classes
+    with_classes = len(dataset.class_names) > 1 and tuple(dataset.class_names) == tuple(predictor.class_names)
     save_dir = Path(args.save_pred) if args.save_pred else None
     if save_dir:
         save_dir.mkdir(parents=True, exist_ok=True)
 
-    detection = None
+    detection = DetectionCounts()
     pairs = []
     for i in chosen:
         sample = dataset[i]
@@ -141,23 +146,32 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
             import tifffile
 
             tifffile.imwrite(save_dir / f"{sample.name}.tif", inst, compression="zlib")
-        _, true_points = instance_points(sample.instances)
-        counts = detection_scores(true_points, None, nuclei.points, None, nuclei.class_scores, radius=DETECTION_RADIUS_PX)
-        detection = counts if detection is None else detection + counts
+        ids, true_points = instance_points(sample.instances)  # (x, y), like TileNuclei.points
+        true_cls = pred_cls = None
+        if with_classes and sample.instance_classes is not None:
+            true_cls = np.array([sample.instance_classes.get(int(k), -1) for k in ids], np.int64)
+            pred_cls = nuclei.classes.astype(np.int64)
+        detection = detection + detection_scores(true_points, true_cls, nuclei.points, pred_cls, nuclei.class_scores, radius=DETECTION_RADIUS_PX)
         pairs.append((sample.name, sample.instances, inst))
-        print(f"{sample.name}: {len(nuclei)} nuclei found, {len(true_points)} in the ground truth", file=sys.stderr)
+        print(f"{sample.name}: {len(nuclei)} nuclei found, {len(ids)} in the ground truth", file=sys.stderr)
     scores = score_label_maps(pairs)
     report: dict[str, Any] = {"mode": "model", "data": str(args.data), "model": predictor.describe(), "conventions": CONVENTIONS, **scores}
-    if detection is not None:
-        report["detection"] = {
-            "radius_px": DETECTION_RADIUS_PX,
-            "tp": detection.tp,
-            "fp": detection.fp,
-            "fn": detection.fn,
-            "precision": detection.precision,
-            "recall": detection.recall,
-            "f1": detection.f1,
+    report["detection"] = {
+        "radius_px": DETECTION_RADIUS_PX,
+        "matching": "greedy in descending class score to the nearest unmatched GT centroid; counts pooled over images",
+        "tp": detection.tp,
+        "fp": detection.fp,
+        "fn": detection.fn,
+        "precision": detection.precision,
+        "recall": detection.recall,
+        "f1": detection.f1,
+    }
+    if detection.per_class:
+        mean_f1, per = class_f1_scores(detection, classes=range(len(dataset.class_names)))
+        report["detection"]["per_class"] = {
+            dataset.class_names[c]: {**vars(detection.per_class.get(c, MatchCounts())), "f1": f1} for c, f1 in per.items()
         }
+        report["detection"]["mean_class_f1"] = mean_f1
     return report
 
 
@@ -183,6 +197,9 @@ def format_table(report: dict[str, Any]) -> str:
     det = report.get("detection")
     if det:
         lines.append(f"detection within {det['radius_px']:g} px: precision {_fmt(det['precision'])}  recall {_fmt(det['recall'])}  F1 {_fmt(det['f1'])}  (TP {det['tp']}, FP {det['fp']}, FN {det['fn']})")
+        if "mean_class_f1" in det:
+            per = "  ".join(f"{name} {_fmt(c['f1'])}" for name, c in det["per_class"].items())
+            lines.append(f"class F1: mean {_fmt(det['mean_class_f1'])}  ({per})")
     return "\n".join(lines)
 
 
