@@ -44,3 +44,101 @@ def test_folder_kumar_real():
     assert len(ids) > 100 and np.all((pts >= 0) & (pts < 1000))
     val = ds.subset(ds.names[-2:])
     assert len(val) == 2 and val[0].name == ds.names[-2]
+
+
+# --- helpers writing small real files ----------------------------------------------------------
+
+
+def _write_png(path: Path, arr: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _write_tif(path: Path, arr: np.ndarray) -> None:
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, arr, compression="zlib")
+
+
+def _square_map(h: int = 20, w: int = 30) -> np.ndarray:
+    inst = np.zeros((h, w), np.uint16)
+    inst[2:6, 3:9] = 5
+    inst[10:15, 20:26] = 9
+    return inst
+
+
+def _rgb(h: int = 20, w: int = 30) -> np.ndarray:
+    return (np.arange(h * w * 3).reshape(h, w, 3) % 251).astype(np.uint8)
+
+
+# --- folder ------------------------------------------------------------------------------------
+
+
+@pytest.mark.shared_data
+def test_folder_consep_patches_real():
+    ds = open_dataset(_need("consep-patches/train"))
+    assert ds.class_names == ("other", "inflammatory", "epithelial", "spindle-shaped") and ds.mpp == 0.25
+    s = ds[ds.names.index("train_10_000")]
+    assert s.image.shape == (256, 256, 3) and s.instances.shape == (256, 256)
+    ids, _ = instance_points(s.instances)
+    assert sorted(s.instance_classes) == ids.tolist()  # every instance classed, no stray keys
+    assert set(s.instance_classes.values()) <= {0, 1, 2, 3}
+    assert s.instance_classes[35] == 2  # the file says "35": 3 (epithelial), 1-based
+
+
+@pytest.mark.shared_data
+def test_folder_cpm15_real_has_no_mpp():
+    ds = open_dataset(_need("cpm15"))
+    assert len(ds) == 15 and ds.mpp is None and ds.class_names == ("nucleus",)
+    s = ds[0]
+    assert s.image.shape[:2] == s.instances.shape
+
+
+def test_folder_written_converts_modes_and_classes(tmp_path):
+    rgb = _rgb()
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
+    _write_png(tmp_path / "images" / "a.png", rgba)
+    _write_png(tmp_path / "images" / "b.png", rgb[..., 0])  # grayscale
+    _write_tif(tmp_path / "images" / "c.tif", rgb.astype(np.uint16) * 257)  # 16-bit
+    for stem in "abc":
+        _write_tif(tmp_path / "labels" / f"{stem}.tif", _square_map())
+        (tmp_path / "classes").mkdir(exist_ok=True)
+        (tmp_path / "classes" / f"{stem}.json").write_text('{"5": 1, "9": 3, "77": 2}')  # 77: not on the map
+    (tmp_path / "classes.json").write_text('["tumour", "lymphocyte", "stroma"]')
+    ds = open_dataset(tmp_path, mpp=0.5)
+    assert type(ds).__name__ == "FolderDataset" and ds.names == ["a", "b", "c"]
+    assert ds.class_names == ("tumour", "lymphocyte", "stroma") and ds.mpp == 0.5
+    a, b, c = ds
+    np.testing.assert_array_equal(a.image, rgb)  # alpha dropped
+    np.testing.assert_array_equal(b.image, np.repeat(rgb[..., :1], 3, axis=2))
+    np.testing.assert_array_equal(c.image, rgb)  # 16-bit scaled back to 8
+    assert a.instances.dtype == np.int32 and a.instance_classes == {5: 0, 9: 2}
+
+
+def test_folder_class_names_from_yaml_argument_and_default(tmp_path):
+    _write_png(tmp_path / "images" / "a.png", _rgb())
+    _write_tif(tmp_path / "labels" / "a.tif", _square_map())
+    (tmp_path / "classes").mkdir()
+    (tmp_path / "classes" / "a.json").write_text('{"5": 2, "9": 2}')
+    assert open_dataset(tmp_path).class_names == ("class 1", "class 2")
+    (tmp_path / "dataset.yaml").write_text("class_names: [x, y, z]\nmpp: 0.3\n")
+    ds = open_dataset(tmp_path)
+    assert ds.class_names == ("x", "y", "z") and ds.mpp == 0.3
+    assert open_dataset(tmp_path, class_names=["p", "q"]).class_names == ("p", "q")
+    with pytest.raises(ValueError, match=r"a\.json: instance 5 has class 2, expected 1\.\.1"):
+        open_dataset(tmp_path, class_names=["only"])[0]
+
+
+def test_subset_and_slice(tmp_path):
+    for stem in ("x1", "x2", "x3"):
+        _write_png(tmp_path / "images" / f"{stem}.jpg", _rgb())
+        _write_tif(tmp_path / "labels" / f"{stem}.tif", _square_map())
+    ds = open_dataset(tmp_path)
+    val = ds.subset(["x3", "x1"])
+    assert val.names == ["x3", "x1"] and val[0].name == "x3" and ds.names == ["x1", "x2", "x3"]
+    assert ds[1:].names == ["x2", "x3"] and [s.name for s in ds] == ds.names
+    with pytest.raises(KeyError, match="nope"):
+        ds.subset(["nope"])

@@ -1,4 +1,30 @@
 """Dataset readers: every training/evaluation format as one lazy sequence of `NucleusSample`."""
-from .datasets import FolderDataset, NucleusDataset, NucleusSample, instance_points, open_dataset
+from .datasets import (
+    CONSEP_CLASS_NAMES,
+    FORMATS,
+    CpmAsciiDataset,
+    FolderDataset,
+    MatDataset,
+    MonusegDataset,
+    NucleusDataset,
+    NucleusSample,
+    PanNukeDataset,
+    detect_format,
+    instance_points,
+    open_dataset,
+)
 
-__all__ = ["FolderDataset", "NucleusDataset", "NucleusSample", "instance_points", "open_dataset"]
+__all__ = [
+    "CONSEP_CLASS_NAMES",
+    "FORMATS",
+    "CpmAsciiDataset",
+    "FolderDataset",
+    "MatDataset",
+    "MonusegDataset",
+    "NucleusDataset",
+    "NucleusSample",
+    "PanNukeDataset",
+    "detect_format",
+    "instance_points",
+    "open_dataset",
+]

@@ -15,7 +15,21 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.label_io import LABEL_SUFFIXES, read_label_map
-from .formats import IMAGE_SUFFIXES, read_rgb
+from .formats import (
+    CONSEP_MERGE,
+    IMAGE_SUFFIXES,
+    PANNUKE_CLASS_NAMES,
+    aperio_mpp,
+    mat_instance_types,
+    mat_instances,
+    merge_pannuke_mask,
+    rasterise_polygons,
+    read_aperio_polygons,
+    read_cpm_ascii,
+    read_mat,
+    read_rgb,
+    to_rgb_uint8,
+)
 
 # HoVer-Net's merged CoNSeP classes, 1-based in the files: 1 other, 2 inflammatory, 3 epithelial, 4 spindle.
 CONSEP_CLASS_NAMES = ("other", "inflammatory", "epithelial", "spindle-shaped")
@@ -138,7 +152,39 @@ def _read_class_json(path: Path, n_classes: int) -> dict[int, int]:
     return out
 
 
-class FolderDataset(NucleusDataset):
+class _PairedDataset(NucleusDataset):
+    """One image file + one label file per sample, paired by stem; subclasses read the label."""
+
+    _images: dict[str, Path]
+    _labels: dict[str, Path]
+
+    def _pair(self, image_dir: Path, images: dict[str, Path], labels: dict[str, Path], expected_label: str) -> None:
+        """Keep the pairing, failing on the first image with no label (`expected_label` names the file wanted)."""
+        if not images:
+            raise ValueError(f"{image_dir}: holds no images ({'/'.join(IMAGE_SUFFIXES)}). Fix: put the images there, or point at the right folder")
+        unlabelled = [s for s in images if s not in labels]
+        if unlabelled:
+            stem = unlabelled[0]
+            raise FileNotFoundError(
+                f"{expected_label.format(stem=stem)}: missing label for image {images[stem]} ({len(unlabelled)} of {len(images)} "
+                f"images unlabelled). Fix: add the label or remove the image"
+            )
+        self._images, self._labels = images, labels
+
+    def _read_label(self, name: str, shape: tuple[int, int]) -> tuple[np.ndarray, dict[int, int] | None]:
+        raise NotImplementedError
+
+    def _read(self, name: str) -> NucleusSample:
+        image_path, label_path = self._images[name], self._labels[name]
+        image = read_rgb(image_path)
+        instances, classes = self._read_label(name, image.shape[:2])
+        _check_shapes(image, instances, image_path, label_path)
+        if classes is not None:
+            classes = _keep_present(classes, instances)
+        return NucleusSample(name, image, instances, classes)
+
+
+class FolderDataset(_PairedDataset):
     """The uniform layout: images/<stem>.png|jpg|tif, labels/<stem>.tif, optional classes/<stem>.json.
 
     Class names, first found wins: the `class_names` argument; `classes.json` at the root
@@ -154,16 +200,7 @@ class FolderDataset(NucleusDataset):
         for sub in (image_dir, label_dir):
             if not sub.is_dir():
                 raise FileNotFoundError(f"{root}: no {sub.name}/ folder. Fix: put images in images/<stem>.png and instance maps in labels/<stem>.tif")
-        self._images = _index_files(image_dir, IMAGE_SUFFIXES)
-        if not self._images:
-            raise ValueError(f"{image_dir}: holds no images ({'/'.join(IMAGE_SUFFIXES)}). Fix: put the images there")
-        self._labels = _index_files(label_dir, LABEL_SUFFIXES)
-        unlabelled = [s for s in self._images if s not in self._labels]
-        if unlabelled:
-            raise FileNotFoundError(
-                f"{label_dir / (unlabelled[0] + '.tif')}: missing label for image {self._images[unlabelled[0]].name}"
-                f" ({len(unlabelled)} unlabelled). Fix: add labels/<stem>.tif or remove the image"
-            )
+        self._pair(image_dir, _index_files(image_dir, IMAGE_SUFFIXES), _index_files(label_dir, LABEL_SUFFIXES), str(label_dir / "{stem}.tif"))
         self._class_files: dict[str, Path] | None = None
         if class_dir.is_dir():
             self._class_files = _index_files(class_dir, (".json",))
@@ -176,15 +213,11 @@ class FolderDataset(NucleusDataset):
             mpp = meta.get("mpp") if meta.get("mpp") is not None else _known_mpp(root)
         super().__init__(root, list(self._images), names, None if mpp is None else float(mpp))
 
-    def _read(self, name: str) -> NucleusSample:
-        image_path, label_path = self._images[name], self._labels[name]
-        image = read_rgb(image_path)
-        instances = read_label_map(label_path)
-        _check_shapes(image, instances, image_path, label_path)
-        classes = None
-        if self._class_files is not None:
-            classes = _keep_present(_read_class_json(self._class_files[name], len(self.class_names)), instances)
-        return NucleusSample(name, image, instances, classes)
+    def _read_label(self, name: str, shape: tuple[int, int]) -> tuple[np.ndarray, dict[int, int] | None]:
+        instances = read_label_map(self._labels[name])
+        if self._class_files is None:
+            return instances, None
+        return instances, _read_class_json(self._class_files[name], len(self.class_names))
 
 
 def _read_dataset_yaml(root: Path) -> dict:
@@ -245,25 +278,222 @@ def _as_names(names: object, source: Path) -> tuple[str, ...]:
     return tuple(names)
 
 
-FORMATS = ("folder",)
+def _subdir(root: Path, *candidates: str) -> Path:
+    """The first of `candidates` that is a subfolder of `root` (any letter case), else `root` itself."""
+    subs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    return next((subs[c.lower()] for c in candidates if c.lower() in subs), root)
+
+
+class MonusegDataset(_PairedDataset):
+    """MoNuSeg originals: <stem>.tif images + Aperio <stem>.xml polygons (flat, or in
+    "Tissue Images/" + "Annotations/"), rasterised in file order, later regions on top.
+    mpp from the XML's MicronsPerPixel (MoNuSeg: 0.2468), else 0.25 (40x)."""
+
+    def __init__(self, root: str | Path, mpp: float | None = None) -> None:
+        root = Path(root)
+        _require_dir(root, "a MoNuSeg folder with .tif images and .xml annotations")
+        image_dir, label_dir = _subdir(root, "Tissue Images", "images"), _subdir(root, "Annotations", "labels")
+        labels = _index_files(label_dir, (".xml",))
+        self._pair(image_dir, _index_files(image_dir, IMAGE_SUFFIXES), labels, str(label_dir / "{stem}.xml"))
+        if mpp is None:
+            mpp = aperio_mpp(next(iter(self._labels.values()))) or 0.25
+        super().__init__(root, list(self._images), ("nucleus",), float(mpp))
+
+    def _read_label(self, name: str, shape: tuple[int, int]) -> tuple[np.ndarray, None]:
+        return rasterise_polygons(read_aperio_polygons(self._labels[name]), shape), None
+
+
+class MatDataset(_PairedDataset):
+    """CPM-17 and CoNSeP originals: Images/<stem>.png + Labels/<stem>.mat (or both flat in one folder).
+
+    The instance map is the .mat's `inst_map`, else `<stem>.npy` beside it. `classified`
+    reads per-instance types (`inst_type`, else the majority of `type_map`) with CoNSeP's
+    names: files holding any type above 4 are CoNSeP's original 7 types and are merged to
+    HoVer-Net's 4 (other, inflammatory, epithelial, spindle-shaped) unless 7 `class_names`
+    are given. CPM-17 mixes 20x and 40x, so its mpp is unknown; CoNSeP's is 0.25.
+    """
+
+    def __init__(self, root: str | Path, classified: bool, class_names: Sequence[str] | None = None, mpp: float | None = None) -> None:
+        root = Path(root)
+        _require_dir(root, "a folder with Images/ and Labels/*.mat")
+        image_dir, label_dir = _subdir(root, "Images", "images"), _subdir(root, "Labels", "labels")
+        self._pair(image_dir, _index_files(image_dir, IMAGE_SUFFIXES), _index_files(label_dir, (".mat",)), str(label_dir / "{stem}.mat"))
+        self._merge = False
+        if not classified:
+            if class_names is not None and len(class_names) > 1:
+                raise ValueError(f"{root}: class_names given for the unclassified cpm17 format. Fix: use format='consep' or drop class_names")
+            names = tuple(class_names) if class_names else ("nucleus",)
+        else:
+            largest = max((max(t.values(), default=0) for t in map(self._file_types, self._images)), default=0)
+            if class_names is not None:
+                names = _as_names(class_names, root)
+                self._merge = largest > len(names) and len(names) == len(CONSEP_CLASS_NAMES)
+            else:
+                names, self._merge = CONSEP_CLASS_NAMES, largest > len(CONSEP_CLASS_NAMES)
+            top = len(CONSEP_MERGE) - 1 if self._merge else len(names)
+            if largest > top:
+                raise ValueError(f"{label_dir}: instance types go up to {largest} but there are {len(names)} class names. Fix: give class_names for every type")
+        if mpp is None:
+            mpp = _known_mpp(root) if classified else None
+        super().__init__(root, list(self._images), names, mpp)
+        self._classified = classified
+
+    def _file_types(self, name: str) -> dict[int, int]:
+        """Types as stored, read without the (large) instance map when `inst_type` is there."""
+        path = self._labels[name]
+        mat = read_mat(path, ("inst_type",))
+        if "inst_type" in mat:
+            types = np.asarray(mat["inst_type"]).reshape(-1)
+            return {k + 1: int(t) for k, t in enumerate(types)}
+        mat = read_mat(path)
+        types = mat_instance_types(mat, mat_instances(mat, path), path)
+        if types is None:
+            raise ValueError(f"{path}: no inst_type or type_map, so no classes. Fix: use format='cpm17' for unclassified .mat labels")
+        return types
+
+    def _read_label(self, name: str, shape: tuple[int, int]) -> tuple[np.ndarray, dict[int, int] | None]:
+        path = self._labels[name]
+        mat = read_mat(path)
+        instances = mat_instances(mat, path)
+        if not self._classified:
+            return instances, None
+        types = mat_instance_types(mat, instances, path)
+        if types is None:
+            raise ValueError(f"{path}: no inst_type or type_map, so no classes. Fix: use format='cpm17' for unclassified .mat labels")
+        bad = [t for t in types.values() if not 1 <= t <= (len(CONSEP_MERGE) - 1 if self._merge else len(self.class_names))]
+        if bad:
+            raise ValueError(f"{path}: instance type {bad[0]} outside 1..{len(self.class_names)}. Fix: use 1-based types (0 is not a type)")
+        if self._merge:
+            types = {i: int(CONSEP_MERGE[t]) for i, t in types.items()}
+        return instances, {i: t - 1 for i, t in types.items()}
+
+
+class CpmAsciiDataset(_PairedDataset):
+    """CPM challenge ASCII masks: <stem>.png + <stem>_mask.txt (flat, or in Images/ + Labels/)."""
+
+    def __init__(self, root: str | Path, mpp: float | None = None) -> None:
+        root = Path(root)
+        _require_dir(root, "a folder with <stem>.png images and <stem>_mask.txt masks")
+        image_dir, label_dir = _subdir(root, "Images", "images"), _subdir(root, "Labels", "labels", "masks")
+        labels = {p.name[: -len("_mask.txt")]: p for p in sorted(label_dir.glob("*_mask.txt"))}
+        self._pair(image_dir, _index_files(image_dir, IMAGE_SUFFIXES), labels, str(label_dir / "{stem}_mask.txt"))
+        super().__init__(root, list(self._images), ("nucleus",), mpp)
+
+    def _read_label(self, name: str, shape: tuple[int, int]) -> tuple[np.ndarray, None]:
+        return read_cpm_ascii(self._labels[name]), None
+
+
+class PanNukeDataset(NucleusDataset):
+    """A PanNuke fold: images.npy (N, H, W, 3), masks.npy (N, H, W, 6), optional types.npy,
+    in the folder or anywhere below it (the release nests them as images/fold1/images.npy).
+
+    Arrays are memory-mapped, so opening a 2,600-image fold reads nothing. Names are the
+    row numbers ("00000", ...); `tissues` maps a name to its tissue type when types.npy
+    exists. PanNuke is 40x, so mpp defaults to 0.25.
+    """
+
+    def __init__(self, root: str | Path, mpp: float | None = None) -> None:
+        root = Path(root)
+        _require_dir(root, "a PanNuke fold folder holding images.npy and masks.npy")
+        images_path, masks_path = _find_one(root, "images.npy"), _find_one(root, "masks.npy")
+        if images_path is None or masks_path is None:
+            raise FileNotFoundError(f"{root}: no {'images.npy' if images_path is None else 'masks.npy'} in it or below it. Fix: point at a PanNuke fold folder")
+        self._images_arr = _load_npy(images_path)
+        self._masks_arr = _load_npy(masks_path)
+        n = self._images_arr.shape[0]
+        if self._images_arr.ndim != 4 or self._masks_arr.ndim != 4 or self._masks_arr.shape[3] != 6:
+            raise ValueError(f"{root}: images {self._images_arr.shape} / masks {self._masks_arr.shape} are not (N, H, W, 3) / (N, H, W, 6). Fix: use the fold's own images.npy and masks.npy")
+        if self._masks_arr.shape[:3] != self._images_arr.shape[:3]:
+            raise ValueError(f"{masks_path}: masks {self._masks_arr.shape[:3]} do not match images {self._images_arr.shape[:3]}. Fix: use the masks.npy of the same fold")
+        if n == 0:
+            raise ValueError(f"{images_path}: holds no images. Fix: point at a non-empty fold")
+        self._paths = (images_path, masks_path)
+        names = [f"{i:05d}" for i in range(n)]
+        types_path = _find_one(root, "types.npy")
+        self.tissues: dict[str, str] | None = None
+        if types_path is not None:
+            types = _load_npy(types_path)
+            if types.shape != (n,):
+                raise ValueError(f"{types_path}: {types.shape} tissue types for {n} images. Fix: use the types.npy of the same fold")
+            self.tissues = dict(zip(names, (str(t) for t in types)))
+        super().__init__(root, names, PANNUKE_CLASS_NAMES, 0.25 if mpp is None else float(mpp))
+
+    def _read(self, name: str) -> NucleusSample:
+        i = int(name)
+        image = to_rgb_uint8(np.asarray(self._images_arr[i]), f"{self._paths[0]}[{i}]")
+        instances, classes = merge_pannuke_mask(np.asarray(self._masks_arr[i]), f"{self._paths[1]}[{i}]")
+        return NucleusSample(name, image, instances, classes)
+
+
+def _find_one(root: Path, filename: str, max_depth: int = 3) -> Path | None:
+    """`filename` in root or up to `max_depth` folders below; two of them is an error (which fold?)."""
+    found = [p for p in root.rglob(filename) if len(p.relative_to(root).parts) <= max_depth + 1]
+    if len(found) > 1:
+        raise ValueError(f"{root}: {len(found)} files named {filename} ({found[0]}, {found[1]}). Fix: point at one fold's folder")
+    return found[0] if found else None
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot be read as a numpy array ({err}). Fix: re-save it with numpy.save") from err
+
+
+FORMATS = ("folder", "pannuke", "monuseg", "cpm17", "consep", "cpm-ascii")
 
 
 def detect_format(root: Path) -> str:
-    """Guess the format from the folder layout (the files each format must have)."""
+    """Guess the format from the files each one must have (see FORMATS)."""
     _require_dir(root, "a dataset folder")
+    if _find_one(root, "masks.npy") is not None and _find_one(root, "images.npy") is not None:
+        return "pannuke"
+    label_dir = _subdir(root, "labels", "Annotations", "masks")
+    label_files = [p for p in label_dir.iterdir() if p.is_file()]
+    suffixes = {p.suffix.lower() for p in label_files}
+    if ".mat" in suffixes:
+        first = next(p for p in sorted(label_files) if p.suffix.lower() == ".mat")
+        variables = {name for name, _, _ in _whos_mat(first)}
+        return "consep" if variables & {"inst_type", "type_map"} else "cpm17"
+    if ".xml" in suffixes:
+        return "monuseg"
+    if any(p.name.endswith("_mask.txt") for p in label_files):
+        return "cpm-ascii"
     if (root / "images").is_dir() and (root / "labels").is_dir():
         return "folder"
-    raise ValueError(f"{root}: cannot tell the dataset format from its layout. Fix: use the images/ + labels/ layout or pass format= one of {FORMATS}")
+    raise ValueError(
+        f"{root}: cannot tell the dataset format from its layout (no images/ + labels/, .mat, .xml, *_mask.txt "
+        f"or images.npy + masks.npy). Fix: point at the dataset folder itself, or pass format= one of {FORMATS}"
+    )
+
+
+def _whos_mat(path: Path) -> list[tuple[str, tuple, str]]:
+    import scipy.io
+
+    try:
+        return scipy.io.whosmat(path)
+    except (OSError, ValueError, NotImplementedError, TypeError) as err:
+        raise ValueError(f"{path}: cannot be read as a .mat file ({err}). Fix: re-save it with save(..., '-v7')") from err
 
 
 def open_dataset(path: str | Path, format: str = "auto", mpp: float | None = None, *, class_names: Sequence[str] | None = None) -> NucleusDataset:
-    """Open a dataset folder in any supported `format` ("auto" detects it from the layout).
+    """Open a dataset folder in any of FORMATS ("auto" detects it from the layout).
 
-    `mpp` overrides the microns per pixel; `class_names` (keyword) overrides the names of
-    the 1-based classes in the files.
+    `mpp` overrides the microns per pixel; `class_names` (keyword) names the 1-based
+    classes in the files, overriding any default (folder and consep formats).
     """
     root = Path(path)
     fmt = detect_format(root) if format == "auto" else format
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown dataset format {format!r} for {root}. Fix: use 'auto' or one of {', '.join(FORMATS)}")
+    if class_names is not None and fmt in ("pannuke", "monuseg", "cpm-ascii"):
+        raise ValueError(f"{root}: class_names cannot be set for the {fmt} format (its classes are fixed). Fix: drop class_names")
     if fmt == "folder":
         return FolderDataset(root, class_names=class_names, mpp=mpp)
-    raise ValueError(f"unknown dataset format {format!r}. Fix: use 'auto' or one of {FORMATS}")
+    if fmt == "pannuke":
+        return PanNukeDataset(root, mpp=mpp)
+    if fmt == "monuseg":
+        return MonusegDataset(root, mpp=mpp)
+    if fmt in ("cpm17", "consep"):
+        return MatDataset(root, classified=fmt == "consep", class_names=class_names, mpp=mpp)
+    return CpmAsciiDataset(root, mpp=mpp)
