@@ -142,3 +142,243 @@ def test_subset_and_slice(tmp_path):
     assert ds[1:].names == ["x2", "x3"] and [s.name for s in ds] == ds.names
     with pytest.raises(KeyError, match="nope"):
         ds.subset(["nope"])
+
+
+# --- PanNuke -----------------------------------------------------------------------------------
+
+
+def _pannuke_fold(root: Path, nested: bool) -> tuple[np.ndarray, np.ndarray]:
+    images = np.zeros((2, 16, 16, 3), np.float64)
+    images[0] = 200.0
+    images[1, ..., 1] = 17.0
+    masks = np.zeros((2, 16, 16, 6), np.float64)
+    masks[0, 1:4, 1:4, 0] = 3  # neoplastic id 3
+    masks[0, 8:12, 8:12, 1] = 3  # inflammatory reuses id 3: must become a separate nucleus
+    masks[0, 5:7, 5:7, 4] = 11  # epithelial id 11
+    masks[..., 5] = (masks[..., :5].sum(-1) == 0).astype(np.float64)
+    img_dir = root / "images" / "fold1" if nested else root
+    mask_dir = root / "masks" / "fold1" if nested else root
+    img_dir.mkdir(parents=True, exist_ok=True)
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    np.save(img_dir / "images.npy", images)
+    np.save(mask_dir / "masks.npy", masks)
+    np.save(img_dir / "types.npy", np.array(["Breast", "Colon"]))
+    return images, masks
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_pannuke_written_fold(tmp_path, nested):
+    _pannuke_fold(tmp_path, nested)
+    ds = open_dataset(tmp_path)
+    assert type(ds).__name__ == "PanNukeDataset" and ds.names == ["00000", "00001"]
+    assert ds.class_names == ("neoplastic", "inflammatory", "connective", "dead", "epithelial") and ds.mpp == 0.25
+    assert ds.tissues == {"00000": "Breast", "00001": "Colon"}
+    s = ds[0]
+    assert s.image.dtype == np.uint8 and (s.image == 200).all()
+    ids, _ = instance_points(s.instances)
+    assert len(ids) == 3  # the reused id 3 did not merge two nuclei
+    assert s.instances[2, 2] == 3 and s.instance_classes[3] == 0
+    assert s.instance_classes[int(s.instances[9, 9])] == 1 and s.instances[9, 9] != 3
+    assert s.instance_classes[int(s.instances[5, 5])] == 4
+    empty = ds[1]
+    assert empty.instances.max() == 0 and empty.instance_classes == {} and (empty.image[..., 1] == 17).all()
+
+
+def test_pannuke_mismatched_arrays(tmp_path):
+    np.save(tmp_path / "images.npy", np.zeros((3, 8, 8, 3), np.uint8))
+    np.save(tmp_path / "masks.npy", np.zeros((2, 8, 8, 6), np.uint8))
+    with pytest.raises(ValueError, match=r"masks\.npy: masks \(2, 8, 8\) do not match images \(3, 8, 8\)"):
+        open_dataset(tmp_path)
+
+
+# --- MoNuSeg XML -------------------------------------------------------------------------------
+
+_XML = """<Annotations MicronsPerPixel="0.5"><Annotation Id="1"><Regions>
+<Region Id="1"><Vertices>{a}</Vertices></Region>
+<Region Id="2"><Vertices>{b}</Vertices></Region>
+</Regions></Annotation></Annotations>"""
+
+
+def _vertices(x0: float, y0: float, x1: float, y1: float) -> str:
+    return "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1)))
+
+
+def test_monuseg_written_overlap_rule(tmp_path):
+    from promptnucseg.models.data import MonusegDataset
+
+    _write_tif(tmp_path / "s1.tif", _rgb())
+    # Vertices are 1-based pixel centres: X 3..6 covers columns 2..5.
+    (tmp_path / "s1.xml").write_text(_XML.format(a=_vertices(3, 3, 6, 6), b=_vertices(5, 5, 8, 8)))
+    ds = open_dataset(tmp_path)
+    assert type(ds).__name__ == "MonusegDataset" and ds.mpp == 0.5
+    expected = np.zeros((20, 30), np.int32)
+    expected[4:8, 4:8] = 2
+    expected[2:6, 2:6] = 1  # region 1 comes first in the file and keeps the overlap
+    np.testing.assert_array_equal(ds[0].instances, expected)
+    expected[4:8, 4:8] = 2  # with first_wins=False the later region is painted on top
+    np.testing.assert_array_equal(MonusegDataset(tmp_path, first_wins=False)[0].instances, expected)
+
+
+@pytest.mark.shared_data
+def test_monuseg_xml_matches_kumar_labels():
+    """Measured on TCGA-50-5931 (10k pixels where polygons overlap): 444/444 nuclei, foreground
+    IoU 0.995, PQ 0.993 against the Kumar map (PQ 0.940 if later regions won the overlaps)."""
+    from promptnucseg.models.evaluation import pq
+
+    ds = open_dataset(_need("raw-formats/monuseg-xml"))
+    assert ds.mpp == pytest.approx(0.2468)
+    kumar = open_dataset(_need("kumar/train"))
+    stem = "TCGA-50-5931-01Z-00-DX1"
+    mine, ref = ds[ds.names.index(stem)], kumar[kumar.names.index(stem)]
+    np.testing.assert_array_equal(mine.image, ref.image)
+    n_mine, n_ref = len(instance_points(mine.instances)[0]), len(instance_points(ref.instances)[0])
+    fg_mine, fg_ref = mine.instances > 0, ref.instances > 0
+    iou = (fg_mine & fg_ref).sum() / (fg_mine | fg_ref).sum()
+    quality = pq(ref.instances, mine.instances)
+    print(f"{stem}: {n_mine} vs {n_ref} nuclei, foreground IoU {iou:.4f}, PQ {quality.pq:.4f}")
+    assert abs(n_mine - n_ref) <= 0.02 * n_ref
+    assert iou > 0.98
+    assert quality.pq > 0.97
+
+
+# --- CPM-17 / CoNSeP .mat ---------------------------------------------------------------------
+
+
+def test_cpm17_written_mat(tmp_path):
+    import scipy.io
+
+    inst = _square_map().astype(np.float64)  # MATLAB saves doubles
+    _write_png(tmp_path / "Images" / "image_00.png", _rgb())
+    (tmp_path / "Labels").mkdir()
+    scipy.io.savemat(tmp_path / "Labels" / "image_00.mat", {"inst_map": inst})
+    ds = open_dataset(tmp_path)
+    assert type(ds).__name__ == "MatDataset" and ds.class_names == ("nucleus",) and ds.mpp is None
+    s = ds[0]
+    assert s.instance_classes is None and s.instances.dtype == np.int32
+    np.testing.assert_array_equal(s.instances, inst.astype(np.int32))
+
+
+def test_consep_written_original_types_are_merged(tmp_path):
+    import scipy.io
+
+    inst = np.zeros((20, 30), np.int32)
+    for k in range(1, 8):  # ids 1..7, one per CoNSeP original type 1..7
+        inst[2:5, 4 * k - 3 : 4 * k - 1] = k
+    _write_png(tmp_path / "Images" / "test_1.png", np.dstack([_rgb(), np.full((20, 30), 255, np.uint8)]))  # CoNSeP PNGs are RGBA
+    (tmp_path / "Labels").mkdir()
+    scipy.io.savemat(tmp_path / "Labels" / "test_1.mat", {"inst_map": inst, "inst_type": np.arange(1, 8)[:, None].astype(float)})
+    (tmp_path / "Overlay").mkdir()  # CoNSeP ships overlays with the same stems: must not be read as images
+    _write_png(tmp_path / "Overlay" / "test_1.png", _rgb())
+    ds = open_dataset(tmp_path)
+    assert ds.class_names == ("other", "inflammatory", "epithelial", "spindle-shaped")
+    # HoVer-Net's merge: 1->other, 2->inflammatory, 3,4->epithelial, 5,6,7->spindle-shaped (0-based here)
+    assert ds[0].instance_classes == {1: 0, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 3}
+    seven = ["other", "inflammatory", "healthy epithelial", "malignant epithelial", "fibroblast", "muscle", "endothelial"]
+    assert open_dataset(tmp_path, class_names=seven)[0].instance_classes == {k: k - 1 for k in range(1, 8)}
+    scipy.io.savemat(tmp_path / "Labels" / "test_1.mat", {"inst_map": inst, "type_map": (inst > 0) * 2})
+    assert open_dataset(tmp_path, format="consep")[0].instance_classes == {k: 1 for k in range(1, 8)}
+
+
+@pytest.mark.shared_data
+def test_consep_real_mat_with_npy_maps(tmp_path):
+    """The raw .mat files hold inst_type/inst_centroid only; their maps are the .npy beside them.
+
+    Row k of inst_type/inst_centroid belongs to the k-th smallest id: the centroids prove it.
+    """
+    raw, patches = _need("raw-formats/consep-mat"), _need("consep-patches/train")
+    (tmp_path / "Images").mkdir()
+    (tmp_path / "Labels").mkdir()
+    for mat in sorted(raw.glob("*.mat")):
+        (tmp_path / "Images" / f"{mat.stem}.jpg").symlink_to(patches / "images" / f"{mat.stem}.jpg")
+        for f in (mat, mat.with_suffix(".npy")):
+            (tmp_path / "Labels" / f.name).symlink_to(f)
+    ds = open_dataset(tmp_path)
+    assert type(ds).__name__ == "MatDataset" and ds.class_names[2] == "epithelial"
+    folder = open_dataset(patches)
+    import scipy.io
+
+    for s in ds:
+        ref = folder[folder.names.index(s.name)]
+        np.testing.assert_array_equal(s.instances, ref.instances)
+        assert s.instance_classes == ref.instance_classes
+        _, centroids = instance_points(s.instances)
+        np.testing.assert_allclose(centroids, scipy.io.loadmat(raw / f"{s.name}.mat")["inst_centroid"], atol=1e-3)
+
+
+# --- CPM ASCII ---------------------------------------------------------------------------------
+
+
+@pytest.mark.shared_data
+def test_cpm_ascii_real_equals_cpm15_label():
+    ds = open_dataset(_need("raw-formats/cpm-ascii"))
+    assert type(ds).__name__ == "CpmAsciiDataset" and ds.names == ["image01"]
+    cpm15 = open_dataset(_need("cpm15"))
+    s, ref = ds[0], cpm15[cpm15.names.index("image01")]
+    assert s.instances.shape == (488, 643)  # header "643 488" is width, height
+    np.testing.assert_array_equal(s.instances, ref.instances)
+    np.testing.assert_array_equal(s.image, ref.image)
+
+
+def test_cpm_ascii_written_and_bad_header(tmp_path):
+    _write_png(tmp_path / "m.png", _rgb(2, 3))
+    (tmp_path / "m_mask.txt").write_text("3 2\n0\n4\n4\n0\n0\n7\n")
+    np.testing.assert_array_equal(open_dataset(tmp_path)[0].instances, [[0, 4, 4], [0, 0, 7]])
+    (tmp_path / "m_mask.txt").write_text("3 3\n0\n4\n4\n0\n0\n7\n")
+    with pytest.raises(ValueError, match=r"m_mask\.txt: header says 3x3 = 9 labels but 6 follow"):
+        open_dataset(tmp_path)[0]
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_error_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nothere: no such folder"):
+        open_dataset(tmp_path / "nothere")
+    with pytest.raises(FileNotFoundError, match=r"nothere: no such folder"):
+        open_dataset(tmp_path / "nothere", format="folder")
+
+
+def test_error_no_images(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    with pytest.raises(ValueError, match=r"images: holds no images"):
+        open_dataset(tmp_path)
+
+
+def test_error_image_without_label(tmp_path):
+    _write_png(tmp_path / "images" / "a.png", _rgb())
+    _write_png(tmp_path / "images" / "b.png", _rgb())
+    _write_tif(tmp_path / "labels" / "a.tif", _square_map())
+    with pytest.raises(FileNotFoundError, match=r"labels/b\.tif: missing label for image .*b\.png"):
+        open_dataset(tmp_path)
+    mon = tmp_path / "monuseg"
+    _write_tif(mon / "c.tif", _rgb())
+    _write_tif(mon / "d.tif", _rgb())
+    (mon / "c.xml").write_text(_XML.format(a=_vertices(3, 3, 6, 6), b=_vertices(5, 5, 8, 8)))
+    with pytest.raises(FileNotFoundError, match=r"monuseg/d\.xml: missing label for image .*d\.tif"):
+        open_dataset(mon)
+
+
+def test_error_label_shape_differs(tmp_path):
+    _write_png(tmp_path / "images" / "a.png", _rgb(20, 30))
+    _write_tif(tmp_path / "labels" / "a.tif", _square_map(30, 20))
+    ds = open_dataset(tmp_path)
+    with pytest.raises(ValueError, match=r"a\.tif: label map is 20x30 \(WxH\) but its image a\.png is 30x20"):
+        ds[0]
+
+
+def test_error_unknown_and_undetectable_format(tmp_path):
+    _write_png(tmp_path / "a.png", _rgb())
+    with pytest.raises(ValueError, match=r"unknown dataset format 'coco'"):
+        open_dataset(tmp_path, format="coco")
+    with pytest.raises(ValueError, match=r"cannot tell the dataset format"):
+        open_dataset(tmp_path)
+
+
+def test_error_bad_class_json(tmp_path):
+    _write_png(tmp_path / "images" / "a.png", _rgb())
+    _write_tif(tmp_path / "labels" / "a.tif", _square_map())
+    (tmp_path / "classes").mkdir()
+    (tmp_path / "classes" / "a.json").write_text('{"5": 0}')
+    with pytest.raises(ValueError, match=r"a\.json: instance 5 has class 0, expected 1\.\."):
+        open_dataset(tmp_path)

@@ -210,7 +210,7 @@ class FolderDataset(_PairedDataset):
         meta = _read_dataset_yaml(root)
         names = _resolve_class_names(root, class_names, meta, self._class_files)
         if mpp is None:
-            mpp = meta.get("mpp") if meta.get("mpp") is not None else _known_mpp(root)
+            mpp = _yaml_mpp(root, meta) or _known_mpp(root)
         super().__init__(root, list(self._images), names, None if mpp is None else float(mpp))
 
     def _read_label(self, name: str, shape: tuple[int, int]) -> tuple[np.ndarray, dict[int, int] | None]:
@@ -235,9 +235,25 @@ def _read_dataset_yaml(root: Path) -> dict:
     return meta
 
 
+def _yaml_mpp(root: Path, meta: dict) -> float | None:
+    value = meta.get("mpp")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{root / 'dataset.yaml'}: mpp is {value!r}, not a positive number. Fix: write e.g. mpp: 0.25 (microns per pixel)")
+    return float(value)
+
+
+def _dataset_words(root: Path) -> str:
+    """Names of the folder and its parent ("consep-patches/train"), lower-cased: what says which
+    data set this is, without matching a user's home folder that happens to be called "kumar"."""
+    parts = root.resolve().parts[-2:]
+    return "/".join(parts).lower()
+
+
 def _known_mpp(root: Path) -> float | None:
-    text = str(root.resolve()).lower()
-    return next((v for key, v in KNOWN_MPP.items() if key in text), None)
+    words = _dataset_words(root)
+    return next((v for key, v in KNOWN_MPP.items() if key in words), None)
 
 
 def _resolve_class_names(root: Path, given: Sequence[str] | None, meta: dict, class_files: dict[str, Path] | None) -> tuple[str, ...]:
@@ -264,7 +280,7 @@ def _resolve_class_names(root: Path, given: Sequence[str] | None, meta: dict, cl
         return _as_names(raw, json_path)
     if "class_names" in meta:
         return _as_names(meta["class_names"], root / "dataset.yaml")
-    if "consep" in str(root.resolve()).lower():
+    if "consep" in _dataset_words(root):
         return CONSEP_CLASS_NAMES
     largest = 0
     for path in class_files.values():
@@ -286,11 +302,13 @@ def _subdir(root: Path, *candidates: str) -> Path:
 
 class MonusegDataset(_PairedDataset):
     """MoNuSeg originals: <stem>.tif images + Aperio <stem>.xml polygons (flat, or in
-    "Tissue Images/" + "Annotations/"), rasterised in file order, later regions on top.
+    "Tissue Images/" + "Annotations/"), rasterised as the released masks were (see
+    `rasterise_polygons`: earlier regions keep overlaps unless `first_wins=False`).
     mpp from the XML's MicronsPerPixel (MoNuSeg: 0.2468), else 0.25 (40x)."""
 
-    def __init__(self, root: str | Path, mpp: float | None = None) -> None:
+    def __init__(self, root: str | Path, mpp: float | None = None, first_wins: bool = True) -> None:
         root = Path(root)
+        self._first_wins = first_wins
         _require_dir(root, "a MoNuSeg folder with .tif images and .xml annotations")
         image_dir, label_dir = _subdir(root, "Tissue Images", "images"), _subdir(root, "Annotations", "labels")
         labels = _index_files(label_dir, (".xml",))
@@ -300,7 +318,7 @@ class MonusegDataset(_PairedDataset):
         super().__init__(root, list(self._images), ("nucleus",), float(mpp))
 
     def _read_label(self, name: str, shape: tuple[int, int]) -> tuple[np.ndarray, None]:
-        return rasterise_polygons(read_aperio_polygons(self._labels[name]), shape), None
+        return rasterise_polygons(read_aperio_polygons(self._labels[name]), shape, first_wins=self._first_wins), None
 
 
 class MatDataset(_PairedDataset):
@@ -426,8 +444,15 @@ class PanNukeDataset(NucleusDataset):
 
 
 def _find_one(root: Path, filename: str, max_depth: int = 3) -> Path | None:
-    """`filename` in root or up to `max_depth` folders below; two of them is an error (which fold?)."""
-    found = [p for p in root.rglob(filename) if len(p.relative_to(root).parts) <= max_depth + 1]
+    """`filename` in root or up to `max_depth` folders below; two of them is an error (which fold?).
+
+    The walk stops at `max_depth`, so pointing at a big folder by mistake stays quick.
+    """
+    found: list[Path] = []
+    level = [root]
+    for _ in range(max_depth + 1):
+        found += [d / filename for d in level if (d / filename).is_file()]
+        level = [p for d in level for p in sorted(d.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     if len(found) > 1:
         raise ValueError(f"{root}: {len(found)} files named {filename} ({found[0]}, {found[1]}). Fix: point at one fold's folder")
     return found[0] if found else None

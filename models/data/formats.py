@@ -129,12 +129,20 @@ def aperio_mpp(path: Path) -> float | None:
     return None
 
 
-def rasterise_polygons(polygons: list[np.ndarray], shape: tuple[int, int], origin: float = APERIO_VERTEX_ORIGIN) -> np.ndarray:
-    """Instance map with polygon k (file order) as id k+1; later polygons overwrite earlier ones."""
+def rasterise_polygons(
+    polygons: list[np.ndarray], shape: tuple[int, int], origin: float = APERIO_VERTEX_ORIGIN, first_wins: bool = True
+) -> np.ndarray:
+    """Instance map with polygon k (file order) as id k+1.
+
+    Where polygons overlap, the earlier one keeps the pixels by default: that reproduces the
+    released Kumar/MoNuSeg masks (PQ 0.993/0.982/0.978 on the three raw-format images, against
+    0.940/0.980/0.954 with later regions on top). `first_wins=False` paints later regions on top.
+    """
     from skimage.draw import polygon
 
     inst = np.zeros(shape, np.int32)
-    for k, xy in enumerate(polygons, start=1):
+    order = list(enumerate(polygons, start=1))
+    for k, xy in reversed(order) if first_wins else order:
         if len(xy) < 3:
             continue  # a point or a line encloses no pixel
         rr, cc = polygon(xy[:, 1] - origin, xy[:, 0] - origin, shape)
