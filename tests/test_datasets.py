@@ -382,3 +382,19 @@ def test_error_bad_class_json(tmp_path):
     (tmp_path / "classes" / "a.json").write_text('{"5": 0}')
     with pytest.raises(ValueError, match=r"a\.json: instance 5 has class 0, expected 1\.\."):
         open_dataset(tmp_path)
+
+
+def test_error_consep_type_zero_and_bad_yaml_mpp(tmp_path):
+    import scipy.io
+
+    _write_png(tmp_path / "Images" / "t.png", _rgb())
+    (tmp_path / "Labels").mkdir()
+    scipy.io.savemat(tmp_path / "Labels" / "t.mat", {"inst_map": _square_map().astype(np.int32), "inst_type": np.array([[2], [0]])})
+    with pytest.raises(ValueError, match=r"t\.mat: instance type 0 outside 1\.\.4"):
+        open_dataset(tmp_path)[0]
+    folder = tmp_path / "f"
+    _write_png(folder / "images" / "a.png", _rgb())
+    _write_tif(folder / "labels" / "a.tif", _square_map())
+    (folder / "dataset.yaml").write_text("mpp: fast\n")
+    with pytest.raises(ValueError, match=r"dataset\.yaml: mpp is 'fast', not a positive number"):
+        open_dataset(folder)

@@ -378,9 +378,10 @@ class MatDataset(_PairedDataset):
         types = mat_instance_types(mat, instances, path)
         if types is None:
             raise ValueError(f"{path}: no inst_type or type_map, so no classes. Fix: use format='cpm17' for unclassified .mat labels")
-        bad = [t for t in types.values() if not 1 <= t <= (len(CONSEP_MERGE) - 1 if self._merge else len(self.class_names))]
+        top = len(CONSEP_MERGE) - 1 if self._merge else len(self.class_names)
+        bad = [t for t in types.values() if not 1 <= t <= top]
         if bad:
-            raise ValueError(f"{path}: instance type {bad[0]} outside 1..{len(self.class_names)}. Fix: use 1-based types (0 is not a type)")
+            raise ValueError(f"{path}: instance type {bad[0]} outside 1..{top}. Fix: use 1-based types (0 is not a type), or give class_names for every type")
         if self._merge:
             types = {i: int(CONSEP_MERGE[t]) for i, t in types.items()}
         return instances, {i: t - 1 for i, t in types.items()}

@@ -15,9 +15,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 def to_rgb_uint8(arr: np.ndarray, source: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB from grayscale, gray+alpha, RGB, RGBA, 16-bit or float pixels.
 
-    Alpha is dropped (slides have none that means anything); 16-bit is scaled by 1/257
-    (65535 -> 255); float in [0, 1] is scaled by 255, other float is taken as 0..255
-    (PanNuke stores float64 0..255) and clipped.
+    Alpha is dropped (slides have none that means anything); integers above 255 are taken
+    as 16-bit and scaled by 1/257 (65535 -> 255), wider integer types holding 0..255 are
+    kept; float in [0, 1] is scaled by 255, other float is taken as 0..255 (PanNuke stores
+    float64 0..255) and clipped.
     """
     a = np.asarray(arr)
     if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[2] not in (1, 2, 3, 4):
