@@ -5,6 +5,7 @@ import csv
 import gc
 import gzip
 import json
+import subprocess
 import uuid
 import weakref
 from pathlib import Path
@@ -287,6 +288,12 @@ def test_writers_hold_one_batch_at_a_time(tmp_path: Path, nuclei: SlideNuclei, w
 # ---------------------------------------------------------------- errors and atomicity
 
 
+def _exited_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def _never_read() -> Iterator[SlideNuclei]:
     raise AssertionError("the writer read batches before checking its folder")
     yield  # pragma: no cover
@@ -330,6 +337,10 @@ def test_a_failure_mid_stream_leaves_no_partial_file_and_keeps_the_old_one(tmp_p
     with pytest.raises(RuntimeError, match="killed"):
         run(dies())
     assert list(tmp_path.iterdir()) == []
+    # debris of a writer that was killed outright (its process gone) is swept by the next write
+    dead = _exited_pid()
+    (tmp_path / f".{target.name}.partial-{dead}").mkdir()
+    (tmp_path / f".{target.name}.old-{dead}").write_text("half")
     run(batches_of(nuclei.select(slice(0, 100)), 50))
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(RuntimeError, match="killed"):

@@ -39,6 +39,29 @@ def partial_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process, or not a pid we can judge: leave it alone
+    return True
+
+
+def clear_stale_partials(path: Path) -> None:
+    """Remove hidden leftovers of `path` from writers that were killed (their process is
+    gone), so a kill never leaves debris beside the outputs for long."""
+    for prefix in (f".{path.name}.partial-", f".{path.name}.old-"):
+        for leftover in path.parent.glob(f"{prefix}*"):
+            pid = leftover.name[len(prefix):]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+
+
 def fsync_folder(folder: Path) -> None:
     """Make a rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
     try:
@@ -60,6 +83,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     On any exception the temporary file is removed and `path` is left untouched.
     """
     path = Path(path)
+    clear_stale_partials(path)
     tmp = partial_name(path)
     try:
         yield tmp
@@ -77,6 +101,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     """Like `atomic_file` for a folder output (a zarr store): fill a hidden sibling
     folder, then swap it in; a previous output under `path` is removed only after."""
     path = Path(path)
+    clear_stale_partials(path)
     tmp = partial_name(path)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
