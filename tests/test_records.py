@@ -177,3 +177,45 @@ def test_select_concatenate_and_column_checks():
     other.measurements = {"area_um2": other.measurements["area_um2"]}
     with pytest.raises(ValueError, match="different measurements"):
         SlideNuclei.concatenate([nuclei.select([1]), other])
+
+
+def test_real_kumar_nuclei_round_trip_to_the_same_label_map():
+    """Ground-truth nuclei of a real Kumar (MoNuSeg) image, as if the model had found them:
+    outlines at level 0 (a slide with 2 level-0 px per model px), rasterised at the model's
+    pixel size, paint back
+    exactly the annotated label map, and the measurements look like real nuclei."""
+    tifffile = pytest.importorskip("tifffile")
+    from PIL import Image
+    from scipy import ndimage
+
+    from promptnucseg.wsi_pipeline.exporters.label_tiff import paint_labels
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "kumar" / "train"
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root} (see /work/shared/data/README.md)")
+    image = sorted((root / "images").iterdir())[0]
+    rgb = np.asarray(Image.open(image).convert("RGB"))
+    truth = tifffile.imread(root / "labels" / f"{image.stem}.tif")
+    boxes, masks, points, ids = [], [], [], []
+    for i, sl in enumerate(ndimage.find_objects(truth), start=1):
+        if sl is None:
+            continue
+        m = truth[sl] == i
+        ys, xs = np.nonzero(m)
+        boxes.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
+        masks.append(m)
+        points.append((xs.mean() + sl[1].start, ys.mean() + sl[0].start))
+        ids.append(i)
+    n = len(ids)
+    tile = TileNuclei(points=points, classes=np.zeros(n), class_scores=np.ones(n), mask_scores=np.ones(n), boxes=boxes, masks=masks)
+    out = from_tile_nuclei(tile, (0, 0), 2.0, "kumar", rgb, model_mpp=0.25, simplify_tolerance_px=0.0)
+    assert len(out) == n > 300
+    expected = np.zeros(truth.shape, np.uint16)
+    for k, i in enumerate(ids):
+        expected[truth == i] = k + 1
+    assert np.array_equal(paint_labels(truth.shape, [out], downsample=2.0), expected)
+    m = out.measurements
+    assert 20 < np.median(m["area_um2"]) < 100  # nuclei of ~5-11 um diameter
+    assert np.all((m["circularity"] > 0) & (m["circularity"] <= 1) & (m["solidity"] <= 1))
+    assert np.all(m["feret_min_um"] <= m["feret_max_um"])
+    assert np.median(m["hematoxylin_od_mean"]) > 0.1
