@@ -8,9 +8,13 @@ back (`polygon_rows_cols`) samples pixel centres, so mask -> polygon -> raster i
 lossless up to simplification.
 
 The outline is the marching-squares contour at level 0.5 of the largest 4-connected
-component (its holes filled), simplified with Douglas-Peucker in mask pixels. Topology-
-preserving simplification costs ~10x more in GEOS, so it is used only for the rare outline
-that plain Douglas-Peucker makes invalid; `make_valid` is the last resort.
+component (its holes filled; `trace_outlines` does a whole tile's masks in one pass),
+simplified with Douglas-Peucker in mask pixels. Topology-preserving simplification costs
+~15x more in GEOS, so it only redoes the few outlines plain Douglas-Peucker breaks;
+`make_valid` (largest piece) is the last resort for invalid input polygons.
+
+Measured on 2 busy shared cores: ~40 us per 30x30 mask through `masks_to_polygons` (a
+batch), ~0.2 ms through `mask_to_polygon` (one call's numpy overhead).
 """
 from __future__ import annotations
 
