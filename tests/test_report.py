@@ -301,6 +301,11 @@ def test_command_skips_up_to_date_pictures_and_refuses_an_empty_folder(tmp_path,
     assert "up to date" in capsys.readouterr().err and overlay.stat().st_mtime_ns == stamp
     assert main(["report", str(out), "--max-side", "300"]) == 0  # other size: drawn again
     assert overlay.stat().st_mtime_ns != stamp and Image.open(overlay).size[0] == 300
+    stamp = overlay.stat().st_mtime_ns
+    report = folder / "kumar_report.json"
+    report.write_text(report.read_text().replace('"wall_seconds": 3725.4', '"wall_seconds": 99.0'))  # a rerun of the slide
+    assert main(["report", str(out), "--max-side", "300"]) == 0
+    assert overlay.stat().st_mtime_ns != stamp and "99.0 s" in (out / "report.html").read_text()
     capsys.readouterr()
 
     empty = tmp_path / "empty"
@@ -322,3 +327,13 @@ def test_a_slide_folder_without_its_store_is_refused_clearly(tmp_path, kumar):
         render_slide_report(folder)
     page = render_run_report(out).read_text()  # the page still lists it, with the reason
     assert "pictures could not be drawn" in page and "kumar.zarr" in page
+
+
+def test_a_slide_without_nuclei_still_gets_its_pictures(tmp_path, kumar):
+    rgb = kumar[0][:300, :400]
+    folder = write_slide_folder(tmp_path / "run", "bare", rgb, SlideNuclei(), ["nucleus"], [NUCLEUS_COLOR])
+    files = render_slide_report(folder)
+    summary = json.loads(files["pictures"].read_text())
+    assert summary["nuclei"] == 0 and summary["density"]["total"] == 0 and summary["density"]["grid"] == [1, 1]
+    assert np.array_equal(overlay_part(files["overlay"], (400, 300)), rgb)  # the slide, untouched
+    assert files["areas"].is_file() and files["class_counts"].read_text().splitlines()[1] == "0,nucleus,0,0.00,#00ffff"

@@ -79,6 +79,8 @@ class NucleusColumns:
         return np.concatenate([np.asarray(self.root["class"][s], np.int64) for s in self.row_slices()]) if self.n else np.zeros(0, np.int64)
 
     def areas_um2(self) -> np.ndarray | None:
+        if self.n == 0:
+            return np.zeros(0)
         if "measurements" not in self.root or "area_um2" not in self.root["measurements"]:
             return None
         arr = self.root["measurements"]["area_um2"]
@@ -601,9 +603,10 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
         _save_png(_with_legend(zoom_img, legend_strip(zoom_img.width, title, zoom_counts)), paths["zoom"])
         zoom_info = {"box_level0": [x0, y0, w0, h0], "scale": zoom_scale, "size": [out_w, out_h], "nuclei_drawn": shown}
         d = ImageDraw.Draw(overlay_img)
-        box = (x0 / scale, y0 / scale, (x0 + w0) / scale, (y0 + h0) / scale)
-        d.rectangle(box, outline=(0, 0, 0), width=3)
-        d.rectangle(box, outline=(255, 255, 255), width=1)
+        frame = max(3, max(thumb_w, thumb_h) // 400)  # visible among the dots at any size
+        box = (x0 / scale - frame, y0 / scale - frame, (x0 + w0) / scale + frame, (y0 + h0) / scale + frame)
+        d.rectangle(box, outline=(0, 0, 0), width=frame)
+        d.rectangle(box, outline=(255, 255, 255), width=max(1, frame // 3))
 
     mode = f"dots (nuclei < {OUTLINE_MIN_DIAMETER_PX:g} px at this scale; outlines in the zoomed crop, boxed)" if dots else "outlines"
     title = f"{stem}: {columns.n:,} nuclei, {mode}; 1 px = {scale:.2f} level-0 px"
