@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html.parser
 import json
-import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -320,8 +320,6 @@ def test_command_skips_up_to_date_pictures_and_refuses_an_empty_folder(tmp_path,
 def test_a_slide_folder_without_its_store_is_refused_clearly(tmp_path, kumar):
     out = tmp_path / "run"
     folder = write_slide_folder(out, "kumar", kumar[0], kumar[2], ["nucleus"], [NUCLEUS_COLOR])
-    import shutil
-
     shutil.rmtree(folder / "kumar.zarr")
     with pytest.raises(PipelineInputError, match="kumar.zarr.*Fix: rerun the slide with --formats including zarr"):
         render_slide_report(folder)

@@ -18,6 +18,7 @@ the pictures show plus what they were rendered from, so an up-to-date slide is s
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import json
@@ -501,6 +502,47 @@ def _write_class_counts(path: Path, counts: list[dict[str, Any]]) -> None:
                 writer.writerow([c["index"], c["class"], c["count"], f"{100 * c['count'] / total:.2f}", c["color"]])
 
 
+def _overlay_picture(columns: NucleusColumns, classes: np.ndarray, colors: list[tuple[int, int, int]], thumb: np.ndarray, scale: float, diameter: float | None, dots: bool) -> Image.Image:
+    """The thumbnail with every nucleus as an outline, or as a dot when outlines would be
+    smaller than `OUTLINE_MIN_DIAMETER_PX`, streamed a chunk of rows at a time."""
+    if dots:
+        pixels = thumb.copy()
+        size = 1 if (diameter or 0) / scale < 2 else 2  # about the nucleus: larger dots would hide the tissue
+        for rows in columns.row_slices():
+            paint_dots(pixels, columns.centroids(rows), classes[rows], colors, scale, size)
+        return Image.fromarray(pixels)
+    image = Image.fromarray(thumb)
+    width = 2 if diameter and diameter / scale >= 40 else 1
+    for rows in columns.row_slices():
+        _, offsets, coords = columns.rings(rows)
+        draw_outlines(image, offsets, coords, classes[rows], colors, (0.0, 0.0), scale, width)
+    return image
+
+
+def _zoom_picture(columns: NucleusColumns, classes: np.ndarray, colors: list[tuple[int, int, int]], reader: Any, region: tuple[float, float, float, float], centre: tuple[float, float], diameter: float, side: int) -> tuple[Image.Image, dict[str, Any]]:
+    """A `side`-px crop around `centre` (kept inside `region`) at a resolution where the
+    median nucleus is `ZOOM_DIAMETER_PX` wide, with the outlines of the nuclei in it; only
+    the rows whose centroids fall near the crop have their outlines read."""
+    zoom_scale = max(0.25, diameter / ZOOM_DIAMETER_PX)
+    rx, ry, rw, rh = region
+    w0, h0 = min(side * zoom_scale, rw), min(side * zoom_scale, rh)
+    x0 = float(np.clip(centre[0] - w0 / 2, rx, rx + rw - w0))
+    y0 = float(np.clip(centre[1] - h0 / 2, ry, ry + rh - h0))
+    out_w, out_h = max(1, int(w0 / zoom_scale)), max(1, int(h0 / zoom_scale))
+    crop = reader.read_scaled(x0, y0, out_w, out_h, zoom_scale) if reader is not None else np.full((out_h, out_w, 3), 255, np.uint8)
+    image = Image.fromarray(crop)
+    margin = 2 * diameter
+    shown = 0
+    for rows in columns.row_slices():
+        c = columns.centroids(rows)
+        keep = np.flatnonzero((c[:, 0] >= x0 - margin) & (c[:, 0] < x0 + w0 + margin) & (c[:, 1] >= y0 - margin) & (c[:, 1] < y0 + h0 + margin))
+        if len(keep):
+            _, offsets, coords = columns.rings(rows, keep)
+            draw_outlines(image, offsets, coords, classes[rows][keep], colors, (x0, y0), zoom_scale)
+            shown += len(keep)
+    return image, {"box_level0": [x0, y0, w0, h0], "scale": zoom_scale, "size": [out_w, out_h], "nuclei_drawn": shown}
+
+
 def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_date: bool = False, zoom_side: int = ZOOM_SIDE_PX) -> dict[str, Path]:
     """Render one finished slide's pictures beside its `<stem>_report.json`.
 
@@ -540,73 +582,46 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
     reader, why = _open_slide_pixels(report, folder)
     if why:
         notes.append(why)
-    dims = tuple(int(v) for v in (reader.dimensions if reader is not None else (report.get("slide_facts") or {}).get("dimensions") or (0, 0)))
-    if dims[0] <= 0 or dims[1] <= 0:
-        raise PipelineInputError(report_path, "slide size unknown (no slide file and no slide_facts.dimensions)", "put the slide back at the path the report names")
-    scale = max(1.0, max(dims) / max(1, int(max_side)))
-    thumb_w, thumb_h = max(1, math.ceil(dims[0] / scale)), max(1, math.ceil(dims[1] / scale))
-    thumb = reader.read_downsampled(scale) if reader is not None else np.full((thumb_h, thumb_w, 3), 255, np.uint8)
-    region = _region(report, columns.attrs, dims)
-    mpp = _mpp(report, columns.attrs)
+    with reader if reader is not None else contextlib.nullcontext():  # closed once its pixels are read
+        dims = tuple(int(v) for v in (reader.dimensions if reader is not None else (report.get("slide_facts") or {}).get("dimensions") or (0, 0)))
+        if dims[0] <= 0 or dims[1] <= 0:
+            raise PipelineInputError(report_path, "slide size unknown (no slide file and no slide_facts.dimensions)", "put the slide back at the path the report names")
+        scale = max(1.0, max(dims) / max(1, int(max_side)))
+        thumb_w, thumb_h = max(1, math.ceil(dims[0] / scale)), max(1, math.ceil(dims[1] / scale))
+        thumb = reader.read_downsampled(scale) if reader is not None else np.full((thumb_h, thumb_w, 3), 255, np.uint8)
+        region = _region(report, columns.attrs, dims)
+        mpp = _mpp(report, columns.attrs)
 
-    # -- outlines or dots
-    areas = columns.areas_um2()
-    diameter = _median_diameter_px(columns, areas, mpp)
-    dots = diameter is not None and diameter / scale < OUTLINE_MIN_DIAMETER_PX
-    overlay_info: dict[str, Any] = {"mode": "dots" if dots else "outlines", "scale": scale, "thumbnail_size": [thumb_w, thumb_h], "median_diameter_level0_px": diameter, "slide_pixels": reader is not None}
-    density = nucleus_density(columns, region, mpp) if mpp else None
-    if mpp is None:
-        notes.append("no microns per pixel in the report: no density map")
-    overlay = thumb.copy()
-    if dots:
-        size = 1 if diameter / scale < 2 else 2  # about the nucleus: larger dots would hide the tissue
-        for rows in columns.row_slices():
-            paint_dots(overlay, columns.centroids(rows), classes[rows], info.colors, scale, size)
-        overlay_img = Image.fromarray(overlay)
-    else:
-        overlay_img = Image.fromarray(overlay)
-        width = 2 if diameter and diameter / scale >= 40 else 1
-        for rows in columns.row_slices():
-            _, offsets, coords = columns.rings(rows)
-            draw_outlines(overlay_img, offsets, coords, classes[rows], info.colors, (0.0, 0.0), scale, width)
+        # -- outlines or dots
+        areas = columns.areas_um2()
+        diameter = _median_diameter_px(columns, areas, mpp)
+        dots = diameter is not None and diameter / scale < OUTLINE_MIN_DIAMETER_PX
+        overlay_info: dict[str, Any] = {"mode": "dots" if dots else "outlines", "scale": scale, "thumbnail_size": [thumb_w, thumb_h], "median_diameter_level0_px": diameter, "slide_pixels": reader is not None}
+        density = nucleus_density(columns, region, mpp) if mpp else None
+        if mpp is None:
+            notes.append("no microns per pixel in the report: no density map")
+        overlay_img = _overlay_picture(columns, classes, info.colors, thumb, scale, diameter, dots)
 
-    files: dict[str, Path] = {}
-    zoom_info: dict[str, Any] | None = None
-    if dots and columns.n:
-        zoom_scale = max(0.25, diameter / ZOOM_DIAMETER_PX)
-        side0 = zoom_side * zoom_scale
-        if density is not None:
-            cx, cy = density.densest_window(side0)
-        else:  # no mpp, no density map: centre on the first chunk's nuclei
-            c = columns.centroids(next(columns.row_slices()))
-            cx, cy = float(np.median(c[:, 0])), float(np.median(c[:, 1]))
-        rx, ry, rw, rh = region
-        w0, h0 = min(side0, rw), min(side0, rh)
-        x0 = float(np.clip(cx - w0 / 2, rx, rx + rw - w0))
-        y0 = float(np.clip(cy - h0 / 2, ry, ry + rh - h0))
-        out_w, out_h = max(1, int(w0 / zoom_scale)), max(1, int(h0 / zoom_scale))
-        crop = reader.read_scaled(x0, y0, out_w, out_h, zoom_scale) if reader is not None else np.full((out_h, out_w, 3), 255, np.uint8)
-        zoom_img = Image.fromarray(crop)
-        margin = 2 * diameter
-        shown = 0
-        for rows in columns.row_slices():
-            c = columns.centroids(rows)
-            keep = np.flatnonzero((c[:, 0] >= x0 - margin) & (c[:, 0] < x0 + w0 + margin) & (c[:, 1] >= y0 - margin) & (c[:, 1] < y0 + h0 + margin))
-            if len(keep):
-                _, offsets, coords = columns.rings(rows, keep)
-                draw_outlines(zoom_img, offsets, coords, classes[rows][keep], info.colors, (x0, y0), zoom_scale)
-                shown += len(keep)
-        mpp_text = f", {zoom_scale * mpp:.2f} µm/px" if mpp else ""
-        zoom_counts = [(c["class"], info.colors[c["index"]], c["count"]) for c in counts if c["count"]]
-        title = f"{stem}: densest region, level-0 x {x0:,.0f}-{x0 + w0:,.0f}, y {y0:,.0f}-{y0 + h0:,.0f} ({zoom_scale:.2f} level-0 px per px{mpp_text}); whole-slide counts"
-        files["zoom"] = paths["zoom"]
-        _save_png(_with_legend(zoom_img, legend_strip(zoom_img.width, title, zoom_counts)), paths["zoom"])
-        zoom_info = {"box_level0": [x0, y0, w0, h0], "scale": zoom_scale, "size": [out_w, out_h], "nuclei_drawn": shown}
-        d = ImageDraw.Draw(overlay_img)
-        frame = max(3, max(thumb_w, thumb_h) // 400)  # visible among the dots at any size
-        box = (x0 / scale - frame, y0 / scale - frame, (x0 + w0) / scale + frame, (y0 + h0) / scale + frame)
-        d.rectangle(box, outline=(0, 0, 0), width=frame)
-        d.rectangle(box, outline=(255, 255, 255), width=max(1, frame // 3))
+        files: dict[str, Path] = {}
+        zoom_info: dict[str, Any] | None = None
+        if dots and columns.n:
+            if density is not None:
+                centre = density.densest_window(zoom_side * max(0.25, diameter / ZOOM_DIAMETER_PX))
+            else:  # no mpp, no density map: centre on the first chunk's nuclei
+                c = columns.centroids(next(columns.row_slices()))
+                centre = float(np.median(c[:, 0])), float(np.median(c[:, 1]))
+            zoom_img, zoom_info = _zoom_picture(columns, classes, info.colors, reader, region, centre, diameter, zoom_side)
+            x0, y0, w0, h0 = zoom_info["box_level0"]
+            zs = zoom_info["scale"]
+            title = f"{stem}: densest region, level-0 x {x0:,.0f}-{x0 + w0:,.0f}, y {y0:,.0f}-{y0 + h0:,.0f} ({zs:.2f} level-0 px per px{f', {zs * mpp:.2f} µm/px' if mpp else ''}); whole-slide counts"
+            zoom_counts = [(c["class"], info.colors[c["index"]], c["count"]) for c in counts if c["count"]]
+            _save_png(_with_legend(zoom_img, legend_strip(zoom_img.width, title, zoom_counts)), paths["zoom"])
+            files["zoom"] = paths["zoom"]
+            d = ImageDraw.Draw(overlay_img)
+            frame = max(3, max(thumb_w, thumb_h) // 400)  # visible among the dots at any size
+            box = (x0 / scale - frame, y0 / scale - frame, (x0 + w0) / scale + frame, (y0 + h0) / scale + frame)
+            d.rectangle(box, outline=(0, 0, 0), width=frame)
+            d.rectangle(box, outline=(255, 255, 255), width=max(1, frame // 3))
 
     mode = f"dots (nuclei < {OUTLINE_MIN_DIAMETER_PX:g} px at this scale; outlines in the zoomed crop, boxed)" if dots else "outlines"
     title = f"{stem}: {columns.n:,} nuclei, {mode}; 1 px = {scale:.2f} level-0 px"
@@ -637,9 +652,6 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
     for kind in ("zoom", "density", "areas"):  # left from an earlier rendering that drew them
         if kind not in files:
             paths[kind].unlink(missing_ok=True)
-    if reader is not None:
-        reader.close()
-
     summary = {
         "inputs": inputs, "rendered": time.strftime("%Y-%m-%d %H:%M:%S"), "stem": stem, "nuclei": columns.n,
         "files": {k: v.name for k, v in files.items()}, "class_counts": counts, "overlay": overlay_info, "zoom": zoom_info,
