@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PipelineInputError
+from .exporters.atomic import atomic_write_text
 
 
 def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
@@ -38,15 +39,6 @@ def quick_file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
             fh.seek(max(size - chunk, chunk))
             h.update(fh.read(chunk))
     return h.hexdigest()[:16]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass

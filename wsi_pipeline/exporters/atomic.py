@@ -96,6 +96,14 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a small text file (a report, a manifest) all at once or not at all."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
 @contextmanager
 def atomic_folder(path: str | Path) -> Iterator[Path]:
     """Like `atomic_file` for a folder output (a zarr store): fill a hidden sibling

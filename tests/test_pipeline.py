@@ -1,0 +1,218 @@
+"""The whole-slide pipeline on real images with the bundled model: seams, resume, exports, bad input.
+
+These tests run the real predictor (the bundled model) on real H&E from ../shared/data and
+on the real SVS slides there; they skip with the reason when either is absent.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+import tifffile
+import zarr
+from PIL import Image
+
+from promptnucseg.cli import main
+from promptnucseg.wsi_pipeline.runner import SegmentSettings
+from promptnucseg.wsi_pipeline.segment import segment_slide
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+KUMAR_VAL = DATA / "kumar" / "train" / "images" / "TCGA-18-5592-01Z-00-DX1.png"
+CMU = DATA / "slides" / "cmu_small_region.svs"
+TCGA = DATA / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+
+pytestmark = pytest.mark.slow
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"needs {path} (../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    from promptnucseg.models.interface import load_predictor
+    from promptnucseg.models.predictor import BUNDLED_WEIGHTS
+
+    if not BUNDLED_WEIGHTS.is_file():
+        pytest.skip(f"the bundled model {BUNDLED_WEIGHTS} is not in this checkout")
+    return load_predictor(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def kumar_crop(tmp_path_factory) -> Path:
+    """A 512x512 real Kumar H&E crop (0.25 um/px) as PNG: small enough for several runs."""
+    rgb = np.asarray(Image.open(need(KUMAR_VAL)).convert("RGB"))[200:712, 300:812]
+    path = tmp_path_factory.mktemp("img") / "kumar_crop.png"
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def read_zarr_nuclei(store: Path) -> tuple[np.ndarray, list[shapely.Polygon], list[str]]:
+    g = zarr.open_group(str(store), mode="r")
+    points = np.asarray(g["point"][:])
+    offsets, coords = np.asarray(g["polygon_offsets"][:]), np.asarray(g["polygon_coords"][:])
+    polys = [shapely.Polygon(coords[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)]
+    ids = [v.decode() if isinstance(v, bytes) else str(v) for v in g["id"][:]]
+    return points, polys, ids
+
+
+@pytest.mark.parametrize("tile,overlap", [(256, 64), (320, 96), (512, 128)])
+def test_tiled_run_matches_one_whole_image_pass(tmp_path, predictor, kumar_crop, tile, overlap):
+    rgb = np.asarray(Image.open(kumar_crop))
+    whole = predictor.predict([rgb])[0]
+    assert len(whole) > 20
+    settings = SegmentSettings(tile_size=tile, overlap=overlap, batch_size=2, workers=2, mpp=0.25, formats=("zarr",), progress=False, use_tissue_mask=False)
+    report = segment_slide(kumar_crop, tmp_path, predictor, settings, log=lambda m: None)
+    points, polys, ids = read_zarr_nuclei(Path(report["outputs"]["zarr"]))
+    assert len(set(ids)) == len(ids) == report["nuclei"]
+    # no nucleus twice: no two prompt points (level-0 = model px here) closer than the prompter's NMS radius
+    d = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1)) + np.eye(len(points)) * 1e9
+    assert d.min() > 5.0
+    # the same nuclei: match each whole-pass prompt to the nearest tiled prompt within 2 px
+    whole_pts = whole.points + 0.5  # tile pixel indices -> continuous coordinates (QuPath's)
+    dist = np.sqrt(((whole_pts[:, None] - points[None]) ** 2).sum(-1))
+    nearest = dist.argmin(1)
+    matched = dist[np.arange(len(whole_pts)), nearest] <= 2.0
+    inst, _ = whole.label_maps(rgb.shape[:2])
+    ious = []
+    for i in np.flatnonzero(matched):
+        from promptnucseg.wsi_pipeline.geometry import polygon_rows_cols
+
+        rr, cc = polygon_rows_cols(polys[nearest[i]], rgb.shape[:2])
+        tiled = np.zeros(rgb.shape[:2], bool)
+        tiled[rr, cc] = True
+        ref = inst == i + 1
+        ious.append((tiled & ref).sum() / max((tiled | ref).sum(), 1))
+    ious = np.asarray(ious)
+    print(f"tile {tile}/{overlap}: whole {len(whole)} tiled {len(points)} matched {matched.mean():.3f} IoU>0.9 {np.mean(ious > 0.9):.3f} median IoU {np.median(ious):.3f}")
+    assert abs(len(points) - len(whole)) <= max(2, 0.03 * len(whole))
+    assert matched.mean() >= 0.97
+    assert np.mean(ious > 0.9) >= 0.9
+
+
+def _segment_cmd(slide: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "promptnucseg", "segment", str(slide), "--out", str(out), "--device", "cpu", "--no-progress", *extra]
+
+
+def test_killed_run_resumes_to_identical_outputs(tmp_path, predictor):
+    slide = need(CMU)
+    args = ("--roi", "600,900,700,600", "--tile-size", "256", "--overlap", "64", "--batch-size", "1", "--workers", "2")
+    clean = tmp_path / "clean"
+    assert subprocess.run(_segment_cmd(slide, clean, *args), capture_output=True).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_segment_cmd(slide, killed, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = killed / "cmu_small_region" / ".work" / "progress.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (not progress.is_file() or len(progress.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(progress.read_text().splitlines())
+    assert not (killed / "cmu_small_region" / "cmu_small_region_report.json").exists()
+    resumed = subprocess.run(_segment_cmd(slide, killed, *args), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    report = json.loads((killed / "cmu_small_region" / "cmu_small_region_report.json").read_text())
+    assert report["resumed"] and report["tiles_this_run"] < report["tiles"], (done_before, report["tiles"])
+    a = json.loads((clean / "cmu_small_region" / "cmu_small_region.geojson").read_text())
+    b = json.loads((killed / "cmu_small_region" / "cmu_small_region.geojson").read_text())
+    assert a == b and len(a["features"]) > 0
+    za, zb = zarr.open_group(str(clean / "cmu_small_region" / "cmu_small_region.zarr"), mode="r"), zarr.open_group(str(killed / "cmu_small_region" / "cmu_small_region.zarr"), mode="r")
+    for name in ("id", "point", "centroid", "class", "class_score", "mask_score", "polygon_offsets", "polygon_coords", "measurements/area_um2", "measurements/hematoxylin_od_mean"):
+        np.testing.assert_array_equal(za[name][:], zb[name][:])
+
+
+def test_outputs_follow_qupath_rules_and_agree(tmp_path, predictor, kumar_crop):
+    settings = SegmentSettings(tile_size=256, overlap=64, mpp=0.25, progress=False, gzip=True, label_map=True)
+    report = segment_slide(kumar_crop, tmp_path, predictor, settings, log=lambda m: None)
+    with gzip.open(report["outputs"]["geojson"], "rt") as fh:
+        fc = json.load(fh)
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == report["nuclei"] > 0
+    for f in fc["features"]:
+        uuid.UUID(f["id"])
+        props = f["properties"]
+        assert props["objectType"] == "detection"
+        assert props["classification"]["name"] in predictor.class_names and len(props["classification"]["color"]) == 3
+        assert all(isinstance(v, (int, float)) and np.isfinite(v) for v in props["measurements"].values())
+        poly = shapely.geometry.shape(f["geometry"])
+        assert poly.is_valid and poly.area > 0
+    points, polys, ids = read_zarr_nuclei(Path(report["outputs"]["zarr"]))
+    assert ids == [f["id"] for f in fc["features"]]
+    labels = tifffile.imread(report["outputs"]["label_map"])
+    assert labels.shape == (512, 512) and labels.max() == report["nuclei"]
+    rep = json.loads(Path(report["outputs"]["report"]).read_text())
+    for key in ("tiles", "nuclei", "tiles_per_second", "nuclei_per_second", "peak_rss_mb", "wall_seconds", "mpp_used", "config_hash", "versions"):
+        assert key in rep
+
+
+# -- bad input: one clear line, non-zero exit, earlier work kept ---------------------------
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def test_missing_mpp_is_refused_and_other_slides_go_on(tmp_path, predictor, capsys, kumar_crop):
+    slide = need(TCGA)
+    code, err = run_cli(["segment", str(slide), str(kumar_crop), "--out", str(tmp_path), "--device", "cpu", "--no-progress", "--tile-size", "256", "--overlap", "64"], capsys)
+    assert code == 1
+    assert f"{slide}: no microns-per-pixel" in err or ("--mpp" in err and str(slide) in err)
+    # the PNG has no mpp either: both refused, one line each
+    assert err.count("error:") == 2
+
+
+def test_bad_files_each_give_one_line_and_keep_finished_work(tmp_path, predictor, capsys, kumar_crop):
+    out = tmp_path / "out"
+    ok = ["segment", str(kumar_crop), "--out", str(out), "--mpp", "0.25", "--device", "cpu", "--no-progress", "--tile-size", "256", "--overlap", "64"]
+    assert main(ok) == 0
+    finished = out / "kumar_crop" / "kumar_crop.geojson"
+    before = finished.read_bytes()
+    notslide = tmp_path / "notes.svs"
+    notslide.write_text("this is not a slide")
+    truncated = tmp_path / "truncated.svs"
+    truncated.write_bytes(need(CMU).read_bytes()[:600_000])
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.asarray(Image.open(kumar_crop).convert("L"))).save(gray)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((600, 600, 3), 245, np.uint8)).save(blank)
+    code, err = run_cli(["segment", str(notslide), str(truncated), str(gray), str(blank), str(kumar_crop), "--out", str(out), "--mpp", "0.25", "--device", "cpu", "--no-progress", "--tile-size", "256", "--overlap", "64"], capsys)
+    assert code == 1
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 4, err
+    for bad, word in ((notslide, "notes.svs"), (truncated, "truncated.svs"), (gray, "grayscale"), (blank, "no tissue")):
+        assert any(word in l and "Fix:" in l for l in lines), (word, err)
+    assert "already complete" in err  # the finished image was not redone...
+    assert finished.read_bytes() == before  # ...nor touched
+
+
+def test_rgba_input_is_composited_and_segmented(tmp_path, predictor, kumar_crop):
+    rgba = np.dstack([np.asarray(Image.open(kumar_crop)), np.full((512, 512), 255, np.uint8)])
+    path = tmp_path / "rgba.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    report = segment_slide(path, tmp_path / "out", predictor, SegmentSettings(tile_size=256, overlap=64, mpp=0.25, progress=False, formats=("zarr",)), log=lambda m: None)
+    assert report["nuclei"] > 20
+
+
+def test_unwritable_output_and_wrong_weights(tmp_path, capsys, kumar_crop):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, err = run_cli(["segment", str(kumar_crop), "--out", str(blocker / "sub"), "--mpp", "0.25"], capsys)
+    assert code == 2 and "cannot write" in err and "Fix:" in err
+    wrong = tmp_path / "resnet.pth"
+    import torch
+
+    torch.save({"fc.weight": torch.zeros(2)}, wrong)
+    code, err = run_cli(["segment", str(kumar_crop), "--out", str(tmp_path / "o"), "--mpp", "0.25", "--weights", str(wrong)], capsys)
+    assert code == 2 and "resnet.pth" in err and "Fix:" in err

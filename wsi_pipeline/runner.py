@@ -1,0 +1,215 @@
+"""One slide from file to nuclei on disk: plan tiles, stream them through the model, keep
+each nucleus once, journal every finished batch, and write the final outputs.
+
+Memory stays bounded whatever the slide size: at most `prefetch` tiles wait in memory,
+at most two batches are being post-processed, and finished nuclei go to part files on
+disk at once; the exporters then stream those parts. `run_batches` is the unit of work a
+dask worker runs too, so a distributed run writes the very same parts.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..models.interface import NucleusPredictor, TileNuclei
+from .errors import PipelineInputError
+from .geometry import mask_pixel_to_level0
+from .journal import Journal, quick_file_hash
+from .records import SlideNuclei, from_tile_nuclei, load_part, save_part
+from .slides import SlideReader, resolve_mpp
+from .tiling import Tile, TileGrid
+from .tissue import tissue_mask
+
+FORMATS = ("geojson", "zarr", "table")
+
+
+@dataclass
+class SegmentSettings:
+    tile_size: int = 1024  # model pixels
+    overlap: int = 128  # model pixels; larger than the largest nucleus (~25 um = 100 px at 0.25)
+    batch_size: int = 8  # tiles per model call and per journaled part
+    workers: int = 4  # reader threads (and post-processing threads)
+    mpp: float | None = None  # override of the slide's microns per pixel
+    roi: tuple[int, int, int, int] | None = None  # x, y, w, h in level-0 pixels
+    formats: tuple[str, ...] = FORMATS
+    label_map: bool = False  # also <stem>_labels.tif (level 0) for inputs small enough
+    gzip: bool = False  # .geojson.gz
+    simplify_tolerance: float = 0.5  # polygon simplification, model pixels
+    use_tissue_mask: bool = True
+    overwrite: bool = False
+    progress: bool = True
+    label_map_max_pixels: int = 20000 * 20000
+
+
+@dataclass
+class SlidePlan:
+    path: Path
+    stem: str
+    slide_key: str  # content hash: the seed of stable nucleus ids
+    slide_mpp: float
+    mpp_source: str
+    model_mpp: float
+    scale: float  # level-0 pixels per model pixel
+    roi: tuple[int, int, int, int]  # level-0 region processed
+    grid: TileGrid
+    tiles: list[Tile]  # tiles with tissue, row-major
+    batches: list[list[Tile]]
+    tissue_fraction: float
+    slide_facts: dict[str, Any]
+    dimensions: tuple[int, int]  # level-0 (width, height)
+
+    def level0_box(self, tile: Tile) -> tuple[float, float, float, float]:
+        """The tile's level-0 box (x, y, w, h); exact floats, so tiles map back without drift."""
+        return self.roi[0] + tile.x * self.scale, self.roi[1] + tile.y * self.scale, tile.w * self.scale, tile.h * self.scale
+
+
+def plan_slide(reader: SlideReader, settings: SegmentSettings, model_mpp: float, align: int = 32) -> SlidePlan:
+    slide_mpp, mpp_source = resolve_mpp(reader, settings.mpp)
+    width0, height0 = reader.dimensions
+    roi = settings.roi or (0, 0, width0, height0)
+    x, y, w, h = roi
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width0 or y + h > height0:
+        raise PipelineInputError(reader.path, f"--roi {x},{y},{w},{h} is not inside the slide ({width0}x{height0} level-0 px)", "give x,y,w,h within the slide")
+    scale = model_mpp / slide_mpp
+    grid = TileGrid(max(1, int(round(w / scale))), max(1, int(round(h / scale))), settings.tile_size, settings.overlap, align)
+    plan = SlidePlan(
+        path=Path(reader.path), stem=Path(reader.path).stem, slide_key=quick_file_hash(reader.path), slide_mpp=slide_mpp,
+        mpp_source=mpp_source, model_mpp=model_mpp, scale=scale, roi=(x, y, w, h), grid=grid, tiles=[], batches=[],
+        tissue_fraction=1.0, slide_facts=reader.describe(), dimensions=(width0, height0),
+    )
+    tiles = list(grid)
+    if settings.use_tissue_mask:
+        mask = tissue_mask(reader)
+        plan.tissue_fraction = mask.fraction
+        tiles = [t for t in tiles if mask.fraction_in(plan.level0_box(t)) > 0]
+        if not tiles:
+            raise PipelineInputError(
+                reader.path, "no tissue found in the slide" + (" region" if settings.roi else ""),
+                "check that this is the right file (blank or out-of-focus scans look empty), or pass --no-tissue-mask to process every tile",
+            )
+    refuse_grayscale(reader)  # after the tissue check: blank glass is "no tissue", not "grayscale"
+    plan.tiles = tiles
+    plan.batches = [tiles[i : i + settings.batch_size] for i in range(0, len(tiles), settings.batch_size)]
+    return plan
+
+
+def refuse_grayscale(reader: SlideReader) -> None:
+    """A slide without colour cannot be H&E; the models would see garbage, so say so up front."""
+    thumb = reader.thumbnail(512).astype(np.int16)
+    if thumb.size and int(np.abs(np.diff(thumb, axis=2)).max()) <= 2:
+        raise PipelineInputError(
+            reader.path, "has no colour (grayscale); the nucleus models are trained on H&E colour images",
+            "segment the RGB original of this slide (RGBA and 16-bit files are converted automatically)",
+        )
+
+
+@dataclass
+class BatchStats:
+    tiles: int = 0
+    nuclei: int = 0
+    seconds: float = 0.0
+
+
+def _read_tile(reader: SlideReader, plan: SlidePlan, tile: Tile) -> tuple[Tile, np.ndarray, tuple[float, float], float]:
+    """The tile at the model's resolution; tile pixel (i, j) starts at level-0 origin + (i, j) * scale."""
+    x0, y0, _, _ = plan.level0_box(tile)
+    return tile, reader.read_scaled(x0, y0, tile.w, tile.h, plan.scale), (x0, y0), plan.scale
+
+
+def _owned(plan: SlidePlan, tile: Tile, nuclei: TileNuclei, origin: tuple[float, float], scale: float) -> TileNuclei:
+    """The nuclei whose prompt point lies in this tile's core (region model-pixel frame)."""
+    if not len(nuclei):
+        return nuclei
+    level0 = mask_pixel_to_level0(nuclei.points, origin, scale)
+    gx = (level0[:, 0] - plan.roi[0]) / plan.scale
+    gy = (level0[:, 1] - plan.roi[1]) / plan.scale
+    return nuclei.select(tile.owns(gx, gy))
+
+
+def _postprocess(plan: SlidePlan, settings: SegmentSettings, journal: Journal, batch_index: int, results: list[tuple[Tile, np.ndarray, tuple[float, float], float, TileNuclei]]) -> int:
+    parts = []
+    for tile, rgb, origin, scale, nuclei in results:
+        owned = _owned(plan, tile, nuclei, origin, scale)
+        parts.append(from_tile_nuclei(owned, origin_level0=origin, scale=scale, slide_key=plan.slide_key, rgb_tile=rgb, model_mpp=plan.model_mpp, simplify_tolerance_px=settings.simplify_tolerance))
+    batch = SlideNuclei.concatenate(parts)
+    part = journal.part_path(batch_index)
+    save_part(part, batch)
+    journal.record(batch_index, part, {"tiles": [t.index for t, *_ in results], "nuclei": len(batch)})
+    return len(batch)
+
+
+def run_batches(
+    reader: SlideReader,
+    plan: SlidePlan,
+    batch_indices: Sequence[int],
+    predictor: NucleusPredictor,
+    journal: Journal,
+    settings: SegmentSettings,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> BatchStats:
+    """Run the given batches (skipping any already journaled) and journal each as it finishes."""
+    done = journal.done()
+    todo = [b for b in batch_indices if b not in done]
+    stats = BatchStats()
+    started = time.monotonic()
+    workers = max(1, settings.workers)
+    with ThreadPoolExecutor(workers, thread_name_prefix="read") as readers, ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="post") as post:
+        pending: deque[tuple[Future, int]] = deque()
+        for b, tiles in zip(todo, _prefetched(readers, reader, plan, todo, prefetch=2 * settings.batch_size)):
+            nuclei = predictor.predict([rgb for _, rgb, _, _ in tiles])
+            results = [(t, rgb, o, s, n) for (t, rgb, o, s), n in zip(tiles, nuclei)]
+            pending.append((post.submit(_postprocess, plan, settings, journal, b, results), len(tiles)))
+            stats.tiles += len(tiles)
+            while len(pending) > 1:  # at most two batches in post-processing: bounded memory
+                _finish(*pending.popleft(), stats, on_batch)
+        while pending:
+            _finish(*pending.popleft(), stats, on_batch)
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def _finish(fut: Future, n_tiles: int, stats: BatchStats, on_batch: Callable[[int, int], None] | None) -> None:
+    n = fut.result()
+    stats.nuclei += n
+    if on_batch is not None:
+        on_batch(n_tiles, n)
+
+
+def _prefetched(pool: ThreadPoolExecutor, reader: SlideReader, plan: SlidePlan, batches: Sequence[int], prefetch: int) -> Iterator[list[tuple]]:
+    """Tiles of each batch, read ahead by the pool but never more than `prefetch` at once."""
+    order = [(b, t) for b in batches for t in plan.batches[b]]
+    queue: deque[tuple[int, Future]] = deque()
+    it = iter(order)
+    current, bucket = None, []
+    for b, t in it:
+        queue.append((b, pool.submit(_read_tile, reader, plan, t)))
+        if len(queue) >= prefetch:
+            break
+    while queue:
+        b, fut = queue.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            queue.append((nxt[0], pool.submit(_read_tile, reader, plan, nxt[1])))
+        if current is not None and b != current:
+            yield bucket
+            bucket = []
+        current = b
+        bucket.append(fut.result())
+    if bucket:
+        yield bucket
+
+
+def iter_parts(journal: Journal) -> Iterator[SlideNuclei]:
+    for path in journal.parts_in_order():
+        yield load_part(path)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

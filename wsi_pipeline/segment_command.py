@@ -1,0 +1,88 @@
+"""`promptnucseg segment SLIDE [SLIDE ...] --out DIR`: the overnight job.
+
+One failing slide is reported in one line and the others go on; the exit status is
+non-zero if any slide failed. Each slide gets its own folder with the outputs and a JSON
+run report; a killed run resumes where it stopped when run again with the same --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("slides", nargs="*", metavar="SLIDE", help="slide files (svs, ndpi, mrxs, scn, tiff, ome.tiff, png, jpg)")
+    parser.add_argument("--out", required=True, help="output folder; one sub-folder per slide")
+    parser.add_argument("--sample", action="store_true", help="add the bundled sample slide (CMU-1-Small-Region, Aperio SVS) to the inputs")
+    parser.add_argument("--model", "--weights", dest="weights", help="model file: a promptnucseg model (export-model), a segmentor, or an official sam_vit_b/l/h checkpoint; default: the bundled model")
+    parser.add_argument("--prompter-weights", help="prompter to pair with a segmentor/SAM file given by --weights")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--batch-size", type=int, default=8, help="tiles per model call and per journaled batch (default 8)")
+    parser.add_argument("--workers", type=int, default=4, help="tile-reading threads (default 4)")
+    parser.add_argument("--tile-size", type=int, default=1024, help="tile size in model pixels, multiple of 32 (default 1024)")
+    parser.add_argument("--overlap", type=int, default=128, help="tile overlap in model pixels, larger than the largest nucleus (default 128)")
+    parser.add_argument("--mpp", type=float, help="microns per pixel of the slide's level 0: overrides (or supplies missing) metadata")
+    parser.add_argument("--roi", help="x,y,w,h in level-0 pixels: segment only this region")
+    parser.add_argument("--formats", default="geojson,zarr,table", help="comma list of geojson, zarr, table (default: all)")
+    parser.add_argument("--label-map", action="store_true", help="also write <stem>_labels.tif, the level-0 instance label map (small inputs only)")
+    parser.add_argument("--gzip", action="store_true", help="write .geojson.gz")
+    parser.add_argument("--no-tissue-mask", action="store_true", help="process every tile, even where no tissue is found")
+    parser.add_argument("--overwrite", action="store_true", help="discard earlier progress/outputs for these slides and start again")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models.interface import load_predictor
+    from .errors import PipelineInputError
+    from .runner import FORMATS, SegmentSettings
+    from .exporters.atomic import ensure_output_folder
+    from .segment import segment_slide
+    from .slides import parse_roi
+
+    slides = [Path(s) for s in args.slides]
+    try:
+        if args.sample:
+            from .sample import sample_slide
+
+            slides.append(sample_slide())
+        if not slides:
+            print("error: no slides given. Fix: name slide files, or pass --sample", file=sys.stderr)
+            return 2
+        formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+        bad = [f for f in formats if f not in FORMATS]
+        if bad:
+            print(f"error: unknown --formats {','.join(bad)}. Fix: choose from {','.join(FORMATS)}", file=sys.stderr)
+            return 2
+        stems = [s.stem for s in slides]
+        dupes = sorted({s for s in stems if stems.count(s) > 1})
+        if dupes:
+            print(f"error: several inputs are named {', '.join(dupes)}; their outputs would collide. Fix: run them with different --out folders", file=sys.stderr)
+            return 2
+        out = Path(args.out)
+        ensure_output_folder(out / ".run")
+        settings = SegmentSettings(
+            tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size, workers=args.workers, mpp=args.mpp,
+            roi=parse_roi(args.roi) if args.roi else None, formats=formats, label_map=args.label_map, gzip=args.gzip,
+            use_tissue_mask=not args.no_tissue_mask, overwrite=args.overwrite, progress=not args.no_progress,
+        )
+        predictor = load_predictor(args.weights, device=args.device, prompter_weights=args.prompter_weights, batch_size=args.batch_size)
+    except (PipelineInputError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    failed = []
+    for slide in slides:
+        try:
+            report = segment_slide(slide, out, predictor, settings, log=lambda m: print(m, file=sys.stderr))
+            print(json.dumps({"slide": str(slide), "nuclei": report["nuclei"], "report": report["outputs"]["report"]}))
+        except PipelineInputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed.append(slide)
+        except Exception as err:  # one broken slide must not end an overnight run
+            print(f"error: {slide}: failed with {type(err).__name__}: {err}. Fix: see the message; other slides go on", file=sys.stderr)
+            failed.append(slide)
+    if failed:
+        print(f"{len(failed)} of {len(slides)} slides failed: {', '.join(str(s) for s in failed)}", file=sys.stderr)
+        return 1
+    return 0
