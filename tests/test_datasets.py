@@ -398,3 +398,31 @@ def test_error_consep_type_zero_and_bad_yaml_mpp(tmp_path):
     (folder / "dataset.yaml").write_text("mpp: fast\n")
     with pytest.raises(ValueError, match=r"dataset\.yaml: mpp is 'fast', not a positive number"):
         open_dataset(folder)
+
+
+def test_error_two_images_with_one_stem_and_hidden_files_skipped(tmp_path):
+    _write_png(tmp_path / "images" / "a.png", _rgb())
+    _write_tif(tmp_path / "labels" / "a.tif", _square_map())
+    (tmp_path / "images" / "._a.png").write_bytes(b"\x00\x05macOS resource fork")  # not an image: must be skipped
+    assert open_dataset(tmp_path).names == ["a"]
+    _write_tif(tmp_path / "images" / "a.tif", _rgb())
+    with pytest.raises(ValueError, match=r"images: two images for 'a' \(a\.png, a\.tif\)\. Fix: keep one"):
+        open_dataset(tmp_path)
+
+
+def test_error_bad_label_in_any_format_names_its_file(tmp_path):
+    from promptnucseg.models.data import LabelMapError
+
+    _write_png(tmp_path / "m.png", _rgb(2, 3))
+    (tmp_path / "m_mask.txt").write_text("3 2\n0\n4\n4\n0\n-1\n7\n")
+    with pytest.raises(LabelMapError, match=r"m_mask\.txt: holds negative labels \(min -1\)\. Fix: use 0 for background"):
+        open_dataset(tmp_path)[0]
+    mat = tmp_path / "mat"
+    _write_png(mat / "Images" / "t.png", _rgb(2, 3))
+    (mat / "Labels").mkdir()
+    np.save(mat / "Labels" / "t.npy", np.array([[0, 1.5, 0], [0, 0, 0]]))  # CoNSeP-style map beside the .mat
+    import scipy.io
+
+    scipy.io.savemat(mat / "Labels" / "t.mat", {"note": np.array([1])})
+    with pytest.raises(LabelMapError, match=r"t\.npy: holds non-integer values"):
+        open_dataset(mat, format="cpm17")[0]

@@ -10,7 +10,7 @@ import tifffile
 from PIL import Image
 
 from promptnucseg.cli import main
-from promptnucseg.models.evaluation.label_io import LabelMapError, read_label_map
+from promptnucseg.models.data.label_maps import LabelMapError, read_label_map
 
 
 def box(shape, *rects):
@@ -30,7 +30,7 @@ def save(path: Path, arr: np.ndarray) -> Path:
     return path
 
 
-# --- label_io ----------------------------------------------------------------------------
+# --- label_maps --------------------------------------------------------------------------
 
 
 def test_reads_each_format_back_exactly(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.label_io import LABEL_SUFFIXES, read_label_map
+from .folders import files_by_stem
 from .formats import (
     CONSEP_MERGE,
     IMAGE_SUFFIXES,
@@ -30,6 +30,7 @@ from .formats import (
     read_rgb,
     to_rgb_uint8,
 )
+from .label_maps import LABEL_SUFFIXES, read_label_map
 
 # HoVer-Net's merged CoNSeP classes, 1-based in the files: 1 other, 2 inflammatory, 3 epithelial, 4 spindle.
 CONSEP_CLASS_NAMES = ("other", "inflammatory", "epithelial", "spindle-shaped")
@@ -114,17 +115,6 @@ def _keep_present(classes: dict[int, int], instances: np.ndarray) -> dict[int, i
     return {i: c for i, c in classes.items() if i in present}
 
 
-def _index_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
-    """stem -> path for files with one of `suffixes`; two files with one stem is an error (which one is meant?)."""
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."):
-            if p.stem in found:
-                raise ValueError(f"{folder}: both {found[p.stem].name} and {p.name} have stem '{p.stem}'. Fix: keep one of them")
-            found[p.stem] = p
-    return found
-
-
 def _require_dir(path: Path, what: str) -> None:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such folder. Fix: give the path of {what}")
@@ -200,10 +190,10 @@ class FolderDataset(_PairedDataset):
         for sub in (image_dir, label_dir):
             if not sub.is_dir():
                 raise FileNotFoundError(f"{root}: no {sub.name}/ folder. Fix: put images in images/<stem>.png and instance maps in labels/<stem>.tif")
-        self._pair(image_dir, _index_files(image_dir, IMAGE_SUFFIXES), _index_files(label_dir, LABEL_SUFFIXES), str(label_dir / "{stem}.tif"))
+        self._pair(image_dir, files_by_stem(image_dir, IMAGE_SUFFIXES, "images"), files_by_stem(label_dir, LABEL_SUFFIXES, "label maps"), str(label_dir / "{stem}.tif"))
         self._class_files: dict[str, Path] | None = None
         if class_dir.is_dir():
-            self._class_files = _index_files(class_dir, (".json",))
+            self._class_files = files_by_stem(class_dir, (".json",), "class files")
             missing = [s for s in self._images if s not in self._class_files]
             if missing:
                 raise FileNotFoundError(f"{class_dir / (missing[0] + '.json')}: missing ({len(missing)} images have no classes file). Fix: add it (use {{}} for no nuclei) or remove classes/")
@@ -311,8 +301,8 @@ class MonusegDataset(_PairedDataset):
         self._first_wins = first_wins
         _require_dir(root, "a MoNuSeg folder with .tif images and .xml annotations")
         image_dir, label_dir = _subdir(root, "Tissue Images", "images"), _subdir(root, "Annotations", "labels")
-        labels = _index_files(label_dir, (".xml",))
-        self._pair(image_dir, _index_files(image_dir, IMAGE_SUFFIXES), labels, str(label_dir / "{stem}.xml"))
+        labels = files_by_stem(label_dir, (".xml",), "annotations")
+        self._pair(image_dir, files_by_stem(image_dir, IMAGE_SUFFIXES, "images"), labels, str(label_dir / "{stem}.xml"))
         if mpp is None:
             mpp = aperio_mpp(next(iter(self._labels.values()))) or 0.25
         super().__init__(root, list(self._images), ("nucleus",), float(mpp))
@@ -335,7 +325,7 @@ class MatDataset(_PairedDataset):
         root = Path(root)
         _require_dir(root, "a folder with Images/ and Labels/*.mat")
         image_dir, label_dir = _subdir(root, "Images", "images"), _subdir(root, "Labels", "labels")
-        self._pair(image_dir, _index_files(image_dir, IMAGE_SUFFIXES), _index_files(label_dir, (".mat",)), str(label_dir / "{stem}.mat"))
+        self._pair(image_dir, files_by_stem(image_dir, IMAGE_SUFFIXES, "images"), files_by_stem(label_dir, (".mat",), "label files"), str(label_dir / "{stem}.mat"))
         self._merge = False
         if not classified:
             if class_names is not None and len(class_names) > 1:
@@ -395,7 +385,7 @@ class CpmAsciiDataset(_PairedDataset):
         _require_dir(root, "a folder with <stem>.png images and <stem>_mask.txt masks")
         image_dir, label_dir = _subdir(root, "Images", "images"), _subdir(root, "Labels", "labels", "masks")
         labels = {p.name[: -len("_mask.txt")]: p for p in sorted(label_dir.glob("*_mask.txt"))}
-        self._pair(image_dir, _index_files(image_dir, IMAGE_SUFFIXES), labels, str(label_dir / "{stem}_mask.txt"))
+        self._pair(image_dir, files_by_stem(image_dir, IMAGE_SUFFIXES, "images"), labels, str(label_dir / "{stem}_mask.txt"))
         super().__init__(root, list(self._images), ("nucleus",), mpp)
 
     def _read_label(self, name: str, shape: tuple[int, int]) -> tuple[np.ndarray, None]:

@@ -1,13 +1,16 @@
 """Pixel-level readers shared by the dataset formats: images to uint8 RGB, labels to int32.
 
 Kept apart from the dataset classes so each on-disk format is a few lines of layout logic
-on top of one set of conversions (and one place that decides what "RGB" means).
+on top of one set of conversions (and one place that decides what "RGB" means). Every
+label read here ends in `label_maps.as_instance_map`, the check `evaluate` uses too.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from .label_maps import as_instance_map
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -70,25 +73,6 @@ def read_rgb(path: Path) -> np.ndarray:
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot be read as an image ({type(err).__name__}: {err}). Fix: re-export it as PNG/JPEG/TIFF") from err
     return to_rgb_uint8(arr, path)
-
-
-def as_instance_map(arr: np.ndarray, source: str | Path) -> np.ndarray:
-    """A 2-D int32 instance map from an array read out of a file (.mat, .npy, ASCII), checked."""
-    a = np.asarray(arr)
-    while a.ndim > 2 and 1 in a.shape:
-        a = np.squeeze(a, axis=a.shape.index(1))
-    if a.ndim != 2 or a.size == 0:
-        raise ValueError(f"{source}: instance map has shape {tuple(a.shape)}, not (H, W). Fix: store one integer id per pixel")
-    if a.dtype == bool:
-        return a.astype(np.int32)
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
-            raise ValueError(f"{source}: instance map holds non-integer values (dtype {a.dtype}). Fix: store integer ids")
-    elif not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"{source}: instance map has unsupported dtype {a.dtype}. Fix: store uint16/int32 ids")
-    if a.min() < 0 or a.max() > np.iinfo(np.int32).max:
-        raise ValueError(f"{source}: instance ids outside 0..2^31-1 (min {a.min()}, max {a.max()}). Fix: use 0 for background, 1..N for nuclei")
-    return a.astype(np.int32)
 
 
 # --- MoNuSeg: Aperio ImageScope XML polygons -------------------------------------------------
@@ -176,9 +160,10 @@ def mat_instances(mat: dict[str, np.ndarray], path: Path) -> np.ndarray:
     npy = path.with_suffix(".npy")
     if npy.is_file():
         try:
-            return as_instance_map(np.load(npy, allow_pickle=False), npy)
+            arr = np.load(npy, allow_pickle=False)
         except (OSError, ValueError) as err:
             raise ValueError(f"{npy}: cannot be read as an instance map ({err}). Fix: re-save it with numpy.save") from err
+        return as_instance_map(arr, npy)
     raise ValueError(f"{path}: no 'inst_map' variable and no {npy.name} beside it. Fix: store the instance map as inst_map or as {npy.name}")
 
 

@@ -1,4 +1,7 @@
-"""Scoring nucleus segmentations: HoVer-Net-convention metrics, label-map files, `promptnucseg evaluate`."""
+"""Scoring nucleus segmentations: HoVer-Net-convention metrics and `promptnucseg evaluate`.
+
+Label-map files are read by `models.data.label_maps`, the reader the data sets use too.
+"""
 from .metrics import (
     DetectionCounts,
     InstanceOverlap,

@@ -16,7 +16,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .label_io import LABEL_SUFFIXES, LabelMapError, read_label_map
+from ..data.folders import files_by_stem
+from ..data.label_maps import LABEL_SUFFIXES, LabelMapError, read_label_map
 from .metrics import IMAGE_METRICS, DetectionCounts, MatchCounts, class_f1_scores, detection_scores, score_label_maps
 
 CONVENTIONS = (
@@ -72,13 +73,7 @@ def label_files(folder: Path) -> dict[str, Path]:
     """Label-map files of a folder by stem; two files with one stem are an error."""
     if not folder.is_dir():
         raise EvaluationInputError(f"{folder}: not a folder. Fix: pass the folder that holds the label maps")
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in LABEL_SUFFIXES:
-            continue
-        if path.stem in found:
-            raise EvaluationInputError(f"{folder}: two label maps for '{path.stem}' ({found[path.stem].name}, {path.name}). Fix: keep one")
-        found[path.stem] = path
+    found = files_by_stem(folder, LABEL_SUFFIXES, "label maps")
     if not found:
         raise EvaluationInputError(f"{folder}: no label maps ({'/'.join(LABEL_SUFFIXES)}). Fix: point to the folder that holds them")
     return found
