@@ -1,4 +1,8 @@
-"""`segment_slide`: plan, run (resuming), export, report — for one slide into its own folder."""
+"""`segment_slide`: plan, run (resuming), export, report — for one slide into its own folder.
+
+`prepare_slide` (plan + journal) and `finish_slide` (exports + report) are shared with the
+distributed run (`distributed.py`), which runs the batches in between on dask workers.
+"""
 from __future__ import annotations
 
 import json
@@ -16,7 +20,7 @@ from .errors import PipelineInputError
 from .exporters.atomic import atomic_write_text, ensure_output_folder
 from .journal import Journal, fingerprint_hash
 from .runner import SegmentSettings, SlidePlan, iter_parts, peak_rss_mb, plan_slide, run_batches
-from .slides import open_slide
+from .slides import SlideReader, open_slide
 
 PACKAGES = ("promptnucseg", "torch", "segment-anything", "timm", "openslide-python", "openslide-bin", "tifffile", "zarr", "shapely", "numpy", "dask", "distributed")
 
@@ -44,11 +48,32 @@ def output_paths(folder: Path, stem: str, settings: SegmentSettings) -> dict[str
     return paths
 
 
-def fingerprint(plan: SlidePlan, predictor: NucleusPredictor, settings: SegmentSettings) -> dict[str, Any]:
-    model = predictor.describe()
+@dataclass(frozen=True)
+class ModelFacts:
+    """What planning, the fingerprint and the exports need of a model, without its weights.
+
+    Picklable, so a distributed run's client can hold it while only the workers load the
+    networks; `describe()` keeps the predictor's spelling so both paths share the code below.
+    """
+
+    mpp: float
+    class_names: tuple[str, ...]
+    class_colors: tuple[tuple[int, int, int], ...]
+    description: dict[str, Any]
+
+    @classmethod
+    def of(cls, predictor: NucleusPredictor) -> "ModelFacts":
+        return cls(float(predictor.mpp), tuple(predictor.class_names), tuple(tuple(c) for c in predictor.class_colors), predictor.describe())
+
+    def describe(self) -> dict[str, Any]:
+        return self.description
+
+
+def fingerprint(plan: SlidePlan, model: ModelFacts, settings: SegmentSettings) -> dict[str, Any]:
+    desc = model.describe()
     return {
         "slide": plan.slide_key,
-        "model": model.get("weights_sha256", model.get("model")),
+        "model": desc.get("weights_sha256", desc.get("model")),
         "model_mpp": plan.model_mpp,
         "slide_mpp": plan.slide_mpp,
         "roi": list(plan.roi),
@@ -68,60 +93,103 @@ class SlideResult:
     error: str | None = None
 
 
-def segment_slide(path: str | Path, out_root: str | Path, predictor: NucleusPredictor, settings: SegmentSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Segment one slide into `out_root/<stem>/`; resumes a killed run; returns the report."""
+def describe_failure(slide: str | Path, err: BaseException) -> str:
+    """The one-line message for a slide that failed (the CLI prints it after "error: ")."""
+    if isinstance(err, PipelineInputError):
+        return str(err)
+    return f"{slide}: failed with {type(err).__name__}: {err}. Fix: see the message; other slides go on"
+
+
+@dataclass
+class SlideJob:
+    """A planned slide with its journal open: what is left to run and where outputs go."""
+
+    plan: SlidePlan
+    folder: Path
+    paths: dict[str, Path]
+    journal: Journal
+    fingerprint: dict[str, Any]
+    resumed: bool = False
+    started: float = 0.0  # time.monotonic() when preparation began
+    finished_report: dict[str, Any] | None = None  # set when an earlier run already completed it
+
+    def pending(self) -> list[int]:
+        """Batch indices not yet journaled, in order."""
+        done = self.journal.done()
+        return [b for b in range(len(self.plan.batches)) if b not in done]
+
+    def tiles_done(self) -> int:
+        done = self.journal.done()
+        return sum(len(self.plan.batches[b]) for b in done if b < len(self.plan.batches))
+
+
+def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, settings: SegmentSettings, log: Callable[[str], None] = print) -> SlideJob:
+    """Plan the slide and open (or resume) its journal; notices an already finished run."""
     started = time.monotonic()
-    reader = open_slide(path)
-    plan = plan_slide(reader, settings, predictor.mpp)
+    plan = plan_slide(reader, settings, model.mpp)
     folder = Path(out_root) / plan.stem
     ensure_output_folder(folder / f"{plan.stem}_report.json")
     paths = output_paths(folder, plan.stem, settings)
     journal = Journal(folder)
-    fp = fingerprint(plan, predictor, settings)
+    fp = fingerprint(plan, model, settings)
+    job = SlideJob(plan, folder, paths, journal, fp, started=started)
     if settings.overwrite:
         journal.clear()
     elif paths["report"].is_file() and not journal.work.exists():
         old = json.loads(paths["report"].read_text())
         if old.get("config_hash") == fingerprint_hash(fp) and old.get("status") == "complete":
             log(f"{plan.path.name}: already complete in {folder} (pass --overwrite to redo)")
-            return old
-    resumed = journal.start(fp)
-    done = journal.done()
+            job.finished_report = old
+            return job
+    job.resumed = journal.start(fp)
     if settings.label_map and plan.dimensions[0] * plan.dimensions[1] > settings.label_map_max_pixels:
         raise PipelineInputError(plan.path, f"--label-map wants a level-0 raster of {plan.dimensions[0]}x{plan.dimensions[1]} px, too large to hold in memory", "drop --label-map for whole slides and use the zarr label raster instead")
-    tiles_done = sum(len(plan.batches[b]) for b in done if b < len(plan.batches))
-    if resumed:
-        log(f"{plan.path.name}: resuming, {len(done)}/{len(plan.batches)} batches already done")
-    bar = tqdm(total=len(plan.tiles), initial=tiles_done, desc=plan.path.name, unit="tile", disable=not settings.progress, dynamic_ncols=True)
+    if job.resumed:
+        log(f"{plan.path.name}: resuming, {len(journal.done())}/{len(plan.batches)} batches already done")
+    return job
 
-    def on_batch(n_tiles: int, n_nuclei: int) -> None:
-        bar.update(n_tiles)
-        bar.set_postfix(nuclei=n_nuclei)
 
-    stats = run_batches(reader, plan, range(len(plan.batches)), predictor, journal, settings, on_batch)
-    bar.close()
-    report = finalize(plan, journal, predictor, settings, paths, fp)
-    wall = time.monotonic() - started
-    report.update(
-        {
-            "wall_seconds": round(wall, 3),
-            "tiles_this_run": stats.tiles,
-            "tiles_per_second": round(stats.tiles / stats.seconds, 3) if stats.seconds else None,
-            "nuclei_per_second": round(stats.nuclei / stats.seconds, 3) if stats.seconds else None,
-            "resumed": resumed,
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-        }
-    )
-    atomic_write_text(paths["report"], json.dumps(report, indent=1, default=str))
-    journal.clear()
+def finish_slide(job: SlideJob, model: ModelFacts, settings: SegmentSettings, run_facts: dict[str, Any]) -> dict[str, Any]:
+    """Export from the journaled parts, write the JSON report, then drop the journal."""
+    report = finalize(job.plan, job.journal, model, settings, job.paths, job.fingerprint)
+    report.update({"wall_seconds": round(time.monotonic() - job.started, 3), **run_facts, "resumed": job.resumed})
+    atomic_write_text(job.paths["report"], json.dumps(report, indent=1, default=str))
+    job.journal.clear()
     return report
 
 
-def finalize(plan: SlidePlan, journal: Journal, predictor: NucleusPredictor, settings: SegmentSettings, paths: dict[str, Path], fp: dict[str, Any]) -> dict[str, Any]:
+def segment_slide(path: str | Path, out_root: str | Path, predictor: NucleusPredictor, settings: SegmentSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Segment one slide into `out_root/<stem>/`; resumes a killed run; returns the report."""
+    model = ModelFacts.of(predictor)
+    with open_slide(path) as reader:
+        job = prepare_slide(reader, out_root, model, settings, log)
+        if job.finished_report is not None:
+            return job.finished_report
+        plan = job.plan
+        bar = tqdm(total=len(plan.tiles), initial=job.tiles_done(), desc=plan.path.name, unit="tile", disable=not settings.progress, dynamic_ncols=True)
+
+        def on_batch(n_tiles: int, n_nuclei: int) -> None:
+            bar.update(n_tiles)
+            bar.set_postfix(nuclei=n_nuclei)
+
+        stats = run_batches(reader, plan, range(len(plan.batches)), predictor, job.journal, settings, on_batch)
+        bar.close()
+    return finish_slide(
+        job, model, settings,
+        {
+            "tiles_this_run": stats.tiles,
+            "tiles_per_second": round(stats.tiles / stats.seconds, 3) if stats.seconds else None,
+            "nuclei_per_second": round(stats.nuclei / stats.seconds, 3) if stats.seconds else None,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+        },
+    )
+
+
+def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: SegmentSettings, paths: dict[str, Path], fp: dict[str, Any]) -> dict[str, Any]:
     """Write the final outputs by streaming the journaled parts in batch order."""
     from .exporters import write_geojson, write_label_tiff, write_table, write_zarr
 
-    names, colors = predictor.class_names, predictor.class_colors
+    names, colors = model.class_names, model.class_colors
     counts = {name: 0 for name in names}
     total = 0
     for part in iter_parts(journal):
@@ -136,7 +204,7 @@ def finalize(plan: SlidePlan, journal: Journal, predictor: NucleusPredictor, set
         "roi": list(plan.roi),
         "class_names": list(names),
         "class_colors": [list(c) for c in colors],
-        "model": predictor.describe(),
+        "model": model.describe(),
         "settings": asdict(settings),
         "versions": package_versions(),
         "config_hash": fingerprint_hash(fp),
@@ -165,7 +233,7 @@ def finalize(plan: SlidePlan, journal: Journal, predictor: NucleusPredictor, set
         "resampling": f"level-0 px per model px = {plan.scale:.4f}; tiles read from the level nearest to {plan.model_mpp} um/px and resampled",
         "slide_facts": plan.slide_facts,
         "config_hash": fingerprint_hash(fp),
-        "model": predictor.describe(),
+        "model": model.describe(),
         "settings": asdict(settings),
         "versions": package_versions(),
     }
