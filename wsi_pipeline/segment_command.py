@@ -3,6 +3,8 @@
 One failing slide is reported in one line and the others go on; the exit status is
 non-zero if any slide failed. Each slide gets its own folder with the outputs and a JSON
 run report; a killed run resumes where it stopped when run again with the same --out.
+With --scheduler or --cluster the batches run on dask workers (see distributed.py) and the
+outputs are the same bytes as a single-process run's.
 """
 from __future__ import annotations
 
@@ -10,6 +12,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .segment import SlideResult
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -31,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--no-tissue-mask", action="store_true", help="process every tile, even where no tissue is found")
     parser.add_argument("--overwrite", action="store_true", help="discard earlier progress/outputs for these slides and start again")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="run on the dask workers of this scheduler (e.g. tcp://10.0.0.5:8786); they must see the slides and --out at the same paths")
+    where.add_argument("--cluster", metavar="local:N", help="start N dask worker processes on this machine (local: one per GPU, or one per 4 cores without GPU)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from .errors import PipelineInputError
     from .runner import FORMATS, SegmentSettings
     from .exporters.atomic import ensure_output_folder
-    from .segment import segment_slide
+    from .segment import SlideResult, describe_failure, segment_slide
     from .slides import parse_roi
 
     slides = [Path(s) for s in args.slides]
@@ -67,22 +76,42 @@ def run(args: argparse.Namespace) -> int:
             roi=parse_roi(args.roi) if args.roi else None, formats=formats, label_map=args.label_map, gzip=args.gzip,
             use_tissue_mask=not args.no_tissue_mask, overwrite=args.overwrite, progress=not args.no_progress,
         )
-        predictor = load_predictor(args.weights, device=args.device, prompter_weights=args.prompter_weights, batch_size=args.batch_size)
     except (PipelineInputError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    failed = []
-    for slide in slides:
+    if args.scheduler or args.cluster:
+        from .distributed import ModelSpec, run_distributed
+
+        spec = ModelSpec(args.weights, args.prompter_weights, args.device, args.batch_size)
         try:
-            report = segment_slide(slide, out, predictor, settings, log=lambda m: print(m, file=sys.stderr))
-            print(json.dumps({"slide": str(slide), "nuclei": report["nuclei"], "report": report["outputs"]["report"]}))
-        except PipelineInputError as err:
+            results = run_distributed(slides, out, settings, spec, scheduler=args.scheduler, cluster=args.cluster, on_result=_print_result)
+        except (PipelineInputError, ValueError, RuntimeError, OSError, TimeoutError) as err:
             print(f"error: {err}", file=sys.stderr)
-            failed.append(slide)
-        except Exception as err:  # one broken slide must not end an overnight run
-            print(f"error: {slide}: failed with {type(err).__name__}: {err}. Fix: see the message; other slides go on", file=sys.stderr)
-            failed.append(slide)
+            return 2
+        failed = [r.slide for r in results if not r.ok]
+    else:
+        try:
+            predictor = load_predictor(args.weights, device=args.device, prompter_weights=args.prompter_weights, batch_size=args.batch_size)
+        except (PipelineInputError, ValueError, RuntimeError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        failed = []
+        for slide in slides:
+            try:
+                report = segment_slide(slide, out, predictor, settings, log=lambda m: print(m, file=sys.stderr))
+                _print_result(SlideResult(str(slide), True, report))
+            except Exception as err:  # one broken slide must not end an overnight run
+                _print_result(SlideResult(str(slide), False, {}, describe_failure(slide, err)))
+                failed.append(slide)
     if failed:
         print(f"{len(failed)} of {len(slides)} slides failed: {', '.join(str(s) for s in failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_result(result: SlideResult) -> None:
+    """A finished slide as one JSON line on stdout; a failed one as one error line on stderr."""
+    if result.ok:
+        print(json.dumps({"slide": result.slide, "nuclei": result.report["nuclei"], "report": result.report["outputs"]["report"]}))
+    else:
+        print(f"error: {result.error}", file=sys.stderr)
