@@ -24,8 +24,12 @@ class CheckpointError(ValueError):
     """A weights file that is missing, unreadable, or for another model."""
 
     def __init__(self, path: str | Path, problem: str, fix: str) -> None:
-        self.path = str(path)
+        self.path, self.problem, self.fix = str(path), problem, fix
         super().__init__(f"{path}: {problem}. Fix: {fix}")
+
+    def __reduce__(self) -> tuple:
+        # rebuilt from its three parts, so it survives pickling from a dask worker
+        return (type(self), (self.path, self.problem, self.fix))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

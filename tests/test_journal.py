@@ -38,3 +38,14 @@ def test_quick_hash_sees_content_not_name(tmp_path):
     b.write_bytes(b"1" * 3_000_000)
     c.write_bytes(b"1" * 2_999_999 + b"2")
     assert quick_file_hash(a) == quick_file_hash(b) != quick_file_hash(c)
+
+
+def test_user_errors_survive_pickling_from_a_worker():
+    import pickle
+
+    from promptnucseg.models.checkpoints import CheckpointError
+    from promptnucseg.wsi_pipeline.errors import PipelineInputError
+
+    for err in (PipelineInputError("a.svs", "no microns-per-pixel", "pass --mpp"), CheckpointError("w.pt", "not a model", "pass another file")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err) and back.path == err.path

@@ -17,3 +17,7 @@ class PipelineInputError(Exception):
         self.fix = fix
         where = f"{self.path}: " if self.path else ""
         super().__init__(f"{where}{problem}. Fix: {fix}")
+
+    def __reduce__(self) -> tuple:
+        # rebuilt from its three parts, so it survives pickling from a dask worker
+        return (type(self), (self.path, self.problem, self.fix))
