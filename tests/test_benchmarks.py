@@ -1,0 +1,79 @@
+"""The benchmarks measure what they say: a stage's peak RSS sees an allocation, the memory
+part's doubled region really has twice the area, and a quick stitch run on real nuclei writes
+a complete JSON whose nucleus counts follow the grid. No timing is asserted."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+KUMAR = DATA / "kumar" / "train" / "images"
+if str(REPO) not in sys.path:  # `benchmarks/` is a folder of the repo, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.inputs import doubled_roi  # noqa: E402
+from benchmarks.machine import StagePeak  # noqa: E402
+from promptnucseg.wsi_pipeline.errors import PipelineInputError  # noqa: E402
+
+
+def test_stage_peak_sees_a_100_mb_allocation_that_is_freed_before_it_ends():
+    with StagePeak() as mem:
+        block = np.ones(100 * 2**20 // 8)  # 100 MiB, touched
+        del block
+    assert mem.growth_mb is not None and mem.growth_mb >= 80, (mem.method, mem.start_mb, mem.peak_mb)
+    with StagePeak() as quiet:
+        sum(range(1000))
+    assert quiet.growth_mb is not None and quiet.growth_mb < 50, (quiet.method, quiet.start_mb, quiet.peak_mb)
+
+
+def test_doubled_roi_is_twice_the_area_inside_the_slide():
+    assert doubled_roi((10, 20, 100, 50), (500, 500)) == (10, 20, 100, 100)  # taller fits
+    assert doubled_roi((10, 400, 100, 80), (500, 500)) == (10, 400, 200, 80)  # only wider fits
+    with pytest.raises(PipelineInputError, match="neither twice its height nor twice its width"):
+        doubled_roi((300, 300, 150, 150), (500, 500))
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_quick_stitch_run_writes_complete_json(tmp_path):
+    from promptnucseg.models.predictor import BUNDLED_WEIGHTS
+
+    if not BUNDLED_WEIGHTS.is_file():
+        pytest.skip(f"the bundled model {BUNDLED_WEIGHTS} is not in this checkout")
+    if not KUMAR.is_dir():
+        pytest.skip(f"needs {KUMAR} (../shared/data beside the repo)")
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "stitch", "--device", "cpu",
+           "--stitch-tiles", "1", "--stitch-grid", "3x1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(c) stitch + export alone" in proc.stdout and "microseconds per nucleus" in proc.stdout
+
+    result = json.loads(out.read_text())
+    assert result["errors"] == {} and result["finished"]
+    machine = result["machine"]
+    assert machine["device"] == "cpu" and machine["cpu_model"] and machine["cpu_usable_cores"] >= 1 and machine["torch"]
+    assert result["model"]["weights_sha256"] and "kumar" in result["inputs"]["tiles"]
+
+    stitch = result["results"]["stitch"]
+    per_tile = stitch["source_nuclei"]
+    assert stitch["source_tiles"] == 1 and per_tile > 0
+    sizes = stitch["sizes"]
+    assert [s["multiplier"] for s in sizes] == [1, 3, 10]
+    assert [s["tiles"] for s in sizes] == [3, 9, 30]
+    for s in sizes:
+        assert s["nuclei_on_tiles"] == s["tiles"] * per_tile  # every tile carries the real nuclei
+        assert 0 < s["nuclei"] <= s["nuclei_on_tiles"]  # ownership keeps each once, drops the overlap's copies
+        for stage, seconds in s["seconds"].items():
+            assert s["us_per_nucleus"][stage] == pytest.approx(seconds * 1e6 / s["nuclei"], rel=0.02, abs=0.05)
+        assert all(v > 0 for v in s["output_bytes"].values())
+        assert s["peak_rss_mb"] > 0
+    nuclei = [s["nuclei"] for s in sizes]
+    assert nuclei[0] < nuclei[1] < nuclei[2]
+    assert stitch["growth"]["nuclei_ratio"] == pytest.approx(nuclei[2] / nuclei[0], rel=1e-3)
