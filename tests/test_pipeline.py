@@ -68,8 +68,53 @@ def read_zarr_nuclei(store: Path) -> tuple[np.ndarray, list[shapely.Polygon], li
     return points, polys, ids
 
 
+def agreement(ref_points: np.ndarray, ref_inst: np.ndarray, points: np.ndarray, inst: np.ndarray, region: tuple[int, int, int, int]) -> tuple[float, np.ndarray]:
+    """Match each reference nucleus whose prompt lies in `region` (x0, y0, x1, y1) to the
+    nearest prompt within 2 px; return the matched fraction and the matched masks' IoUs."""
+    x0, y0, x1, y1 = region
+    sel = np.flatnonzero((ref_points[:, 0] >= x0) & (ref_points[:, 0] < x1) & (ref_points[:, 1] >= y0) & (ref_points[:, 1] < y1))
+    dist = np.sqrt(((ref_points[sel, None] - points[None]) ** 2).sum(-1))
+    nearest = dist.argmin(1)
+    matched = dist[np.arange(len(sel)), nearest] <= 2.0
+    ious = []
+    for i, j in zip(sel[matched], nearest[matched]):
+        a, b = ref_inst == i + 1, inst == j + 1
+        ious.append((a & b).sum() / max((a | b).sum(), 1))
+    return float(matched.mean()), np.asarray(ious)
+
+
+@pytest.fixture(scope="module")
+def model_window_floor(predictor, kumar_crop) -> dict[str, float]:
+    """How well the model agrees with itself when only its windows move: the whole-image pass
+    against whole-image passes of the same crop cut 16 and 32 px short at the top left.
+
+    A SAM-style segmentor attends over its whole 256-px window and the prompter's CNN sees
+    ~400 px, so a nucleus' prompt and mask shift a little with the window around it. A tiled
+    run cannot agree with the whole pass better than this; stitching must not make it worse."""
+    rgb = np.asarray(Image.open(kumar_crop))
+    whole = predictor.predict([rgb])[0]
+    ref_inst, _ = whole.label_maps(rgb.shape[:2])
+    floor = {"matched": 1.0, "iou>0.9": 1.0, "iou>0.5": 1.0, "median_iou": 1.0}
+    for s in (16, 32):
+        shifted = predictor.predict([np.ascontiguousarray(rgb[s:, s:])])[0]
+        inst = np.zeros_like(ref_inst)
+        inst[s:, s:] = shifted.label_maps((rgb.shape[0] - s, rgb.shape[1] - s))[0]
+        # nuclei near the cut edge lost context on one side: leave them out
+        matched, ious = agreement(whole.points, ref_inst, shifted.points + s, inst, (s + 24, s + 24, rgb.shape[1], rgb.shape[0]))
+        figures = {"matched": matched, "iou>0.9": float(np.mean(ious > 0.9)), "iou>0.5": float(np.mean(ious > 0.5)), "median_iou": float(np.median(ious))}
+        print(f"model alone, windows moved {s} px: " + " ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+        floor = {k: min(floor[k], figures[k]) for k in floor}
+    return floor
+
+
 @pytest.mark.parametrize("tile,overlap", [(256, 64), (320, 96), (512, 128)])
-def test_tiled_run_matches_one_whole_image_pass(tmp_path, predictor, kumar_crop, tile, overlap):
+def test_tiled_run_matches_one_whole_image_pass(tmp_path, predictor, kumar_crop, model_window_floor, tile, overlap):
+    """Tiled + stitched nuclei against one whole-image pass of the predictor.
+
+    512/128 is one tile: the pipeline's reading, ownership, polygons and exports must then
+    reproduce the whole pass exactly (IoU > 0.9 for all). With smaller tiles the model sees
+    different windows, so the bar is the model's own agreement when its windows move
+    (`model_window_floor`): stitching may lose no nucleus, double none, and add no error."""
     rgb = np.asarray(Image.open(kumar_crop))
     whole = predictor.predict([rgb])[0]
     assert len(whole) > 20
@@ -80,26 +125,26 @@ def test_tiled_run_matches_one_whole_image_pass(tmp_path, predictor, kumar_crop,
     # no nucleus twice: no two prompt points (level-0 = model px here) closer than the prompter's NMS radius
     d = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1)) + np.eye(len(points)) * 1e9
     assert d.min() > 5.0
-    # the same nuclei: match each whole-pass prompt to the nearest tiled prompt within 2 px
-    whole_pts = whole.points + 0.5  # tile pixel indices -> continuous coordinates (QuPath's)
-    dist = np.sqrt(((whole_pts[:, None] - points[None]) ** 2).sum(-1))
-    nearest = dist.argmin(1)
-    matched = dist[np.arange(len(whole_pts)), nearest] <= 2.0
-    inst, _ = whole.label_maps(rgb.shape[:2])
-    ious = []
-    for i in np.flatnonzero(matched):
-        from promptnucseg.wsi_pipeline.geometry import polygon_rows_cols
+    from promptnucseg.wsi_pipeline.geometry import polygon_rows_cols
 
-        rr, cc = polygon_rows_cols(polys[nearest[i]], rgb.shape[:2])
-        tiled = np.zeros(rgb.shape[:2], bool)
-        tiled[rr, cc] = True
-        ref = inst == i + 1
-        ious.append((tiled & ref).sum() / max((tiled | ref).sum(), 1))
-    ious = np.asarray(ious)
-    print(f"tile {tile}/{overlap}: whole {len(whole)} tiled {len(points)} matched {matched.mean():.3f} IoU>0.9 {np.mean(ious > 0.9):.3f} median IoU {np.median(ious):.3f}")
-    assert abs(len(points) - len(whole)) <= max(2, 0.03 * len(whole))
-    assert matched.mean() >= 0.97
-    assert np.mean(ious > 0.9) >= 0.9
+    inst = np.zeros(rgb.shape[:2], np.int32)
+    for j, poly in enumerate(polys):
+        rr, cc = polygon_rows_cols(poly, rgb.shape[:2])
+        inst[rr, cc] = j + 1
+    ref_inst, _ = whole.label_maps(rgb.shape[:2])
+    # whole-pass prompts are pixel indices; the exports' coordinates are continuous (QuPath's)
+    matched, ious = agreement(whole.points + 0.5, ref_inst, points, inst, (0, 0, rgb.shape[1], rgb.shape[0]))
+    figures = {"matched": matched, "iou>0.9": float(np.mean(ious > 0.9)), "iou>0.5": float(np.mean(ious > 0.5)), "median_iou": float(np.median(ious))}
+    print(f"tile {tile}/{overlap}: whole {len(whole)} tiled {len(points)} " + " ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+    if tile >= rgb.shape[0]:
+        assert len(points) == len(whole) and matched == 1.0 and figures["iou>0.9"] == 1.0
+        return
+    assert abs(len(points) - len(whole)) <= max(2, 0.05 * len(whole))
+    floor = model_window_floor
+    assert figures["matched"] >= floor["matched"] - 0.02
+    assert figures["iou>0.5"] >= min(0.95, floor["iou>0.5"] - 0.02)
+    assert figures["iou>0.9"] >= floor["iou>0.9"] - 0.05
+    assert figures["median_iou"] >= floor["median_iou"] - 0.02
 
 
 def _segment_cmd(slide: Path, out: Path, *extra: str) -> list[str]:
