@@ -168,9 +168,12 @@ def segment_slide(path: str | Path, out_root: str | Path, predictor: NucleusPred
         plan = job.plan
         bar = tqdm(total=len(plan.tiles), initial=job.tiles_done(), desc=plan.path.name, unit="tile", disable=not settings.progress, dynamic_ncols=True)
 
+        found = [0]  # nuclei owned by the batches finished in this run, shown as a running total
+
         def on_batch(n_tiles: int, n_nuclei: int) -> None:
+            found[0] += n_nuclei
             bar.update(n_tiles)
-            bar.set_postfix(nuclei=n_nuclei)
+            bar.set_postfix(nuclei=found[0])
 
         stats = run_batches(reader, plan, range(len(plan.batches)), predictor, job.journal, settings, on_batch)
         bar.close()
