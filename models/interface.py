@@ -113,6 +113,9 @@ class NucleusPredictor(Protocol):
     class_names: tuple[str, ...]
     class_colors: tuple[tuple[int, int, int], ...]
     device: str
+    # (window, step): the model sees a tile through `window`-px windows at multiples of `step`
+    # (plus one flush with the far edge); tiles laid on that grid reproduce a whole-image pass
+    window_grid: tuple[int, int]
 
     def predict(self, tiles: Sequence[np.ndarray]) -> list[TileNuclei]:
         """Nuclei of each uint8 RGB (H, W, 3) tile; any H, W >= 1."""

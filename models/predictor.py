@@ -62,6 +62,12 @@ class PromptNucSegPredictor:
         self.batch_size = batch_size
         self.source = dict(source or {})
 
+    @property
+    def window_grid(self) -> tuple[int, int]:
+        """(window, step) of the segmentor's sliding windows over a tile, in model pixels."""
+        size = self.segmentor.crop_size
+        return size, size - self.config.inference.window_overlap
+
     def describe(self) -> dict[str, Any]:
         return {"model": self.config.name, "mpp": self.mpp, "class_names": list(self.class_names), "device": self.device, **self.source, "config": to_dict(self.config)}
 

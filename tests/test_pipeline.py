@@ -107,14 +107,16 @@ def model_window_floor(predictor, kumar_crop) -> dict[str, float]:
     return floor
 
 
-@pytest.mark.parametrize("tile,overlap", [(256, 64), (320, 96), (512, 128)])
+@pytest.mark.parametrize("tile,overlap", [(256, 64), (320, 96), (448, 256), (512, 128)])
 def test_tiled_run_matches_one_whole_image_pass(tmp_path, predictor, kumar_crop, model_window_floor, tile, overlap):
     """Tiled + stitched nuclei against one whole-image pass of the predictor.
 
     512/128 is one tile: the pipeline's reading, ownership, polygons and exports must then
-    reproduce the whole pass exactly (IoU > 0.9 for all). With smaller tiles the model sees
-    different windows, so the bar is the model's own agreement when its windows move
-    (`model_window_floor`): stitching may lose no nucleus, double none, and add no error."""
+    reproduce the whole pass exactly (IoU > 0.9 for all). 448/256 lays the tiles on the
+    model's window grid (`seamless`), so masks must nearly all agree. 256/64 and 320/96 cannot
+    (the tile is too small for the grid, or the overlap too thin): the model sees different
+    windows, so the bar is its own agreement when its windows move (`model_window_floor`):
+    stitching may lose no nucleus, double none, and add no error."""
     rgb = np.asarray(Image.open(kumar_crop))
     whole = predictor.predict([rgb])[0]
     assert len(whole) > 20
@@ -138,6 +140,13 @@ def test_tiled_run_matches_one_whole_image_pass(tmp_path, predictor, kumar_crop,
     print(f"tile {tile}/{overlap}: whole {len(whole)} tiled {len(points)} " + " ".join(f"{k} {v:.3f}" for k, v in figures.items()))
     if tile >= rgb.shape[0]:
         assert len(points) == len(whole) and matched == 1.0 and figures["iou>0.9"] == 1.0
+        return
+    if report["tiling"]["seamless"]:
+        # tiles on the model's window grid: each owned nucleus is segmented through the same
+        # windows as in the whole pass; only the prompter's view of the tile edge differs
+        # (measured 448/256 here: matched 0.977, IoU > 0.9 for 0.921, IoU > 0.5 for all)
+        assert figures["matched"] >= 0.95 and figures["iou>0.5"] >= 0.98
+        assert figures["iou>0.9"] >= max(0.88, model_window_floor["iou>0.9"] + 0.2)
         return
     assert abs(len(points) - len(whole)) <= max(2, 0.05 * len(whole))
     floor = model_window_floor

@@ -52,3 +52,20 @@ def test_points_on_a_boundary_go_to_one_side_only():
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TileGrid(1000, 1000, **{"tile_size": 1024, "overlap": 128, **kwargs})
+
+
+def test_tiles_follow_the_model_window_grid():
+    """With the model's (window, step), tiles start on multiples of the step, and `seamless`
+    says when each tile holds whole windows of one region-wide grid with cores clear of
+    windows it cannot see."""
+    grid = TileGrid(5000, 3000, 1024, 128, 32, window_grid=(256, 192))
+    assert grid.stride == 768 and all(x % 192 == 0 for x in grid.xs) and grid.seamless
+    # windows of every tile (starts at multiples of 192 inside it, last flush) lie on the global grid
+    for t in grid:
+        for start in range(0, max(t.w - 256, 0) + 1, 192):
+            assert (t.x + start) % 192 == 0
+    assert not TileGrid(5000, 3000, 1024, 128).seamless  # no model grid given: plain 32-px alignment
+    assert TileGrid(5000, 3000, 1024, 128).stride == 896
+    assert not TileGrid(5000, 3000, 1000 // 32 * 32, 128, 32, window_grid=(256, 192)).seamless  # 992 - 256 is not whole steps
+    assert not TileGrid(5000, 3000, 256, 64, 32, window_grid=(256, 192)).seamless  # overlap 64 < the windows' own 128
+    assert TileGrid(5000, 3000, 1408, 256, 32, window_grid=(256, 192)).seamless

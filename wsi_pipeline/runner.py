@@ -70,7 +70,7 @@ class SlidePlan:
         return self.roi[0] + tile.x * self.scale, self.roi[1] + tile.y * self.scale, tile.w * self.scale, tile.h * self.scale
 
 
-def plan_slide(reader: SlideReader, settings: SegmentSettings, model_mpp: float, align: int = 32) -> SlidePlan:
+def plan_slide(reader: SlideReader, settings: SegmentSettings, model_mpp: float, align: int = 32, window_grid: tuple[int, int] | None = None) -> SlidePlan:
     slide_mpp, mpp_source = resolve_mpp(reader, settings.mpp)
     width0, height0 = reader.dimensions
     roi = settings.roi or (0, 0, width0, height0)
@@ -78,7 +78,7 @@ def plan_slide(reader: SlideReader, settings: SegmentSettings, model_mpp: float,
     if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width0 or y + h > height0:
         raise PipelineInputError(reader.path, f"--roi {x},{y},{w},{h} is not inside the slide ({width0}x{height0} level-0 px)", "give x,y,w,h within the slide")
     scale = model_mpp / slide_mpp
-    grid = TileGrid(max(1, int(round(w / scale))), max(1, int(round(h / scale))), settings.tile_size, settings.overlap, align)
+    grid = TileGrid(max(1, int(round(w / scale))), max(1, int(round(h / scale))), settings.tile_size, settings.overlap, align, window_grid)
     plan = SlidePlan(
         path=Path(reader.path), stem=Path(reader.path).stem, slide_key=quick_file_hash(reader.path), slide_mpp=slide_mpp,
         mpp_source=mpp_source, model_mpp=model_mpp, scale=scale, roi=(x, y, w, h), grid=grid, tiles=[], batches=[],

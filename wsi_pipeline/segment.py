@@ -60,10 +60,15 @@ class ModelFacts:
     class_names: tuple[str, ...]
     class_colors: tuple[tuple[int, int, int], ...]
     description: dict[str, Any]
+    window_grid: tuple[int, int] | None = None
 
     @classmethod
     def of(cls, predictor: NucleusPredictor) -> "ModelFacts":
-        return cls(float(predictor.mpp), tuple(predictor.class_names), tuple(tuple(c) for c in predictor.class_colors), predictor.describe())
+        grid = getattr(predictor, "window_grid", None)
+        return cls(
+            float(predictor.mpp), tuple(predictor.class_names), tuple(tuple(c) for c in predictor.class_colors), predictor.describe(),
+            tuple(int(v) for v in grid) if grid else None,
+        )
 
     def describe(self) -> dict[str, Any]:
         return self.description
@@ -79,6 +84,7 @@ def fingerprint(plan: SlidePlan, model: ModelFacts, settings: SegmentSettings) -
         "roi": list(plan.roi),
         "tile_size": settings.tile_size,
         "overlap": settings.overlap,
+        "tile_step": plan.grid.stride,
         "batch_size": settings.batch_size,
         "simplify_tolerance": settings.simplify_tolerance,
         "tissue_mask": settings.use_tissue_mask,
@@ -126,7 +132,7 @@ class SlideJob:
 def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, settings: SegmentSettings, log: Callable[[str], None] = print) -> SlideJob:
     """Plan the slide and open (or resume) its journal; notices an already finished run."""
     started = time.monotonic()
-    plan = plan_slide(reader, settings, model.mpp)
+    plan = plan_slide(reader, settings, model.mpp, window_grid=model.window_grid)
     folder = Path(out_root) / plan.stem
     ensure_output_folder(folder / f"{plan.stem}_report.json")
     paths = output_paths(folder, plan.stem, settings)
@@ -228,6 +234,11 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         "class_counts": counts,
         "tiles": len(plan.tiles),
         "tiles_in_grid": len(plan.grid),
+        "tiling": {
+            "tile_size": plan.grid.tile_size, "step": plan.grid.stride, "overlap": plan.grid.tile_size - plan.grid.stride,
+            "model_window_grid": list(plan.grid.window_grid) if plan.grid.window_grid else None,
+            "seamless": plan.grid.seamless,
+        },
         "batches": len(plan.batches),
         "tissue_fraction": round(plan.tissue_fraction, 4),
         "mpp_used": plan.slide_mpp,

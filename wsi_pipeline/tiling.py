@@ -7,6 +7,13 @@ at the same slide positions and predict the same prompt for a nucleus they both 
 The last tile in a row or column is cut short at the region's edge rather than moved
 back, which would break that alignment.
 
+The model itself looks at a tile through fixed windows (the segmentor's 256-px crops at a
+fixed step), and a nucleus' mask shifts a little when its window moves. Given the model's
+`window_grid` (window, step), tiles also step by a multiple of the window step, so every tile
+holds whole windows of one region-wide window grid; when the tile size fits that grid and the
+overlap keeps each core clear of windows the tile cannot see (`seamless`), a tiled run gives
+each nucleus the same windows, hence the same mask, as one pass over the whole region.
+
 Ownership: between two neighbouring tiles, the boundary sits in the middle of their
 overlap. A tile's *core* is the box between its boundaries (open to infinity at the
 region's edges), so the cores partition the plane and a prompt point lies in exactly
@@ -56,8 +63,9 @@ class TileGrid:
     width: int  # region size in model pixels
     height: int
     tile_size: int = 1024
-    overlap: int = 128
+    overlap: int = 128  # the least overlap: the step is rounded down to `period`
     align: int = 32
+    window_grid: tuple[int, int] | None = None  # the model's (window, window step), model px
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.height < 1:
@@ -68,9 +76,28 @@ class TileGrid:
             raise ValueError(f"--overlap {self.overlap} must be >= 0 and smaller than --tile-size {self.tile_size}")
 
     @property
+    def period(self) -> int:
+        """What tile starts are multiples of: the prompter's alignment and the window step."""
+        return math.lcm(self.align, self.window_grid[1]) if self.window_grid else self.align
+
+    @property
     def stride(self) -> int:
-        """Tile step: tile - overlap, rounded down to the alignment period."""
-        return max(self.align, (self.tile_size - self.overlap) // self.align * self.align)
+        """Tile step: tile - overlap, rounded down to the period."""
+        return max(self.period, (self.tile_size - self.overlap) // self.period * self.period)
+
+    @property
+    def seamless(self) -> bool:
+        """True when tiles see each owned nucleus through the same windows as one whole pass.
+
+        Needs the tile to be whole windows on the grid (tile = window + n * step) and half the
+        real overlap to cover the windows' own overlap, so no window reaching into a core is
+        missing from the tile that owns the core.
+        """
+        if not self.window_grid:
+            return False
+        window, step = self.window_grid
+        tile, overlap = self.tile_size, self.tile_size - self.stride
+        return tile >= window and (tile - window) % step == 0 and overlap >= 2 * (window - step)
 
     @property
     def xs(self) -> list[int]:
