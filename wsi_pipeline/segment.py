@@ -64,10 +64,9 @@ class ModelFacts:
 
     @classmethod
     def of(cls, predictor: NucleusPredictor) -> "ModelFacts":
-        grid = getattr(predictor, "window_grid", None)
         return cls(
             float(predictor.mpp), tuple(predictor.class_names), tuple(tuple(c) for c in predictor.class_colors), predictor.describe(),
-            tuple(int(v) for v in grid) if grid else None,
+            tuple(int(v) for v in predictor.window_grid),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -235,7 +234,7 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         "tiles": len(plan.tiles),
         "tiles_in_grid": len(plan.grid),
         "tiling": {
-            "tile_size": plan.grid.tile_size, "step": plan.grid.stride, "overlap": plan.grid.tile_size - plan.grid.stride,
+            "tile_size": plan.grid.tile_size, "step": plan.grid.stride, "overlap": plan.grid.real_overlap,
             "model_window_grid": list(plan.grid.window_grid) if plan.grid.window_grid else None,
             "seamless": plan.grid.seamless,
         },

@@ -86,6 +86,11 @@ class TileGrid:
         return max(self.period, (self.tile_size - self.overlap) // self.period * self.period)
 
     @property
+    def real_overlap(self) -> int:
+        """The overlap the tiles actually have once the step is rounded down."""
+        return self.tile_size - self.stride
+
+    @property
     def seamless(self) -> bool:
         """True when tiles see each owned nucleus through the same windows as one whole pass.
 
@@ -96,8 +101,8 @@ class TileGrid:
         if not self.window_grid:
             return False
         window, step = self.window_grid
-        tile, overlap = self.tile_size, self.tile_size - self.stride
-        return tile >= window and (tile - window) % step == 0 and overlap >= 2 * (window - step)
+        tile = self.tile_size
+        return tile >= window and (tile - window) % step == 0 and self.real_overlap >= 2 * (window - step)
 
     @property
     def xs(self) -> list[int]:
