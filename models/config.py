@@ -61,6 +61,11 @@ class InferenceConfig:
     box_nms_iou: float = 0.3  # 0.5 for CPM-17
     mask_threshold: float = 0.0  # on logits
     prompt_batch: int = 256  # prompts decoded together against one embedding
+    # run the prompter on the segmentor's window grid (each window keeps the prompts in its
+    # share of the overlaps) rather than on the whole tile at once as the authors' release
+    # does: a prompt then depends only on its window, so tiles on that grid reproduce a
+    # whole-slide pass exactly, and the prompter sees 256-px inputs as in training
+    prompter_on_windows: bool = True
 
 
 @dataclass

@@ -114,7 +114,7 @@ class NucleusPredictor(Protocol):
     class_colors: tuple[tuple[int, int, int], ...]
     device: str
     # (window, step): the model sees a tile through `window`-px windows at multiples of `step`
-    # (plus one flush with the far edge); tiles laid on that grid reproduce a whole-image pass
+    # (the last reaching past the tile, padded); tiles laid on that grid reproduce a whole-image pass
     window_grid: tuple[int, int]
 
     def predict(self, tiles: Sequence[np.ndarray]) -> list[TileNuclei]:

@@ -1,7 +1,12 @@
 """The predictor: an RGB tile in, its nuclei out (prompter -> SAM segmentor -> merge).
 
-Tiles of any size work: the prompter sees the whole tile at once; the segmentor runs on
-256-px windows overlapping by 64 (the last one flush with the edge). A prompt is decoded
+Tiles of any size work. Prompter and segmentor both look at the tile through 256-px
+windows every 192 px, starting at the tile's corner; the last one reaches past the edge
+and is padded with white. The prompter keeps the prompts in each window's share of the
+overlaps (point NMS joins the shares), so a nucleus' prompt and mask depend only on the
+windows around it: a tile that starts on that grid gives its inner nuclei exactly as one
+whole-slide pass would. (The release runs the prompter on the whole image at once:
+`prompter_on_windows: false`.) A prompt is decoded
 in every window that holds it; masks within 7 px of an inner window edge are dropped,
 each prompt keeps its best-scoring mask, box NMS removes double prompts, and masks are
 painted in ascending score so a higher score wins overlaps (the release's merge rule).
@@ -23,20 +28,24 @@ from .devices import resolve_device
 from .config import ModelConfig, SegmentorConfig, from_dict, to_dict
 from .interface import TileNuclei
 from .prompter import Prompter, select_prompts
-from .prompter.postprocess import Prompts
+from .prompter.postprocess import Prompts, candidate_prompts, concat_prompts, nms_prompts
 from .segmentor import Segmentor, assemble_prompts, build_segmentor, knn_negatives
 from .segmentor.official import is_official_sam_state, load_official_sam, official_arch
 
 BUNDLED_WEIGHTS = Path(__file__).parent / "weights" / "promptnucseg_light_kumar.pt"
 
 
-def window_starts(length: int, window: int, overlap: int) -> list[int]:
-    """Window origins covering [0, length): stride window - overlap, last one flush with the end."""
-    if length <= window:
-        return [0]
-    stride = window - overlap
-    starts = list(range(0, length - window, stride))
-    return starts + [length - window]
+def window_starts(length: int, window: int, step: int) -> list[int]:
+    """Window origins covering [0, length): multiples of `step` only, the last window reaching
+    past the end (padded). Never shifted flush with the end: a window's place must not depend
+    on where the image stops, or a tile and the whole slide would see a nucleus differently."""
+    return list(range(0, max(length - window, 0) + step, step)) if length > window else [0]
+
+
+def window_bounds(starts: list[int], window: int) -> list[float]:
+    """Where each window's share of the line ends: the middle of each overlap, open at both ends."""
+    inner = [(starts[k + 1] + starts[k] + window) / 2 for k in range(len(starts) - 1)]
+    return [-math.inf, *inner, math.inf]
 
 
 @dataclass
@@ -86,6 +95,34 @@ class PromptNucSegPredictor:
 
     # -- prompter ------------------------------------------------------------------------
     def _prompts(self, tiles: Sequence[np.ndarray]) -> list[Prompts]:
+        cfg = self.prompter.config
+        if not self.config.inference.prompter_on_windows:
+            return self._whole_tile_prompts(tiles)
+        size, step = self.window_grid
+        r = cfg.nms_distance
+        views: list[tuple[int, int, int, tuple[float, float, float, float]]] = []  # tile, x0, y0, box it keeps
+        for i, t in enumerate(tiles):
+            h, w = t.shape[:2]
+            xs, ys = window_starts(w, size, step), window_starts(h, size, step)
+            bx, by = window_bounds(xs, size), window_bounds(ys, size)
+            # a window keeps the prompts in its share of the overlaps, widened by the NMS radius
+            # so a nucleus on a share boundary that both windows place a pixel off is not lost
+            views += [(i, x0, y0, (bx[c] - r, by[k] - r, bx[c + 1] + r, by[k + 1] + r)) for k, y0 in enumerate(ys) for c, x0 in enumerate(xs)]
+        parts: list[list[Prompts]] = [[] for _ in tiles]
+        for chunk in _chunks(views, self.batch_size):
+            crops = np.stack([_window(tiles[i], x0, y0, size) for i, x0, y0, _ in chunk])
+            res = self.prompter(self.prompter.normalize(torch.from_numpy(crops).permute(0, 3, 1, 2).to(self.torch_device)))
+            for j, (i, x0, y0, (ox0, oy0, ox1, oy1)) in enumerate(chunk):
+                h, w = tiles[i].shape[:2]
+                mask = res.mask_logits[j, 0].float() if cfg.mask_filter else None
+                found = candidate_prompts(res.points[j].float(), res.logits[j].float(), mask, (min(size, h - y0), min(size, w - x0)))
+                px, py = found.points[:, 0] + x0, found.points[:, 1] + y0
+                own = (px >= ox0) & (px < ox1) & (py >= oy0) & (py < oy1)
+                parts[i].append(Prompts(np.stack([px, py], 1)[own], found.classes[own], found.scores[own]))
+        return [nms_prompts(concat_prompts(p), cfg.nms_distance) for p in parts]
+
+    def _whole_tile_prompts(self, tiles: Sequence[np.ndarray]) -> list[Prompts]:
+        """The release's way: the prompter sees each tile at once (batched by tile shape)."""
         out: list[Prompts | None] = [None] * len(tiles)
         by_shape: dict[tuple[int, int], list[int]] = {}
         for i, t in enumerate(tiles):
@@ -110,7 +147,8 @@ class PromptNucSegPredictor:
         k = self.segmentor.config.num_negatives
         negatives = knn_negatives(prompts.points, k)
         coords_all, labels_all = assemble_prompts(prompts.points, prompts.points, negatives)
-        windows = [(x0, y0) for y0 in window_starts(h, size, icfg.window_overlap) for x0 in window_starts(w, size, icfg.window_overlap)]
+        step = size - icfg.window_overlap
+        windows = [(x0, y0) for y0 in window_starts(h, size, step) for x0 in window_starts(w, size, step)]
         best: dict[int, _Candidate] = {}
         fallback: dict[int, _Candidate] = {}
         for chunk in _chunks(windows, self.batch_size):
@@ -213,7 +251,7 @@ def _window(tile: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
     crop = tile[y0 : y0 + size, x0 : x0 + size]
     if crop.shape[:2] == (size, size):
         return crop
-    out = np.full((size, size, 3), 255, np.uint8)  # small tiles: pad with white (glass)
+    out = np.full((size, size, 3), 255, np.uint8)  # past the tile's edge: white (glass), as in training
     out[: crop.shape[0], : crop.shape[1]] = crop
     return out
 

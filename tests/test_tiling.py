@@ -60,7 +60,7 @@ def test_tiles_follow_the_model_window_grid():
     windows it cannot see."""
     grid = TileGrid(5000, 3000, 1024, 128, 32, window_grid=(256, 192))
     assert grid.stride == 768 and all(x % 192 == 0 for x in grid.xs) and grid.seamless
-    # windows of every tile (starts at multiples of 192 inside it, last flush) lie on the global grid
+    # windows of every tile (starts at multiples of 192 inside it) lie on the global grid
     for t in grid:
         for start in range(0, max(t.w - 256, 0) + 1, 192):
             assert (t.x + start) % 192 == 0

@@ -32,14 +32,9 @@ def point_nms(points: np.ndarray, scores: np.ndarray, radius: float) -> np.ndarr
 
 
 @torch.no_grad()
-def select_prompts(
-    points: torch.Tensor,
-    logits: torch.Tensor,
-    mask_logits: torch.Tensor | None,
-    size_hw: tuple[int, int],
-    nms_distance: float,
-) -> Prompts:
-    """One image: `points` (A, 2), `logits` (A, C+1), `mask_logits` (H', W') or None.
+def candidate_prompts(points: torch.Tensor, logits: torch.Tensor, mask_logits: torch.Tensor | None, size_hw: tuple[int, int]) -> Prompts:
+    """One image's anchors that name a nucleus, before NMS: `points` (A, 2), `logits` (A, C+1),
+    `mask_logits` (H', W') or None.
 
     Keeps anchors whose argmax is not background, inside the unpadded image, and (when a
     foreground map is given) whose foreground logit at the point is > 0.
@@ -54,8 +49,27 @@ def select_prompts(
         xi = pts[:, 0].round().long().clamp(0, mask_logits.shape[-1] - 1)
         yi = pts[:, 1].round().long().clamp(0, mask_logits.shape[-2] - 1)
         keep &= mask_logits[yi, xi] > 0
-    pts_np = pts[keep].cpu().numpy()
-    score_np = score[keep].cpu().numpy()
-    cls_np = cls[keep].cpu().numpy()
-    kept = point_nms(pts_np, score_np, nms_distance)
-    return Prompts(pts_np[kept].astype(np.float32), cls_np[kept].astype(np.int16), score_np[kept].astype(np.float32))
+    return Prompts(pts[keep].cpu().numpy().astype(np.float32), cls[keep].cpu().numpy().astype(np.int16), score[keep].cpu().numpy().astype(np.float32))
+
+
+def concat_prompts(parts: list[Prompts]) -> Prompts:
+    if not parts:
+        return Prompts(np.zeros((0, 2), np.float32), np.zeros(0, np.int16), np.zeros(0, np.float32))
+    return Prompts(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("points", "classes", "scores")))
+
+
+def nms_prompts(prompts: Prompts, radius: float) -> Prompts:
+    """One prompt per nucleus: greedy point NMS (see `point_nms`)."""
+    kept = point_nms(prompts.points, prompts.scores, radius)
+    return Prompts(prompts.points[kept], prompts.classes[kept], prompts.scores[kept])
+
+
+def select_prompts(
+    points: torch.Tensor,
+    logits: torch.Tensor,
+    mask_logits: torch.Tensor | None,
+    size_hw: tuple[int, int],
+    nms_distance: float,
+) -> Prompts:
+    """One image's prompts: `candidate_prompts`, then point NMS at `nms_distance` px."""
+    return nms_prompts(candidate_prompts(points, logits, mask_logits, size_hw), nms_distance)
