@@ -7,8 +7,9 @@ at the same slide positions and predict the same prompt for a nucleus they both 
 The last tile in a row or column is cut short at the region's edge rather than moved
 back, which would break that alignment.
 
-The model itself looks at a tile through fixed windows (the segmentor's 256-px crops at a
-fixed step), and a nucleus' mask shifts a little when its window moves. Given the model's
+The model itself looks at a tile through fixed windows (256-px crops at a fixed step, for
+prompter and segmentor alike), and a nucleus' prompt and mask shift a little when its window
+moves. Given the model's
 `window_grid` (window, step), tiles also step by a multiple of the window step, so every tile
 holds whole windows of one region-wide window grid; when the tile size fits that grid and the
 overlap keeps each core clear of windows the tile cannot see (`seamless`), a tiled run gives
