@@ -50,13 +50,23 @@ def predictor():
     return load_predictor(device="cpu")
 
 
+def _kumar_png(tmp_path_factory, name: str, rows: slice, cols: slice) -> Path:
+    rgb = np.asarray(Image.open(need(KUMAR_VAL)).convert("RGB"))[rows, cols]
+    path = tmp_path_factory.mktemp("img") / name
+    Image.fromarray(rgb).save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def kumar_crop(tmp_path_factory) -> Path:
     """A 512x512 real Kumar H&E crop (0.25 um/px) as PNG: small enough for several runs."""
-    rgb = np.asarray(Image.open(need(KUMAR_VAL)).convert("RGB"))[200:712, 300:812]
-    path = tmp_path_factory.mktemp("img") / "kumar_crop.png"
-    Image.fromarray(rgb).save(path)
-    return path
+    return _kumar_png(tmp_path_factory, "kumar_crop.png", slice(200, 712), slice(300, 812))
+
+
+@pytest.fixture(scope="module")
+def seam_crop(tmp_path_factory) -> Path:
+    """A 768x768 real Kumar crop: room for several tile layouts, with short tiles at its edges."""
+    return _kumar_png(tmp_path_factory, "kumar_seam_crop.png", slice(100, 868), slice(100, 868))
 
 
 def read_zarr_nuclei(store: Path) -> tuple[np.ndarray, list[shapely.Polygon], list[str]]:
@@ -84,14 +94,14 @@ def agreement(ref_points: np.ndarray, ref_inst: np.ndarray, points: np.ndarray, 
 
 
 @pytest.fixture(scope="module")
-def model_window_floor(predictor, kumar_crop) -> dict[str, float]:
+def model_window_floor(predictor, seam_crop) -> dict[str, float]:
     """How well the model agrees with itself when only its windows move: the whole-image pass
     against whole-image passes of the same crop cut 16 and 32 px short at the top left.
 
     A SAM-style segmentor attends over its whole 256-px window and the prompter's CNN sees
     all of its window, so a nucleus' prompt and mask shift a little with the window around it. A tiled
     run off that grid cannot agree with the whole pass better than this; stitching must not make it worse."""
-    rgb = np.asarray(Image.open(kumar_crop))
+    rgb = np.asarray(Image.open(seam_crop))
     whole = predictor.predict([rgb])[0]
     ref_inst, _ = whole.label_maps(rgb.shape[:2])
     floor = {"matched": 1.0, "iou>0.9": 1.0, "iou>0.5": 1.0, "median_iou": 1.0}
@@ -107,21 +117,25 @@ def model_window_floor(predictor, kumar_crop) -> dict[str, float]:
     return floor
 
 
-@pytest.mark.parametrize("tile,overlap", [(256, 64), (320, 96), (448, 256), (512, 128)])
-def test_tiled_run_matches_one_whole_image_pass(tmp_path, predictor, kumar_crop, model_window_floor, tile, overlap):
-    """Tiled + stitched nuclei against one whole-image pass of the predictor.
+@pytest.mark.parametrize("tile,overlap", [(256, 64), (320, 96), (448, 256), (640, 128), (640, 448), (768, 128)])
+def test_tiled_run_matches_one_whole_image_pass(tmp_path, predictor, seam_crop, model_window_floor, tile, overlap):
+    """Tiled + stitched nuclei against one whole-image pass of the predictor, on a 768-px crop.
 
-    512/128 is one tile: the pipeline's reading, ownership, polygons and exports must then
-    reproduce the whole pass exactly (IoU > 0.9 for all). 448/256 lays the tiles on the
-    model's window grid (`seamless`), so every nucleus must agree too. 256/64 and 320/96 cannot
-    (the tile is too small for the grid, or the overlap too thin): the model sees different
-    windows, so the bar is its own agreement when its windows move (`model_window_floor`):
-    stitching may lose no nucleus, double none, and add no error."""
-    rgb = np.asarray(Image.open(kumar_crop))
+    768/128 is one tile: the pipeline's reading, ownership, polygons and exports must then
+    reproduce the whole pass exactly (IoU > 0.9 for all). 448/256, 640/128 and 640/448 lay the
+    tiles on the model's window grid (`seamless`; 9, 4 and 4 tiles, the last ones cut short by
+    the crop's edge), so every nucleus must agree as well. 256/64 and 320/96 cannot (overlap too
+    thin for the grid; tile not whole windows): the model sees other windows near tile borders,
+    so the bar is its own agreement when its windows move (`model_window_floor`): stitching may
+    lose no nucleus, double none, and add no error, and the run says it is off the grid."""
+    rgb = np.asarray(Image.open(seam_crop))
     whole = predictor.predict([rgb])[0]
     assert len(whole) > 20
     settings = SegmentSettings(tile_size=tile, overlap=overlap, batch_size=2, workers=2, mpp=0.25, formats=("zarr",), progress=False, use_tissue_mask=False)
-    report = segment_slide(kumar_crop, tmp_path, predictor, settings, log=lambda m: None)
+    said: list[str] = []
+    report = segment_slide(seam_crop, tmp_path, predictor, settings, log=said.append)
+    assert report["tiling"]["seamless"] == (tile in (448, 640))
+    assert any("off the model's window grid" in m for m in said) == (tile in (256, 320))
     points, polys, ids = read_zarr_nuclei(Path(report["outputs"]["zarr"]))
     assert len(set(ids)) == len(ids) == report["nuclei"]
     # no nucleus twice: no two prompt points (level-0 = model px here) closer than the prompter's NMS radius
@@ -144,8 +158,8 @@ def test_tiled_run_matches_one_whole_image_pass(tmp_path, predictor, kumar_crop,
     if report["tiling"]["seamless"]:
         # tiles on the model's window grid: prompter and segmentor see each owned nucleus
         # through the same windows as the whole pass, so the nuclei are the same ones
-        # (measured 448/256 here: 133 of 133 matched, IoU > 0.9 for all, median 0.991:
-        # the polygon round trip, as for the single tile)
+        # (measured 448/256, 640/128, 640/448: 290 of 290 matched, IoU > 0.9 for all, median
+        # 0.990: the polygon round trip, as for the single tile)
         assert len(points) == len(whole) and matched == 1.0 and figures["iou>0.9"] == 1.0
         return
     assert abs(len(points) - len(whole)) <= max(2, 0.05 * len(whole))

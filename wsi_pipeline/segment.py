@@ -146,6 +146,13 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
             log(f"{plan.path.name}: already complete in {folder} (pass --overwrite to redo)")
             job.finished_report = old
             return job
+    grid = plan.grid
+    if grid.window_grid and not grid.seamless and len(grid) > 1:
+        window, step = grid.window_grid
+        log(
+            f"{plan.path.name}: note: tiles {grid.tile_size}/{grid.real_overlap} are off the model's window grid, so nuclei near tile "
+            f"borders can differ slightly from a one-pass run; --tile-size {window} + a multiple of {step} (e.g. 1024) with --overlap >= {2 * (window - step)} avoids it"
+        )
     job.resumed = journal.start(fp)
     if settings.label_map and plan.dimensions[0] * plan.dimensions[1] > settings.label_map_max_pixels:
         raise PipelineInputError(plan.path, f"--label-map wants a level-0 raster of {plan.dimensions[0]}x{plan.dimensions[1]} px, too large to hold in memory", "drop --label-map for whole slides and use the zarr label raster instead")
