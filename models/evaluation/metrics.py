@@ -10,7 +10,7 @@ not per-pair masks, so a 1000x1000 Kumar image with ~700 nuclei scores in well u
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment

@@ -83,7 +83,7 @@ def train(task: TrainingTask, config: ExperimentConfig, out_dir: str | Path, dev
     last_path = out / "last.pt"
     if resume:
         if not last_path.is_file():
-            raise CheckpointError(last_path, "nothing to resume from", f"run without --resume first, or point --out at the earlier run")
+            raise CheckpointError(last_path, "nothing to resume from", "run without --resume first, or point --out at the earlier run")
         state = read_checkpoint(last_path)
         expect_kind(last_path, state, (task.kind,))
         model.load_state_dict(state["state_dict"])
@@ -122,7 +122,7 @@ def train(task: TrainingTask, config: ExperimentConfig, out_dir: str | Path, dev
         history.append(record)
         with open(log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
-        score = record.get("val_score", -record[f"train_loss"])
+        score = record.get("val_score", -record["train_loss"])
         common = {"kind": task.kind, "config": to_dict(config), "epoch": epoch + 1, "metrics": record}
         if score > best:
             best = score
