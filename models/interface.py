@@ -6,6 +6,7 @@ wants uint8 RGB tiles at `predictor.mpp` microns per pixel and answers with a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -103,6 +104,23 @@ class TileNuclei:
             inst[cy0:cy1, cx0:cx1][m] = i + 1
             cls[cy0:cy1, cx0:cx1][m] = int(self.classes[i]) + 1
         return inst, cls
+
+
+def span_starts(length: int, size: int, step: int) -> list[int]:
+    """Origins of spans of `size` every `step` covering [0, length); the last reaches past the end.
+
+    The model lays its windows over a tile this way and the pipeline lays its tiles over a
+    slide this way: both sides must share the rule, or a tile and the whole slide would see a
+    nucleus through different windows. A span is never moved flush with the end, because its
+    place would then depend on where the image stops.
+    """
+    return list(range(0, length - size + step, step)) if length > size else [0]
+
+
+def span_shares(starts: list[int], size: int) -> list[float]:
+    """Where each span's share of the line ends: the middle of each overlap, open at both ends."""
+    inner = [(starts[k + 1] + starts[k] + size) / 2 for k in range(len(starts) - 1)]
+    return [-math.inf, *inner, math.inf]
 
 
 @runtime_checkable

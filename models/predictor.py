@@ -14,7 +14,6 @@ painted in ascending score so a higher score wins overlaps (the release's merge 
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,26 +25,13 @@ from torchvision.ops import nms
 from .checkpoints import CheckpointError, expect_kind, file_sha256, float_state, read_checkpoint
 from .devices import resolve_device
 from .config import ModelConfig, SegmentorConfig, from_dict, to_dict
-from .interface import TileNuclei
+from .interface import TileNuclei, span_shares, span_starts
 from .prompter import Prompter, select_prompts
 from .prompter.postprocess import Prompts, candidate_prompts, concat_prompts, nms_prompts
 from .segmentor import Segmentor, assemble_prompts, build_segmentor, knn_negatives
 from .segmentor.official import is_official_sam_state, load_official_sam, official_arch
 
 BUNDLED_WEIGHTS = Path(__file__).parent / "weights" / "promptnucseg_light_kumar.pt"
-
-
-def window_starts(length: int, window: int, step: int) -> list[int]:
-    """Window origins covering [0, length): multiples of `step` only, the last window reaching
-    past the end (padded). Never shifted flush with the end: a window's place must not depend
-    on where the image stops, or a tile and the whole slide would see a nucleus differently."""
-    return list(range(0, max(length - window, 0) + step, step)) if length > window else [0]
-
-
-def window_bounds(starts: list[int], window: int) -> list[float]:
-    """Where each window's share of the line ends: the middle of each overlap, open at both ends."""
-    inner = [(starts[k + 1] + starts[k] + window) / 2 for k in range(len(starts) - 1)]
-    return [-math.inf, *inner, math.inf]
 
 
 @dataclass
@@ -103,8 +89,8 @@ class PromptNucSegPredictor:
         views: list[tuple[int, int, int, tuple[float, float, float, float]]] = []  # tile, x0, y0, box it keeps
         for i, t in enumerate(tiles):
             h, w = t.shape[:2]
-            xs, ys = window_starts(w, size, step), window_starts(h, size, step)
-            bx, by = window_bounds(xs, size), window_bounds(ys, size)
+            xs, ys = span_starts(w, size, step), span_starts(h, size, step)
+            bx, by = span_shares(xs, size), span_shares(ys, size)
             # a window keeps the prompts in its share of the overlaps, widened by the NMS radius
             # so a nucleus on a share boundary that both windows place a pixel off is not lost
             views += [(i, x0, y0, (bx[c] - r, by[k] - r, bx[c + 1] + r, by[k + 1] + r)) for k, y0 in enumerate(ys) for c, x0 in enumerate(xs)]
@@ -148,7 +134,7 @@ class PromptNucSegPredictor:
         negatives = knn_negatives(prompts.points, k)
         coords_all, labels_all = assemble_prompts(prompts.points, prompts.points, negatives)
         step = size - icfg.window_overlap
-        windows = [(x0, y0) for y0 in window_starts(h, size, step) for x0 in window_starts(w, size, step)]
+        windows = [(x0, y0) for y0 in span_starts(h, size, step) for x0 in span_starts(w, size, step)]
         best: dict[int, _Candidate] = {}
         fallback: dict[int, _Candidate] = {}
         for chunk in _chunks(windows, self.batch_size):

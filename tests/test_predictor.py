@@ -6,18 +6,19 @@ import torch
 from promptnucseg.models.checkpoints import CheckpointError, save_checkpoint
 from promptnucseg.models.config import ModelConfig, PrompterConfig, SegmentorConfig, to_dict
 from promptnucseg.models.interface import NucleusPredictor, TileNuclei
-from promptnucseg.models.predictor import PromptNucSegPredictor, check_tile, exclusive_masks, load_predictor, window_starts
+from promptnucseg.models.interface import span_starts
+from promptnucseg.models.predictor import PromptNucSegPredictor, check_tile, exclusive_masks, load_predictor
 from promptnucseg.models.prompter import Prompter
 from promptnucseg.models.segmentor import build_segmentor
 from promptnucseg.models.bundle import bundle_model
 
 
 def test_window_starts_cover_on_the_grid_only():
-    assert window_starts(100, 256, 192) == [0]
-    assert window_starts(256, 256, 192) == [0]
-    assert window_starts(448, 256, 192) == [0, 192]
-    assert window_starts(449, 256, 192) == [0, 192, 384]  # the last window is padded, not moved
-    assert window_starts(1000, 256, 192) == [0, 192, 384, 576, 768]
+    assert span_starts(100, 256, 192) == [0]
+    assert span_starts(256, 256, 192) == [0]
+    assert span_starts(448, 256, 192) == [0, 192]
+    assert span_starts(449, 256, 192) == [0, 192, 384]  # the last window is padded, not moved
+    assert span_starts(1000, 256, 192) == [0, 192, 384, 576, 768]
 
 
 def test_exclusive_masks_give_overlaps_to_the_higher_score():

@@ -29,6 +29,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ..models.interface import span_shares, span_starts
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -45,18 +47,6 @@ class Tile:
         """Which of the points (model pixels, region frame) fall in this tile's core."""
         x0, y0, x1, y1 = self.core
         return (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
-
-
-def _starts(length: int, tile: int, stride: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    return list(range(0, length - tile + stride, stride))  # the last start still reaches `length`
-
-
-def _bounds(starts: list[int], tile: int) -> list[float]:
-    """Boundaries between consecutive tiles: the middle of each overlap."""
-    inner = [(starts[k + 1] + starts[k] + tile) / 2 for k in range(len(starts) - 1)]
-    return [-math.inf, *inner, math.inf]
 
 
 @dataclass(frozen=True)
@@ -107,18 +97,18 @@ class TileGrid:
 
     @property
     def xs(self) -> list[int]:
-        return _starts(self.width, self.tile_size, self.stride)
+        return span_starts(self.width, self.tile_size, self.stride)
 
     @property
     def ys(self) -> list[int]:
-        return _starts(self.height, self.tile_size, self.stride)
+        return span_starts(self.height, self.tile_size, self.stride)
 
     def __len__(self) -> int:
         return len(self.xs) * len(self.ys)
 
     def __iter__(self) -> Iterator[Tile]:
         xs, ys = self.xs, self.ys
-        bx, by = _bounds(xs, self.tile_size), _bounds(ys, self.tile_size)
+        bx, by = span_shares(xs, self.tile_size), span_shares(ys, self.tile_size)
         for r, y in enumerate(ys):
             for c, x in enumerate(xs):
                 yield Tile(
