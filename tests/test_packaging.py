@@ -35,3 +35,6 @@ def test_wheel_ships_the_bundled_model_and_configs(tmp_path):
     for cfg in (REPO / "configs").glob("*.yaml"):
         assert f"promptnucseg/configs/{cfg.name}" in names
     assert "promptnucseg/cli.py" in names and "promptnucseg/wsi_pipeline/segment.py" in names
+    # nothing generic at the top of site-packages: every module sits under promptnucseg/
+    tops = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith((".dist-info", ".data"))}
+    assert tops == {"promptnucseg"}, tops

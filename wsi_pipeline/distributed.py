@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from ..models.interface import NucleusPredictor
+from promptnucseg.models.interface import NucleusPredictor
 from .errors import PipelineInputError
 from .journal import Journal
 from .runner import SegmentSettings, SlidePlan, peak_rss_mb, run_batches
@@ -139,7 +139,7 @@ def worker_predictor(spec: ModelSpec, layout: WorkerLayout) -> NucleusPredictor:
     from distributed import get_worker
     from distributed.comm import get_address_host
 
-    from ..models.interface import load_predictor
+    from promptnucseg.models.interface import load_predictor
 
     key = (spec.weights, spec.prompter_weights, spec.device, spec.batch_size)
     with _PREDICTOR_LOCK:

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import shapely
 
-from ..models.interface import TileNuclei
+from promptnucseg.models.interface import TileNuclei
 from .exporters.atomic import atomic_file
 from .geometry import mask_pixel_to_level0, rings_to_polygons, simplify_polygons, to_level0, trace_outlines
 from .morphometrics import empty_measurements, measure_nuclei

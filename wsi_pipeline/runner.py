@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..models.interface import NucleusPredictor, TileNuclei
+from promptnucseg.models.interface import NucleusPredictor, TileNuclei
 from .errors import PipelineInputError
 from .geometry import mask_pixel_to_level0
 from .journal import Journal, quick_file_hash

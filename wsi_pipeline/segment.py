@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from ..models.interface import NucleusPredictor
+from promptnucseg.models.interface import NucleusPredictor
 from .errors import PipelineInputError
 from .exporters.atomic import atomic_write_text, ensure_output_folder
 from .journal import Journal, fingerprint_hash

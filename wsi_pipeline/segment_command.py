@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.interface import load_predictor
+    from promptnucseg.models.interface import load_predictor
     from .errors import PipelineInputError
     from .runner import FORMATS, SegmentSettings
     from .exporters.atomic import ensure_output_folder

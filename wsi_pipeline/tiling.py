@@ -29,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..models.interface import span_shares, span_starts
+from promptnucseg.models.interface import span_shares, span_starts
 
 
 @dataclass(frozen=True)
