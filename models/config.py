@@ -47,6 +47,12 @@ class SegmentorConfig:
     vit_heads: int = 3
     decoder_depth: int = 2
     decoder_mlp_dim: int = 1024
+    # sam_cnn_light only: fuse the encoder's stride-4 and stride-2 features into the decoder's
+    # mask features and predict masks at stride 2 (models/segmentor/high_res.py)
+    high_res: bool = False
+    # the release freezes SAM's *pretrained* prompt encoder; a light model's starts random, and
+    # freezing a random one only hurts, so light configs train it
+    freeze_prompt_encoder: bool = True
     # loss (20 * focal + 1 * dice + 1 * IoU MSE)
     focal_weight: float = 20.0
     dice_weight: float = 1.0

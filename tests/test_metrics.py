@@ -22,6 +22,7 @@ from promptnucseg.models.evaluation.metrics import (
     pq,
     remap_label,
     score_label_maps,
+    split_count,
     tissue_average,
 )
 
@@ -85,6 +86,17 @@ def test_one_nucleus_split_in_two():
     assert (r.tp, r.fp, r.fn) == (1, 1, 0)
     assert r.dq == approx(2 / 3) and r.sq == approx(0.6) and r.pq == approx(0.4)
     assert aji(gt, pred) == approx(3 / 7)
+    assert split_count(instance_overlap(gt, pred)) == 1
+
+
+def test_split_count_needs_two_pieces_mostly_inside_one_nucleus():
+    gt = box((4, 10), (1, 0, 4, 0, 10))
+    assert split_count(instance_overlap(gt, gt)) == 0
+    # one piece inside, the other mostly outside (4 of its 12 px in the nucleus): not a split
+    wide = np.zeros((4, 18), np.int32)
+    wide[:, :10] = gt
+    pred = box((4, 18), (1, 0, 4, 0, 6), (2, 0, 4, 9, 12))
+    assert split_count(instance_overlap(wide, pred)) == 0
 
 
 def test_two_nuclei_merged_into_one():
@@ -367,3 +379,4 @@ def test_score_label_maps_means_over_images_and_skips_nan():
     assert out["mean"]["aji"] == approx((1 + 3 / 7) / 2)
     assert out["mean"]["pq"] == approx(0.7)
     assert out["images"][1]["n_pred"] == 2 and out["images"][1]["fp"] == 1
+    assert [im["n_split"] for im in out["images"]] == [0, 1, 0] and out["n_split"] == 1

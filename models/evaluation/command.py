@@ -183,12 +183,12 @@ def format_table(report: dict[str, Any]) -> str:
     n = report["n_scored"]
     label = f"mean ({n} image{'' if n == 1 else 's'})"
     width = max([len("image"), len(label)] + [len(im["name"]) for im in images])
-    head = f"{'image':<{width}}  " + "  ".join(f"{k.upper():>6}" for k in IMAGE_METRICS) + f"  {'#GT':>6}  {'#pred':>6}"
+    head = f"{'image':<{width}}  " + "  ".join(f"{k.upper():>6}" for k in IMAGE_METRICS) + f"  {'#GT':>6}  {'#pred':>6}  {'#split':>6}"
     lines = [head, "-" * len(head)]
     for im in images:
-        lines.append(f"{im['name']:<{width}}  " + "  ".join(f"{_fmt(im[k]):>6}" for k in IMAGE_METRICS) + f"  {im['n_true']:>6}  {im['n_pred']:>6}")
+        lines.append(f"{im['name']:<{width}}  " + "  ".join(f"{_fmt(im[k]):>6}" for k in IMAGE_METRICS) + f"  {im['n_true']:>6}  {im['n_pred']:>6}  {im['n_split']:>6}")
     lines.append("-" * len(head))
-    lines.append(f"{label:<{width}}  " + "  ".join(f"{_fmt(report['mean'][k]):>6}" for k in IMAGE_METRICS))
+    lines.append(f"{label:<{width}}  " + "  ".join(f"{_fmt(report['mean'][k]):>6}" for k in IMAGE_METRICS) + f"  {'':>6}  {'':>6}  {report['n_split']:>6}")
     det = report.get("detection")
     if det:
         lines.append(f"detection within {det['radius_px']:g} px: precision {_fmt(det['precision'])}  recall {_fmt(det['recall'])}  F1 {_fmt(det['f1'])}  (TP {det['tp']}, FP {det['fp']}, FN {det['fn']})")

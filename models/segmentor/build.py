@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import SegmentorConfig
 from .encoders import CNNImageEncoder
+from .high_res import HighResMaskDecoder, ImageEmbedding
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
@@ -42,8 +43,9 @@ class Segmentor(nn.Module):
     def crop_size(self) -> int:
         return self.config.crop_size
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) RGB 0..255 -> image embeddings (B, C, S/stride, S/stride)."""
+    def embed(self, images: torch.Tensor) -> torch.Tensor | ImageEmbedding:
+        """(B, 3, S, S) RGB 0..255 -> image embeddings (B, C, S/stride, S/stride), with the fine
+        features beside them for a high-resolution decoder; slice either as `emb[i : i + 1]`."""
         if images.shape[-2:] != (self.crop_size, self.crop_size):
             raise ValueError(f"segmentor crops must be {self.crop_size}x{self.crop_size}, got {tuple(images.shape[-2:])}")
         return self.image_encoder((images.float() - self.pixel_mean) / self.pixel_std)
@@ -52,22 +54,26 @@ class Segmentor(nn.Module):
         """Masks for P prompt sets against one image embedding (1, C, h, w).
 
         coords (P, 1+K, 2) crop pixels, labels (P, 1+K). Returns crop-size logits (P, S, S)
-        and predicted IoU (P,).
+        and predicted IoU (P,); masks come at stride 4 (SAM) or 2 (`high_res`), upsampled.
         """
         sparse, dense = self.prompt_encoder(points=(coords.float(), labels), boxes=None, masks=None)
+        fine = {"fine": embedding.fine} if isinstance(embedding, ImageEmbedding) else {}
         low_res, iou = self.mask_decoder(
-            image_embeddings=embedding,
+            image_embeddings=embedding.main if fine else embedding,
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=False,
+            **fine,
         )
         logits = F.interpolate(low_res, size=(self.crop_size, self.crop_size), mode="bilinear", align_corners=False)
         return logits[:, 0], iou[:, 0]
 
 
-def _decoder(dim: int, depth: int = 2, mlp_dim: int = 2048) -> MaskDecoder:
-    return MaskDecoder(
+def _decoder(dim: int, depth: int = 2, mlp_dim: int = 2048, fine_channels: tuple[int, ...] = ()) -> MaskDecoder:
+    extra = {"fine_channels": fine_channels} if fine_channels else {}
+    return (HighResMaskDecoder if fine_channels else MaskDecoder)(
+        **extra,
         num_multimask_outputs=3,
         transformer=TwoWayTransformer(depth=depth, embedding_dim=dim, mlp_dim=mlp_dim, num_heads=8),
         transformer_dim=dim,
@@ -114,8 +120,9 @@ def _vit_light(config: SegmentorConfig) -> Segmentor:
 
 
 def _cnn_light(config: SegmentorConfig) -> Segmentor:
-    encoder = CNNImageEncoder(config.encoder_name, config.encoder_stride, config.embed_dim)
-    return Segmentor(encoder, config.embed_dim, config.encoder_stride, config, _decoder(config.embed_dim, config.decoder_depth, config.decoder_mlp_dim))
+    encoder = CNNImageEncoder(config.encoder_name, config.encoder_stride, config.embed_dim, fine_strides=(2, 4) if config.high_res else ())
+    decoder = _decoder(config.embed_dim, config.decoder_depth, config.decoder_mlp_dim, encoder.fine_channels)
+    return Segmentor(encoder, config.embed_dim, config.encoder_stride, config, decoder)
 
 
 SEGMENTOR_REGISTRY: dict[str, Callable[[SegmentorConfig], Segmentor]] = {

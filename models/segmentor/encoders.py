@@ -6,15 +6,20 @@ from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
 from ..backbones import BackboneFPN
+from .high_res import ImageEmbedding
 
 
 class CNNImageEncoder(nn.Module):
-    """A timm CNN + FPN merged at `stride`, then SAM's neck shape (conv, LN, conv, LN)."""
+    """A timm CNN + FPN merged at `stride`, then SAM's neck shape (conv, LN, conv, LN).
 
-    def __init__(self, backbone: str, stride: int, out_chans: int) -> None:
+    With `fine_strides` it also hands out the backbone's raw stages at those strides (for
+    `HighResMaskDecoder`), as an `ImageEmbedding`, from the same backbone pass.
+    """
+
+    def __init__(self, backbone: str, stride: int, out_chans: int, fine_strides: tuple[int, ...] = ()) -> None:
         super().__init__()
         strides = tuple(s for s in (4, 8, 16, 32) if s >= stride)
-        self.fpn = BackboneFPN(backbone, strides, out_chans)
+        self.fpn = BackboneFPN(backbone, strides, out_chans, raw_strides=fine_strides)
         self.neck = nn.Sequential(
             nn.Conv2d(out_chans, out_chans, 1, bias=False),
             LayerNorm2d(out_chans),
@@ -22,5 +27,12 @@ class CNNImageEncoder(nn.Module):
             LayerNorm2d(out_chans),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.neck(self.fpn(x)[0])
+    @property
+    def fine_channels(self) -> tuple[int, ...]:
+        return tuple(self.fpn.raw_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | ImageEmbedding:
+        if not self.fpn.raw_channels:
+            return self.neck(self.fpn(x)[0])
+        levels, fine = self.fpn.forward_with_raw(x)
+        return ImageEmbedding(self.neck(levels[0]), tuple(fine))

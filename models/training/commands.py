@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_experiment
     from ..prompter import Prompter
     from ..segmentor import build_segmentor
-    from ..segmentor.official import init_from_official
+    from ..segmentor.warm_start import warm_start
     from .data import load_split
     from ..devices import resolve_device
     from .loop import seed_everything, train
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         segmentor = build_segmentor(cfg.model.segmentor)
         if cfg.model.segmentor.init_checkpoint and not args.resume:
             try:
-                init_from_official(segmentor, cfg.model.segmentor.init_checkpoint)
+                fresh = warm_start(segmentor, cfg.model.segmentor.init_checkpoint)
+                print(f"warm start from {cfg.model.segmentor.init_checkpoint}; {len(fresh)} new tensors start at their initialisation", file=sys.stderr)
             except CheckpointError as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2

@@ -74,8 +74,9 @@ class SegmentorTask:
     use_ema: bool = False
 
     def __post_init__(self) -> None:
-        for p in self.model.prompt_encoder.parameters():  # the release freezes only the prompt encoder
-            p.requires_grad_(False)
+        if self.model.config.freeze_prompt_encoder:  # the release freezes only the prompt encoder
+            for p in self.model.prompt_encoder.parameters():
+                p.requires_grad_(False)
 
     def batch_loss(self, rng: np.random.Generator, device: torch.device) -> dict[str, torch.Tensor]:
         size = self.model.crop_size
@@ -96,7 +97,7 @@ class SegmentorTask:
             ious.append(iou)
             targets.append(torch.from_numpy(c.instances[None] == c.ids[chosen][:, None, None]).to(device))
         if not logits:  # a batch of empty crops: a zero loss that still touches the graph
-            return {"loss": embeddings.sum() * 0.0}
+            return {"loss": sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0}
         return segmentor_loss(torch.cat(logits), torch.cat(ious), torch.cat(targets).float(), self.model.config)
 
     @torch.no_grad()
