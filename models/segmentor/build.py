@@ -71,15 +71,15 @@ class Segmentor(nn.Module):
 
 
 def _decoder(dim: int, depth: int = 2, mlp_dim: int = 2048, fine_channels: tuple[int, ...] = ()) -> MaskDecoder:
-    extra = {"fine_channels": fine_channels} if fine_channels else {}
-    return (HighResMaskDecoder if fine_channels else MaskDecoder)(
-        **extra,
+    """SAM's mask decoder at width `dim`; the high-resolution one when fine features come with it."""
+    kwargs = dict(
         num_multimask_outputs=3,
         transformer=TwoWayTransformer(depth=depth, embedding_dim=dim, mlp_dim=mlp_dim, num_heads=8),
         transformer_dim=dim,
         iou_head_depth=3,
         iou_head_hidden_dim=256 if dim >= 256 else dim,
     )
+    return HighResMaskDecoder(fine_channels=fine_channels, **kwargs) if fine_channels else MaskDecoder(**kwargs)
 
 
 def _official(config: SegmentorConfig, embed_dim: int, depth: int, heads: int, global_attn: tuple[int, ...]) -> Segmentor:

@@ -92,9 +92,3 @@ class HighResMaskDecoder(MaskDecoder):
         sub = (folded @ flat).reshape(p, 2, 2, h, w).permute(0, 3, 1, 4, 2).reshape(p, 1, 2 * h, 2 * w)
         detail = (hyper @ fine2.reshape(d, -1)).reshape(p, 1, 2 * h, 2 * w)
         return masks + sub + detail + (hyper @ conv.bias).view(p, 1, 1, 1)
-
-    def stride2_masks_reference(self, hyper: torch.Tensor, stride4: torch.Tensor, fine2: torch.Tensor) -> torch.Tensor:
-        """The same masks computed the plain way (for tests): features at stride 2, then the dot."""
-        feats = F.interpolate(stride4, scale_factor=2, mode="bilinear", align_corners=False) + self.upscale_stride2(stride4) + fine2
-        p, d, h, w = feats.shape
-        return (hyper.unsqueeze(1) @ feats.reshape(p, d, h * w)).reshape(p, 1, h, w)
