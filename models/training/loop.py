@@ -11,6 +11,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,6 +90,8 @@ def train(task: TrainingTask, config: ExperimentConfig, out_dir: str | Path, dev
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # The config owns the schedule: a resumed run may be given later lr drops than it started with.
+        scheduler.milestones = Counter(tc.lr_drop_epochs)
         if ema is not None:
             ema.model.load_state_dict(state["ema_state_dict"])
         rng.bit_generator.state = json.loads(state["rng"])
