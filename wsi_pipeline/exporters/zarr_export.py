@@ -11,9 +11,8 @@ Layout (row i of every array is nucleus i, in batch order; level-0 pixels):
 Group attrs: the caller's metadata (slide, mpp, model, config, versions, class names and
 colours) plus counts and the conventions above.
 
-Why buffer: appending a few thousand rows at a time would rewrite the last, partial chunk
-on every batch; rows are held back until a whole chunk is full, so each chunk is written
-exactly once and memory stays at one chunk per array. Requires zarr>=3 (zarr v3 format).
+Columns are appended in whole chunks (`appender.ChunkAppender`: each chunk written once,
+memory one chunk per array). Requires zarr>=3 (zarr v3 format).
 """
 from __future__ import annotations
 
@@ -28,6 +27,7 @@ import shapely
 
 from ..geometry import polygon_rows_cols
 from ..morphometrics import MEASUREMENTS
+from .appender import ChunkAppender
 from .atomic import atomic_folder, ensure_output_folder, fsync_folder, partial_name
 
 if TYPE_CHECKING:
@@ -38,37 +38,6 @@ if TYPE_CHECKING:
 FORMAT = "promptnucseg-nuclei"
 FORMAT_VERSION = 1
 COORDINATES = "level-0 pixels, x right, y down; pixel (i, j) covers [i, i+1) x [j, j+1) (QuPath's convention)"
-
-
-class _Appender:
-    """Rows appended to a resizable zarr array in whole chunks (see module docstring)."""
-
-    def __init__(self, array: "zarr.Array") -> None:
-        self.array = array
-        self.rows = int(array.chunks[0])
-        self.pending: list[np.ndarray] = []
-        self.count = 0
-
-    def add(self, values: np.ndarray) -> None:
-        if len(values):
-            self.pending.append(np.asarray(values))
-            self.count += len(values)
-        if self.count >= self.rows:
-            self._flush(final=False)
-
-    def close(self) -> None:
-        if self.count:
-            self._flush(final=True)
-
-    def _flush(self, final: bool) -> None:
-        data = np.concatenate(self.pending)
-        k = len(data) if final else (len(data) // self.rows) * self.rows
-        n = self.array.shape[0]
-        self.array.resize((n + k,) + tuple(self.array.shape[1:]))
-        self.array[n : n + k] = data[:k]
-        rest = data[k:]
-        self.pending = [rest] if len(rest) else []
-        self.count = len(rest)
 
 
 class _LabelPainter:
@@ -133,12 +102,12 @@ def write_zarr(
     class_names = [str(c) for c in metadata.get("class_names", [])]
     with atomic_folder(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        cols: dict[str, _Appender] = {}
+        cols: dict[str, ChunkAppender] = {}
 
-        def column(name: str, dtype: Any, width: int | None = None, chunk: int = chunk_rows, group: Any = root) -> _Appender:
+        def column(name: str, dtype: Any, width: int | None = None, chunk: int = chunk_rows, group: Any = root) -> ChunkAppender:
             shape = (0,) if width is None else (0, width)
             chunks = (chunk,) if width is None else (chunk, width)
-            return _Appender(group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=None if dtype is str else 0))
+            return ChunkAppender(group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=None if dtype is str else 0))
 
         cols["id"] = column("id", str)
         cols["point"] = column("point", "float64", 2)
