@@ -6,6 +6,7 @@ import gc
 import gzip
 import json
 import subprocess
+import sys
 import uuid
 import weakref
 from pathlib import Path
@@ -20,9 +21,9 @@ import tifffile
 import zarr
 
 from promptnucseg.wsi_pipeline.errors import PipelineInputError
-from promptnucseg.wsi_pipeline.exporters import write_geojson, write_label_raster, write_label_tiff, write_table, write_zarr
+from promptnucseg.wsi_pipeline.exporters import write_anndata, write_geojson, write_label_raster, write_label_tiff, write_table, write_zarr
 from promptnucseg.wsi_pipeline.exporters.label_tiff import paint_labels
-from promptnucseg.wsi_pipeline.morphometrics import MEASUREMENTS
+from promptnucseg.wsi_pipeline.morphometrics import MEASUREMENT_UNITS, MEASUREMENTS
 from promptnucseg.wsi_pipeline.records import SlideNuclei
 from test_records import synthetic_slide_nuclei
 
@@ -238,6 +239,44 @@ def test_label_tiff_widens_to_uint32_past_65535_nuclei(tmp_path: Path):
     assert len(np.unique(labels)) == n + 1
 
 
+def test_anndata_holds_the_table_rows_with_units_and_level0_centroids(tmp_path: Path, nuclei: SlideNuclei):
+    anndata = pytest.importorskip("anndata", reason="the anndata extra (pip install promptnucseg[anndata]) is not installed")
+    # chunks of 1536 rows across batches of 50: whole chunks, a partial last one
+    path = write_anndata(tmp_path / "s.h5ad", batches_of(nuclei, BATCH), CLASS_NAMES, CLASS_COLORS, 0.25, META, chunk_rows=1536)
+    adata = anndata.read_h5ad(path)
+    assert adata.shape == (len(nuclei), len(MEASUREMENTS))
+    assert list(adata.obs_names) == nuclei.ids and adata.obs.index.name == "id"
+    assert list(adata.obs["class"].cat.categories) == list(CLASS_NAMES)
+    np.testing.assert_array_equal(adata.obs["class"].cat.codes.to_numpy(), nuclei.classes)
+    np.testing.assert_array_equal(adata.obs["class_score"].to_numpy(), nuclei.class_scores.astype(np.float32))
+    np.testing.assert_array_equal(adata.obs["mask_score"].to_numpy(), nuclei.mask_scores.astype(np.float32))
+    assert list(adata.var_names) == list(MEASUREMENTS) and list(adata.var["unit"]) == [MEASUREMENT_UNITS[k] for k in MEASUREMENTS]
+    for j, k in enumerate(MEASUREMENTS):  # NaN/inf kept as they are (the zarr store keeps them too)
+        np.testing.assert_array_equal(adata.X[:, j], nuclei.measurements[k].astype(np.float32))
+    np.testing.assert_array_equal(adata.obsm["spatial"], nuclei.centroids)
+    assert adata.uns["mpp"] == 0.25 and list(adata.uns["class_colors"]) == ["#ff0000", "#00a000", "#0000ff"]
+    assert json.loads(adata.uns["promptnucseg"])["slide"] == "synthetic.svs"
+    backed = anndata.read_h5ad(path, backed="r")  # the file is usable without loading X
+    assert backed.shape == adata.shape
+    backed.file.close()
+
+
+def test_anndata_refuses_a_batch_with_other_measurements(tmp_path: Path, nuclei: SlideNuclei):
+    pytest.importorskip("anndata", reason="the anndata extra is not installed")
+    odd = nuclei.select(slice(0, 10))
+    odd.measurements = {k: v for k, v in odd.measurements.items() if k != "solidity"}
+    with pytest.raises(ValueError, match="differ from the variables"):
+        write_anndata(tmp_path / "s.h5ad", iter([nuclei.select(slice(10, 20)), odd]), CLASS_NAMES, CLASS_COLORS, 0.25)
+    assert not (tmp_path / "s.h5ad").exists()
+
+
+def test_anndata_without_its_extra_names_the_extra(tmp_path: Path, monkeypatch):
+    for name in ("anndata", "anndata.io", "anndata.experimental"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    with pytest.raises(PipelineInputError, match=r"promptnucseg\[anndata\]"):
+        write_anndata(tmp_path / "s.h5ad", _never_read(), CLASS_NAMES, CLASS_COLORS, 0.25)
+
+
 # ---------------------------------------------------------------- streaming
 
 
@@ -261,7 +300,7 @@ def test_many_small_batches_give_the_same_files_as_one_batch(tmp_path: Path, nuc
     assert files(a / "s.zarr") == files(b / "s.zarr")
 
 
-@pytest.mark.parametrize("writer", ["geojson", "zarr", "table", "tiff"])
+@pytest.mark.parametrize("writer", ["geojson", "zarr", "table", "tiff", "anndata"])
 def test_writers_hold_one_batch_at_a_time(tmp_path: Path, nuclei: SlideNuclei, writer: str):
     """Constant memory in the number of nuclei: by the time batch k is requested, batches
     before k-1 have been released by the writer."""
@@ -280,6 +319,7 @@ def test_writers_hold_one_batch_at_a_time(tmp_path: Path, nuclei: SlideNuclei, w
         "zarr": lambda: write_zarr(tmp_path / "z.zarr", tracked(), META, chunk_rows=256, label_raster=(SLIDE_HW, 8.0)),
         "table": lambda: write_table(tmp_path / "t.parquet", tracked(), row_group_rows=300),
         "tiff": lambda: write_label_tiff(tmp_path / "l.tif", SLIDE_HW, tracked()),
+        "anndata": lambda: write_anndata(tmp_path / "a.h5ad", tracked(), CLASS_NAMES, CLASS_COLORS, 0.25, chunk_rows=256),
     }[writer]
     run()
     assert len(alive) == 20
@@ -299,7 +339,7 @@ def _never_read() -> Iterator[SlideNuclei]:
     yield  # pragma: no cover
 
 
-@pytest.mark.parametrize("writer", ["geojson", "zarr", "table", "csv", "tiff"])
+@pytest.mark.parametrize("writer", ["geojson", "zarr", "table", "csv", "tiff", "anndata"])
 def test_unwritable_folder_is_refused_before_any_work(tmp_path: Path, writer: str):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the output folder should be")
@@ -310,15 +350,16 @@ def test_unwritable_folder_is_refused_before_any_work(tmp_path: Path, writer: st
         "table": lambda: write_table(out / "s.parquet", _never_read()),
         "csv": lambda: write_table(out / "s.parquet", _never_read(), engine="csv"),
         "tiff": lambda: write_label_tiff(out / "s_labels.tif", (10, 10), _never_read()),
+        "anndata": lambda: write_anndata(out / "s.h5ad", _never_read(), CLASS_NAMES, CLASS_COLORS, 0.25),
     }[writer]
     with pytest.raises(PipelineInputError) as err:
         run()
     assert str(out) in str(err.value) and "Fix:" in str(err.value) and "output folder" in str(err.value)
 
 
-@pytest.mark.parametrize("writer", ["geojson", "zarr", "table", "csv", "tiff"])
+@pytest.mark.parametrize("writer", ["geojson", "zarr", "table", "csv", "tiff", "anndata"])
 def test_a_failure_mid_stream_leaves_no_partial_file_and_keeps_the_old_one(tmp_path: Path, nuclei: SlideNuclei, writer: str):
-    names = {"geojson": "s.geojson", "zarr": "s.zarr", "table": "s.parquet", "csv": "s.csv", "tiff": "s_labels.tif"}
+    names = {"geojson": "s.geojson", "zarr": "s.zarr", "table": "s.parquet", "csv": "s.csv", "tiff": "s_labels.tif", "anndata": "s.h5ad"}
     target = tmp_path / names[writer]
 
     def run(batches):
@@ -328,6 +369,7 @@ def test_a_failure_mid_stream_leaves_no_partial_file_and_keeps_the_old_one(tmp_p
             "table": lambda: write_table(target, batches),
             "csv": lambda: write_table(target, batches, engine="csv"),
             "tiff": lambda: write_label_tiff(target, SLIDE_HW, batches),
+            "anndata": lambda: write_anndata(target, batches, CLASS_NAMES, CLASS_COLORS, 0.25, chunk_rows=128),
         }[writer]()
 
     def dies() -> Iterator[SlideNuclei]:

@@ -50,6 +50,23 @@ MEASUREMENTS: dict[str, str] = {
     "eosin_od_mean": "Eosin OD mean",
 }
 
+# column key -> unit, for exports that carry units beside the numbers (AnnData's `var`);
+# "1" marks a dimensionless ratio, "OD" optical density (-log10 of transmitted light)
+MEASUREMENT_UNITS: dict[str, str] = {
+    "area_um2": "µm^2",
+    "perimeter_um": "µm",
+    "circularity": "1",
+    "solidity": "1",
+    "eccentricity": "1",
+    "major_axis_um": "µm",
+    "minor_axis_um": "µm",
+    "feret_max_um": "µm",
+    "feret_min_um": "µm",
+    "orientation_deg": "degree",
+    "hematoxylin_od_mean": "OD",
+    "eosin_od_mean": "OD",
+}
+
 # optical density of each 8-bit intensity; 0 is treated as 1 (OD would be infinite)
 _OD_LUT = -np.log10(np.maximum(np.arange(256), 1) / 255.0)
 _STAIN_FROM_OD = np.asarray(hed_from_rgb, np.float64)[:, :2]  # OD(r,g,b) -> (H, E)

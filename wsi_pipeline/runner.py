@@ -27,7 +27,8 @@ from .slides import SlideReader, resolve_mpp
 from .tiling import Tile, TileGrid
 from .tissue import tissue_mask
 
-FORMATS = ("geojson", "zarr", "table")
+FORMATS = ("geojson", "zarr", "table", "anndata")  # every --formats choice
+DEFAULT_FORMATS = ("geojson", "zarr", "table")  # anndata needs an optional extra
 
 
 @dataclass
@@ -38,7 +39,7 @@ class SegmentSettings:
     workers: int = 4  # reader threads (and post-processing threads)
     mpp: float | None = None  # override of the slide's microns per pixel
     roi: tuple[int, int, int, int] | None = None  # x, y, w, h in level-0 pixels
-    formats: tuple[str, ...] = FORMATS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
     label_map: bool = False  # also <stem>_labels.tif (level 0) for inputs small enough
     gzip: bool = False  # .geojson.gz
     simplify_tolerance: float = 0.5  # polygon simplification, model pixels

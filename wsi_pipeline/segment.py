@@ -43,6 +43,8 @@ def output_paths(folder: Path, stem: str, settings: SegmentSettings) -> dict[str
         paths["zarr"] = folder / f"{stem}.zarr"
     if "table" in settings.formats:
         paths["table"] = folder / f"{stem}_nuclei.parquet"
+    if "anndata" in settings.formats:
+        paths["anndata"] = folder / f"{stem}.h5ad"
     if settings.label_map:
         paths["label_map"] = folder / f"{stem}_labels.tif"
     return paths
@@ -202,7 +204,7 @@ def segment_slide(path: str | Path, out_root: str | Path, predictor: NucleusPred
 
 def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: SegmentSettings, paths: dict[str, Path], fp: dict[str, Any]) -> dict[str, Any]:
     """Write the final outputs by streaming the journaled parts in batch order."""
-    from .exporters import write_geojson, write_label_tiff, write_table, write_zarr
+    from .exporters import write_anndata, write_geojson, write_label_tiff, write_table, write_zarr
 
     names, colors = model.class_names, model.class_colors
     counts = {name: 0 for name in names}
@@ -230,6 +232,8 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         write_zarr(paths["zarr"], iter_parts(journal), meta)
     if "table" in paths:
         paths["table"] = write_table(paths["table"], iter_parts(journal), class_names=names)
+    if "anndata" in paths:
+        write_anndata(paths["anndata"], iter_parts(journal), names, colors, plan.slide_mpp, meta)
     if "label_map" in paths:
         write_label_tiff(paths["label_map"], (plan.dimensions[1], plan.dimensions[0]), iter_parts(journal))
     return {

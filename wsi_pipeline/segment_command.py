@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--overlap", type=int, default=128, help="least tile overlap in model pixels, larger than the largest nucleus (default 128); the tile step is rounded down to the model's window grid, so the real overlap can be larger (the run report's 'tiling')")
     parser.add_argument("--mpp", type=float, help="microns per pixel of the slide's level 0: overrides (or supplies missing) metadata")
     parser.add_argument("--roi", help="x,y,w,h in level-0 pixels: segment only this region")
-    parser.add_argument("--formats", default="geojson,zarr,table", help="comma list of geojson, zarr, table (default: all)")
+    parser.add_argument("--formats", default="geojson,zarr,table", help="comma list of geojson, zarr, table, anndata (default: geojson,zarr,table; anndata writes <stem>.h5ad and needs promptnucseg[anndata])")
     parser.add_argument("--label-map", action="store_true", help="also write <stem>_labels.tif, the level-0 instance label map (small inputs only)")
     parser.add_argument("--gzip", action="store_true", help="write .geojson.gz")
     parser.add_argument("--no-tissue-mask", action="store_true", help="process every tile, even where no tissue is found")
@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             print(f"error: unknown --formats {','.join(bad)}. Fix: choose from {','.join(FORMATS)}", file=sys.stderr)
             return 2
+        if "anndata" in formats:  # its extra is optional: say so now, not after the slides are segmented
+            from .exporters.anndata_export import require_anndata
+
+            require_anndata()
         stems = [s.stem for s in slides]
         dupes = sorted({s for s in stems if stems.count(s) > 1})
         if dupes:
