@@ -9,6 +9,9 @@ ARG CPU_IMAGE=python:3.11-slim-bookworm
 
 FROM ${CUDA_IMAGE} AS base-cuda
 ENV TORCH_INDEX=https://download.pytorch.org/whl/cu124
+# Not pinned: Ubuntu drops superseded package versions from its archive, so an exact pin
+# breaks the build within months; the base image tag above is what fixes the OS.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3-pip \
     && rm -rf /var/lib/apt/lists/* \
@@ -30,9 +33,13 @@ COPY promptnucseg ./promptnucseg
 COPY models ./models
 COPY wsi_pipeline ./wsi_pipeline
 COPY configs ./configs
-RUN pip install . && promptnucseg --help >/dev/null
-RUN useradd --create-home --uid 1000 nuclei
-USER nuclei
+RUN pip install "./[anndata]" && promptnucseg --help >/dev/null
+# A non-root user, named by number so that Kubernetes' runAsNonRoot can check it; /work is
+# its working folder (mount slides and outputs elsewhere, or over it).
+RUN useradd --create-home --uid 1000 --user-group nuclei \
+    && mkdir /work && chown 1000:1000 /work
+USER 1000:1000
 WORKDIR /work
+# `docker run IMAGE` with no arguments prints the help; any arguments are a promptnucseg command line
 ENTRYPOINT ["promptnucseg"]
 CMD ["--help"]
