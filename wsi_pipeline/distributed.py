@@ -41,9 +41,12 @@ from tqdm import tqdm
 
 from promptnucseg.models.interface import NucleusPredictor
 from .errors import PipelineInputError
+from .interrupts import Interrupted
 from .journal import Journal
+from .locking import FolderLock
+from .preflight import disk_full_explained
 from .runner import SegmentSettings, SlidePlan, peak_rss_mb, run_batches
-from .segment import ModelFacts, SlideJob, SlideResult, describe_failure, finish_slide, prepare_slide
+from .segment import ModelFacts, SlideJob, SlideResult, describe_failure, failed_result, finish_slide, lock_slide_folder, prepare_slide
 from .slides import open_slide
 
 if TYPE_CHECKING:
@@ -182,7 +185,7 @@ def run_range_task(plan: SlidePlan, folder: str, batches: list[int], spec: Model
         predictor = worker_predictor(spec, layout)
         result.device = predictor.device
         result.torch_threads = _torch_threads()
-        with _RUN_LOCK, open_slide(plan.path, plan.slide_facts.get("backend", "auto"), settings.mpp) as reader:
+        with _RUN_LOCK, open_slide(plan.path, plan.slide_facts.get("backend", "auto"), settings.mpp) as reader, disk_full_explained(Path(folder)):
             stats = run_batches(reader, plan, batches, predictor, Journal(Path(folder)), settings)
     except PipelineInputError as err:  # bad input stays bad on a retry
         result.input_error = (err.path, err.problem, err.fix)
@@ -329,6 +332,7 @@ class _Slide:
     peak_rss_mb: float = 0.0
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # address -> device, torch threads
     tiles_done: int = 0  # for the progress bar
+    lock: FolderLock | None = None  # the client holds the slide's folder until the slide is done
 
 
 class _DistributedRun:
@@ -347,16 +351,21 @@ class _DistributedRun:
     def add(self, order: int, given: str | Path) -> None:
         """Plan the slide on the client and submit its unfinished batches."""
         path = Path(given).expanduser().absolute()  # workers run elsewhere; symlinks keep their name
+        lock = None
         try:
+            lock = lock_slide_folder(self.out_root, path, self.settings, self.log)
             with open_slide(path) as reader:
                 job = prepare_slide(reader, self.out_root, self.model, self.settings, self.log)
         except Exception as err:
-            self._done(order, SlideResult(str(given), False, {}, describe_failure(given, err)))
+            if lock is not None:
+                lock.release()
+            self._done(order, failed_result(given, err))
             return
         if job.finished_report is not None:
+            lock.release()
             self._done(order, SlideResult(str(given), True, job.finished_report))
             return
-        state = self.slides[order] = _Slide(order, str(given), path, job, tiles_done=job.tiles_done())
+        state = self.slides[order] = _Slide(order, str(given), path, job, tiles_done=job.tiles_done(), lock=lock)
         self.bar.total += len(job.plan.tiles)
         self.bar.update(state.tiles_done)
         self._submit_or_finish(state)
@@ -446,6 +455,9 @@ class _DistributedRun:
 
     def _done(self, order: int, result: SlideResult) -> None:
         self.results[order] = result
+        state = self.slides.get(order)
+        if state is not None and state.lock is not None:
+            state.lock.release()
         if self.on_result is not None:
             self.bar.clear()
             self.on_result(result)
@@ -461,7 +473,15 @@ class _DistributedRun:
             self.bar.update(tiles - state.tiles_done)
             state.tiles_done = tiles
 
+    def progress(self) -> tuple[int, int]:
+        """(batches journaled, batches planned) over the slides not finished yet."""
+        open_slides = [s for o, s in self.slides.items() if o not in self.results]
+        return sum(len(s.job.journal.done()) for s in open_slides), sum(len(s.job.plan.batches) for s in open_slides)
+
     def close(self) -> None:
+        for state in self.slides.values():
+            if state.lock is not None:
+                state.lock.release()
         self.bar.close()
 
 
@@ -499,6 +519,9 @@ def segment_distributed(
             run.poll(timeout=0)  # finish early slides while later ones are planned
         while run.busy():
             run.poll(timeout=POLL_S)
+    except Interrupted as stop:
+        stop.progress = run.progress() if run.slides else None
+        raise
     finally:
         for fut in list(run.owner):
             fut.cancel()

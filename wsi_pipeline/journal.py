@@ -106,6 +106,12 @@ class Journal:
         done = self.done()
         return [self.parts_dir / done[b]["part"] for b in sorted(done)]
 
+    def bytes_on_disk(self) -> int:
+        """Bytes the journal already holds (they count as written when checking free space)."""
+        if not self.parts_dir.is_dir():
+            return 0
+        return sum(f.stat().st_size for f in self.parts_dir.iterdir() if f.is_file())
+
     def clear(self) -> None:
         """Forget all progress (for --overwrite, or once the final outputs are written)."""
         shutil.rmtree(self.work, ignore_errors=True)

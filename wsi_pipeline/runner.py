@@ -21,11 +21,12 @@ import numpy as np
 from promptnucseg.models.interface import NucleusPredictor, TileNuclei
 from .errors import PipelineInputError
 from .geometry import mask_pixel_to_level0
+from .interrupts import Interrupted, graceful, stop_requested
 from .journal import Journal, quick_file_hash
 from .records import SlideNuclei, from_tile_nuclei, load_part, save_part
 from .slides import SlideReader, resolve_mpp
 from .tiling import Tile, TileGrid
-from .tissue import tissue_mask
+from .tissue import TissueConfig, tissue_mask
 
 FORMATS = ("geojson", "zarr", "table", "anndata")  # every --formats choice
 DEFAULT_FORMATS = ("geojson", "zarr", "table")  # anndata needs an optional extra
@@ -47,6 +48,11 @@ class SegmentSettings:
     overwrite: bool = False
     progress: bool = True
     label_map_max_pixels: int = 20000 * 20000
+    force_mpp: bool = False  # accept an --mpp outside the plausible MPP_MIN..MPP_MAX
+    wait_for_lock: bool = False  # wait for another run holding a slide's folder instead of refusing
+
+# A region narrower than this many model px (8 um at 0.25 um/px) cannot hold a nucleus (5-20 um).
+MIN_REGION_MODEL_PX = 32
 
 
 @dataclass
@@ -65,6 +71,8 @@ class SlidePlan:
     tissue_fraction: float
     slide_facts: dict[str, Any]
     dimensions: tuple[int, int]  # level-0 (width, height)
+    read_level: int = 0  # the pyramid level tiles are read from
+    tissue_mm2: float = 0.0  # tissue area inside the region (the whole region without a tissue mask)
 
     def level0_box(self, tile: Tile) -> tuple[float, float, float, float]:
         """The tile's level-0 box (x, y, w, h); exact floats, so tiles map back without drift."""
@@ -72,33 +80,62 @@ class SlidePlan:
 
 
 def plan_slide(reader: SlideReader, settings: SegmentSettings, model_mpp: float, align: int = 32, window_grid: tuple[int, int] | None = None) -> SlidePlan:
-    slide_mpp, mpp_source = resolve_mpp(reader, settings.mpp)
+    slide_mpp, mpp_source = resolve_mpp(reader, settings.mpp, force=settings.force_mpp)
     width0, height0 = reader.dimensions
     roi = settings.roi or (0, 0, width0, height0)
     x, y, w, h = roi
     if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width0 or y + h > height0:
         raise PipelineInputError(reader.path, f"--roi {x},{y},{w},{h} is not inside the slide ({width0}x{height0} level-0 px)", "give x,y,w,h within the slide")
     scale = model_mpp / slide_mpp
+    refuse_too_small(reader, (w, h), slide_mpp, scale, bool(settings.roi))
+    refuse_black(reader)
     grid = TileGrid(max(1, int(round(w / scale))), max(1, int(round(h / scale))), settings.tile_size, settings.overlap, align, window_grid)
+    region_mm2 = w * h * slide_mpp**2 / 1e6
     plan = SlidePlan(
         path=Path(reader.path), stem=Path(reader.path).stem, slide_key=quick_file_hash(reader.path), slide_mpp=slide_mpp,
         mpp_source=mpp_source, model_mpp=model_mpp, scale=scale, roi=(x, y, w, h), grid=grid, tiles=[], batches=[],
         tissue_fraction=1.0, slide_facts=reader.describe(), dimensions=(width0, height0),
+        read_level=reader.best_level_for_downsample(scale), tissue_mm2=region_mm2,
     )
     tiles = list(grid)
     if settings.use_tissue_mask:
         mask = tissue_mask(reader)
         plan.tissue_fraction = mask.fraction
+        plan.tissue_mm2 = region_mm2 * mask.fraction_in(plan.roi)
         tiles = [t for t in tiles if mask.fraction_in(plan.level0_box(t)) > 0]
         if not tiles:
             raise PipelineInputError(
                 reader.path, "no tissue found in the slide" + (" region" if settings.roi else ""),
                 "check that this is the right file (blank or out-of-focus scans look empty), or pass --no-tissue-mask to process every tile",
             )
-    refuse_grayscale(reader)  # after the tissue check: blank glass is "no tissue", not "grayscale"
+    refuse_grayscale(reader)  # after the tissue check: blank glass is "no tissue", not "grayscale"; black is refused before
     plan.tiles = tiles
     plan.batches = [tiles[i : i + settings.batch_size] for i in range(0, len(tiles), settings.batch_size)]
     return plan
+
+
+def refuse_too_small(reader: SlideReader, size: tuple[int, int], mpp: float, scale: float, is_roi: bool) -> None:
+    """An image (or region) smaller than a nucleus holds none; say so instead of "no tissue"."""
+    w, h = size
+    if min(w, h) / scale >= MIN_REGION_MODEL_PX:
+        return
+    what = "the --roi region" if is_roi else "the image"
+    raise PipelineInputError(
+        reader.path,
+        f"{what} is only {w}x{h} px ({w * mpp:.2g}x{h * mpp:.2g} um at {mpp:g} um/px), too small to hold a nucleus "
+        f"(5-20 um across; at least {MIN_REGION_MODEL_PX * scale:.0f} px a side is needed at this resolution)",
+        "check that this is the right file (not a thumbnail, icon or failed export) and that --mpp is right" + ("; widen --roi" if is_roi else ""),
+    )
+
+
+def refuse_black(reader: SlideReader, cfg: TissueConfig = TissueConfig()) -> None:
+    """An all-black image is a failed scan or export, not a colourless or empty slide."""
+    thumb = reader.thumbnail(512)
+    if thumb.size and int(thumb.max()) < cfg.black_level * 255:
+        raise PipelineInputError(
+            reader.path, f"is entirely black (no pixel brighter than {int(thumb.max())}/255): a failed scan, a failed export, or pixel data this reader cannot decode",
+            "open it in a slide viewer; if it looks right there, export it again as 8-bit RGB (TIFF or SVS) and segment that",
+        )
 
 
 def refuse_grayscale(reader: SlideReader) -> None:
@@ -161,9 +198,11 @@ def run_batches(
     stats = BatchStats()
     started = time.monotonic()
     workers = max(1, settings.workers)
-    with ThreadPoolExecutor(workers, thread_name_prefix="read") as readers, ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="post") as post:
+    with graceful(), ThreadPoolExecutor(workers, thread_name_prefix="read") as readers, ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="post") as post:
         pending: deque[tuple[Future, int]] = deque()
         for b, tiles in zip(todo, _prefetched(readers, reader, plan, todo, prefetch=2 * settings.batch_size)):
+            if stop_requested():
+                break  # a signal: journal what is in post-processing, then stop (interrupts.py)
             nuclei = predictor.predict([rgb for _, rgb, _, _ in tiles])
             results = [(t, rgb, o, s, n) for (t, rgb, o, s), n in zip(tiles, nuclei)]
             pending.append((post.submit(_postprocess, plan, settings, journal, b, results), len(tiles)))
@@ -173,6 +212,9 @@ def run_batches(
         while pending:
             _finish(*pending.popleft(), stats, on_batch)
     stats.seconds = time.monotonic() - started
+    signum = stop_requested()
+    if signum is not None:
+        raise Interrupted(signum)
     return stats
 
 

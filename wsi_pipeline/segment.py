@@ -18,7 +18,10 @@ from tqdm import tqdm
 from promptnucseg.models.interface import NucleusPredictor
 from .errors import PipelineInputError
 from .exporters.atomic import atomic_write_text, ensure_output_folder
+from .interrupts import Interrupted
 from .journal import Journal, fingerprint_hash
+from .locking import LOCK_NAME, FolderLock, FolderLocked
+from .preflight import check_free_space, disk_full_explained, plan_summary
 from .runner import SegmentSettings, SlidePlan, iter_parts, peak_rss_mb, plan_slide, run_batches
 from .slides import SlideReader, open_slide
 
@@ -98,6 +101,7 @@ class SlideResult:
     ok: bool
     report: dict[str, Any]
     error: str | None = None
+    locked: bool = False  # refused because another live run holds its folder
 
 
 def describe_failure(slide: str | Path, err: BaseException) -> str:
@@ -105,6 +109,25 @@ def describe_failure(slide: str | Path, err: BaseException) -> str:
     if isinstance(err, PipelineInputError):
         return str(err)
     return f"{slide}: failed with {type(err).__name__}: {err}. Fix: see the message; other slides go on"
+
+
+def failed_result(slide: str | Path, err: BaseException) -> SlideResult:
+    return SlideResult(str(slide), False, {}, describe_failure(slide, err), locked=isinstance(err, FolderLocked))
+
+
+def slide_folder(out_root: str | Path, path: str | Path) -> Path:
+    """Where a slide's outputs, journal and lock live: one sub-folder per slide stem."""
+    return Path(out_root) / Path(path).stem
+
+
+def lock_slide_folder(out_root: str | Path, path: str | Path, settings: SegmentSettings, log: Callable[[str], None] = print) -> FolderLock:
+    """Hold the slide's folder for this run (see locking.py); the caller releases it."""
+    folder = slide_folder(out_root, path)
+    ensure_output_folder(folder / LOCK_NAME)
+    lock = FolderLock(folder).acquire(wait=settings.wait_for_lock, log=log)
+    if lock.took_over is not None:
+        log(f"{folder}: took over the lock of a run that is gone ({lock.took_over.describe()})")
+    return lock
 
 
 @dataclass
@@ -134,7 +157,7 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
     """Plan the slide and open (or resume) its journal; notices an already finished run."""
     started = time.monotonic()
     plan = plan_slide(reader, settings, model.mpp, window_grid=model.window_grid)
-    folder = Path(out_root) / plan.stem
+    folder = slide_folder(out_root, plan.path)
     ensure_output_folder(folder / f"{plan.stem}_report.json")
     paths = output_paths(folder, plan.stem, settings)
     journal = Journal(folder)
@@ -155,25 +178,38 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
             f"{plan.path.name}: note: tiles {grid.tile_size}/{grid.real_overlap} are off the model's window grid, so nuclei near tile "
             f"borders can differ slightly from a one-pass run; --tile-size {window} + a multiple of {step} (e.g. 1024) with --overlap >= {2 * (window - step)} avoids it"
         )
-    job.resumed = journal.start(fp)
     if settings.label_map and plan.dimensions[0] * plan.dimensions[1] > settings.label_map_max_pixels:
         raise PipelineInputError(plan.path, f"--label-map wants a level-0 raster of {plan.dimensions[0]}x{plan.dimensions[1]} px, too large to hold in memory", "drop --label-map for whole slides and use the zarr label raster instead")
+    check_free_space(folder, plan, settings, already=journal.bytes_on_disk())
+    with disk_full_explained(folder):
+        job.resumed = journal.start(fp)
     if job.resumed:
         log(f"{plan.path.name}: resuming, {len(journal.done())}/{len(plan.batches)} batches already done")
+    log(plan_summary(plan, len(plan.tiles) - job.tiles_done(), len(job.pending()), str(model.describe().get("device", "cpu"))))
     return job
 
 
 def finish_slide(job: SlideJob, model: ModelFacts, settings: SegmentSettings, run_facts: dict[str, Any]) -> dict[str, Any]:
     """Export from the journaled parts, write the JSON report, then drop the journal."""
-    report = finalize(job.plan, job.journal, model, settings, job.paths, job.fingerprint)
-    report.update({"wall_seconds": round(time.monotonic() - job.started, 3), **run_facts, "resumed": job.resumed})
-    atomic_write_text(job.paths["report"], json.dumps(report, indent=1, default=str))
+    with disk_full_explained(job.folder):
+        report = finalize(job.plan, job.journal, model, settings, job.paths, job.fingerprint)
+        report.update({"wall_seconds": round(time.monotonic() - job.started, 3), **run_facts, "resumed": job.resumed})
+        atomic_write_text(job.paths["report"], json.dumps(report, indent=1, default=str))
     job.journal.clear()
     return report
 
 
 def segment_slide(path: str | Path, out_root: str | Path, predictor: NucleusPredictor, settings: SegmentSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Segment one slide into `out_root/<stem>/`; resumes a killed run; returns the report."""
+    """Segment one slide into `out_root/<stem>/`, holding that folder's lock throughout;
+    resumes a killed run; returns the report."""
+    lock = lock_slide_folder(out_root, path, settings, log)
+    try:
+        return _segment_locked(path, out_root, predictor, settings, log)
+    finally:
+        lock.release()
+
+
+def _segment_locked(path: str | Path, out_root: str | Path, predictor: NucleusPredictor, settings: SegmentSettings, log: Callable[[str], None]) -> dict[str, Any]:
     model = ModelFacts.of(predictor)
     with open_slide(path) as reader:
         job = prepare_slide(reader, out_root, model, settings, log)
@@ -189,8 +225,14 @@ def segment_slide(path: str | Path, out_root: str | Path, predictor: NucleusPred
             bar.update(n_tiles)
             bar.set_postfix(nuclei=found[0])
 
-        stats = run_batches(reader, plan, range(len(plan.batches)), predictor, job.journal, settings, on_batch)
-        bar.close()
+        try:
+            with disk_full_explained(job.folder):
+                stats = run_batches(reader, plan, range(len(plan.batches)), predictor, job.journal, settings, on_batch)
+        except Interrupted as stop:
+            stop.progress = (len(job.journal.done()), len(plan.batches))
+            raise
+        finally:
+            bar.close()
     return finish_slide(
         job, model, settings,
         {

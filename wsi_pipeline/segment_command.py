@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import flags
+
+EXIT_LOCKED = 75  # EX_TEMPFAIL: only slides held by another run were refused; retry later
+
 if TYPE_CHECKING:
     from .segment import SlideResult
 
@@ -25,11 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--model", "--weights", dest="weights", help="model file: a promptnucseg model (export-model), a segmentor, or an official sam_vit_b/l/h checkpoint; default: the bundled model")
     parser.add_argument("--prompter-weights", help="prompter to pair with a segmentor/SAM file given by --weights")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--batch-size", type=int, default=8, help="tiles per model call and per journaled batch (default 8)")
-    parser.add_argument("--workers", type=int, default=4, help="tile-reading threads (default 4)")
-    parser.add_argument("--tile-size", type=int, default=1024, help="tile size in model pixels, multiple of 32 (default 1024); sizes of 256 + a multiple of the model's window step (192 for the bundled model: 1024, 1216, 1408...) keep tiled masks equal to a one-pass run")
-    parser.add_argument("--overlap", type=int, default=128, help="least tile overlap in model pixels, larger than the largest nucleus (default 128); the tile step is rounded down to the model's window grid, so the real overlap can be larger (the run report's 'tiling')")
-    parser.add_argument("--mpp", type=float, help="microns per pixel of the slide's level 0: overrides (or supplies missing) metadata")
+    parser.add_argument("--batch-size", type=flags.BATCH_SIZE, default=8, help="tiles per model call and per journaled batch (default 8)")
+    parser.add_argument("--workers", type=flags.WORKERS, default=4, help="tile-reading threads (default 4)")
+    parser.add_argument("--tile-size", type=flags.TILE_SIZE, default=1024, help="tile size in model pixels, multiple of 32 (default 1024); sizes of 256 + a multiple of the model's window step (192 for the bundled model: 1024, 1216, 1408...) keep tiled masks equal to a one-pass run")
+    parser.add_argument("--overlap", type=flags.OVERLAP, default=128, help="least tile overlap in model pixels, larger than the largest nucleus (default 128); the tile step is rounded down to the model's window grid, so the real overlap can be larger (the run report's 'tiling')")
+    parser.add_argument("--mpp", type=flags.MPP, help="microns per pixel of the slide's level 0: overrides (or supplies missing) metadata; refused outside 0.05-10 unless --force-mpp")
+    parser.add_argument("--force-mpp", action="store_true", help="accept an --mpp outside the plausible 0.05-10 um/px")
     parser.add_argument("--roi", help="x,y,w,h in level-0 pixels: segment only this region")
     parser.add_argument("--formats", default="geojson,zarr,table", help="comma list of geojson, zarr, table, anndata (default: geojson,zarr,table; anndata writes <stem>.h5ad and needs promptnucseg[anndata])")
     parser.add_argument("--label-map", action="store_true", help="also write <stem>_labels.tif, the level-0 instance label map (small inputs only)")
@@ -37,17 +42,62 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--no-tissue-mask", action="store_true", help="process every tile, even where no tissue is found")
     parser.add_argument("--overwrite", action="store_true", help="discard earlier progress/outputs for these slides and start again")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--wait-for-lock", action="store_true", help="when another run is writing a slide's output folder, wait for it instead of refusing that slide (exit 75 when only such slides were refused)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="run on the dask workers of this scheduler (e.g. tcp://10.0.0.5:8786); they must see the slides and --out at the same paths")
     where.add_argument("--cluster", metavar="local:N", help="start N dask worker processes on this machine (local: one per GPU, or one per 4 cores without GPU)")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 0: all done; 1: some slide failed; 2: bad flags or setup; 75: the only failures were
+    slides held by another run (retry later); 130 / 143: stopped by SIGINT / SIGTERM (resumable)."""
+    from .interrupts import Interrupted, handled
+
+    with handled():
+        try:
+            return _run(args)
+        except Interrupted as stop:
+            print(stop.message(), file=sys.stderr)
+            return stop.exit_status
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """What argparse cannot check one flag at a time; before the model loads."""
+    from .errors import PipelineInputError
+    from .preflight import check_tile_memory
+    from .slides import implausible_mpp
+
+    if args.overlap >= args.tile_size:
+        raise PipelineInputError(None, f"--overlap {args.overlap} is not smaller than --tile-size {args.tile_size}", "use an --overlap below the tile size (default 128 for 1024-px tiles)")
+    if args.mpp is not None and not args.force_mpp:
+        err = implausible_mpp(args.mpp, "override")
+        if err is not None:
+            raise err
+    check_tile_memory(args.tile_size, args.batch_size)
+
+
+def _refuse_locked(slides: list[Path], out: Path) -> list["SlideResult"]:
+    """Slides whose folders a live run holds, refused (one line each) before the model loads;
+    the others still take their lock properly when their turn comes."""
+    from .locking import FolderLock
+    from .segment import failed_result, slide_folder
+
+    refused = []
+    for slide in slides:
+        lock = FolderLock(slide_folder(out, slide))
+        holder = lock.held_by()
+        if holder is not None:
+            refused.append(failed_result(slide, lock.refusal(holder)))
+            _print_result(refused[-1])
+    return refused
+
+
+def _run(args: argparse.Namespace) -> int:
     from promptnucseg.models.interface import load_predictor
     from .errors import PipelineInputError
     from .runner import FORMATS, SegmentSettings
     from .exporters.atomic import ensure_output_folder
-    from .segment import SlideResult, describe_failure, segment_slide
+    from .segment import SlideResult, failed_result, segment_slide
     from .slides import parse_roi
 
     slides = [Path(s) for s in args.slides]
@@ -73,12 +123,20 @@ def run(args: argparse.Namespace) -> int:
         if dupes:
             print(f"error: several inputs are named {', '.join(dupes)}; their outputs would collide. Fix: run them with different --out folders", file=sys.stderr)
             return 2
+        _check_flags(args)
         out = Path(args.out)
         ensure_output_folder(out / ".run")
+        refused = [] if args.wait_for_lock else _refuse_locked(slides, out)
+        total = len(slides)
+        slides = [s for s in slides if str(s) not in {r.slide for r in refused}]
+        if not slides:  # every slide is held by another run: no need to load the model
+            print(f"{total} of {total} slides are held by other runs", file=sys.stderr)
+            return EXIT_LOCKED
         settings = SegmentSettings(
             tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size, workers=args.workers, mpp=args.mpp,
             roi=parse_roi(args.roi) if args.roi else None, formats=formats, label_map=args.label_map, gzip=args.gzip,
             use_tissue_mask=not args.no_tissue_mask, overwrite=args.overwrite, progress=not args.no_progress,
+            force_mpp=args.force_mpp, wait_for_lock=args.wait_for_lock,
         )
     except (PipelineInputError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -92,24 +150,25 @@ def run(args: argparse.Namespace) -> int:
         except (PipelineInputError, ValueError, RuntimeError, OSError, TimeoutError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        failed = [r.slide for r in results if not r.ok]
+        failed = refused + [r for r in results if not r.ok]
     else:
         try:
             predictor = load_predictor(args.weights, device=args.device, prompter_weights=args.prompter_weights, batch_size=args.batch_size)
         except (PipelineInputError, ValueError, RuntimeError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        failed = []
+        failed = list(refused)
         for slide in slides:
             try:
                 report = segment_slide(slide, out, predictor, settings, log=lambda m: print(m, file=sys.stderr))
                 _print_result(SlideResult(str(slide), True, report))
             except Exception as err:  # one broken slide must not end an overnight run
-                _print_result(SlideResult(str(slide), False, {}, describe_failure(slide, err)))
-                failed.append(slide)
+                result = failed_result(slide, err)
+                _print_result(result)
+                failed.append(result)
     if failed:
-        print(f"{len(failed)} of {len(slides)} slides failed: {', '.join(str(s) for s in failed)}", file=sys.stderr)
-        return 1
+        print(f"{len(failed)} of {total} slides failed: {', '.join(r.slide for r in failed)}", file=sys.stderr)
+        return EXIT_LOCKED if all(r.locked for r in failed) else 1
     return 0
 
 

@@ -339,21 +339,35 @@ def _missing_mpp_error(reader: SlideReader) -> PipelineInputError:
     return PipelineInputError(reader.path, "the slide's metadata gives no microns per pixel", MPP_FIX)
 
 
-def resolve_mpp(reader: SlideReader, override: float | None = None) -> tuple[float, str]:
+def implausible_mpp(mpp: float, source: str, path: str | Path | None = None) -> PipelineInputError | None:
+    """The error for a resolution outside MPP_MIN..MPP_MAX (None when plausible): one rule for
+    metadata and --mpp alike, checked by the CLI before the model loads and per slide."""
+    if MPP_MIN <= mpp <= MPP_MAX:
+        return None
+    if source == "override":
+        return PipelineInputError(
+            path, f"--mpp {mpp:g} is implausible for a slide (expected {MPP_MIN:g}..{MPP_MAX:g} um/px)",
+            f"give the scanner's true value (e.g. --mpp 0.25 for 40x, 0.5 for 20x), or add --force-mpp if {mpp:g} really is right",
+        )
+    return PipelineInputError(
+        path, f"{mpp:g} um/px from {source} is implausible for a slide (expected {MPP_MIN:g}..{MPP_MAX:g})",
+        f"{MPP_FIX} (use the scanner's true value)",
+    )
+
+
+def resolve_mpp(reader: SlideReader, override: float | None = None, force: bool = False) -> tuple[float, str]:
     """(level-0 um/px, where it came from) for the run: the override if given (recorded as
-    "override"), else the file's own value, refused when missing or outside MPP_MIN..MPP_MAX."""
+    "override"), else the file's own value, refused when missing or outside MPP_MIN..MPP_MAX
+    (an override outside it only with `force`)."""
     if override is not None:
         reader.apply_mpp_override(override)
-        return float(override), reader.mpp_source
-    if reader.mpp is None:
-        raise _missing_mpp_error(reader)
-    if not MPP_MIN <= reader.mpp <= MPP_MAX:
-        raise PipelineInputError(
-            reader.path,
-            f"{reader.mpp:g} um/px from {reader.mpp_source} is implausible for a slide "
-            f"(expected {MPP_MIN:g}..{MPP_MAX:g})",
-            f"{MPP_FIX} (use the scanner's true value)",
-        )
+        err = None if force else implausible_mpp(float(override), reader.mpp_source, reader.path)
+    elif reader.mpp is None:
+        err = _missing_mpp_error(reader)
+    else:
+        err = implausible_mpp(reader.mpp, reader.mpp_source, reader.path)
+    if err is not None:
+        raise err
     return float(reader.mpp), reader.mpp_source
 
 
