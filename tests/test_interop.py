@@ -106,3 +106,22 @@ def test_anndata_format_without_the_extra_fails_before_any_work(tmp_path: Path, 
     assert main(["segment", str(image), "--out", str(tmp_path / "out"), "--formats", "geojson,anndata"]) == 2
     err = capsys.readouterr().err
     assert 'pip install "promptnucseg[anndata]"' in err and err.count("\n") == 1
+
+
+def test_a_finished_run_asked_for_a_new_format_writes_it(run: Path, tmp_path: Path, capsys):
+    """A complete run is skipped only if it wrote every output asked for now: adding anndata
+    to --formats later must produce the .h5ad, not "already complete"."""
+    import shutil
+
+    out = tmp_path / "out"
+    folder = out / "cmu_small_region"
+    shutil.copytree(run, folder)
+    report = json.loads((folder / "cmu_small_region_report.json").read_text())
+    report["outputs"].pop("anndata")  # as if the first run had not been asked for it
+    (folder / "cmu_small_region_report.json").write_text(json.dumps(report))
+    (folder / "cmu_small_region.h5ad").unlink()
+    base = ["segment", str(CMU), "--out", str(out), "--roi", ROI, "--device", "cpu", "--no-progress", "--gzip"]
+    assert main([*base, "--formats", "geojson,zarr"]) == 0
+    assert "already complete" in capsys.readouterr().err
+    assert main([*base, "--formats", "geojson,anndata"]) == 0
+    assert "already complete" not in capsys.readouterr().err and (folder / "cmu_small_region.h5ad").is_file()

@@ -167,7 +167,8 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
         journal.clear()
     elif paths["report"].is_file() and not journal.work.exists():
         old = json.loads(paths["report"].read_text())
-        if old.get("config_hash") == fingerprint_hash(fp) and old.get("status") == "complete":
+        # complete only if it also wrote every output asked for now (e.g. not when anndata is added to --formats)
+        if old.get("config_hash") == fingerprint_hash(fp) and old.get("status") == "complete" and set(paths) <= set(old.get("outputs", {})):
             log(f"{plan.path.name}: already complete in {folder} (pass --overwrite to redo)")
             job.finished_report = old
             return job
