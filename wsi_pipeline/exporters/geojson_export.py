@@ -82,7 +82,9 @@ def write_geojson(
 ) -> Path:
     """Stream all nuclei into one FeatureCollection; returns the path written.
 
-    `gzip` (or a `.gz` name) writes `.geojson.gz`, which QuPath imports directly.
+    `gzip` (or a `.gz` name) writes `.geojson.gz`: QuPath's File > Import objects reads
+    .geojson/.json/.zip but not .gz (its PathIO.readObjects), so import it with
+    scripts/qupath/import_promptnucseg.groovy; GDAL reads it as /vsigzip/<path>.
     The file appears under its name only once complete.
     """
     path = Path(path)
