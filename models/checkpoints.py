@@ -32,21 +32,62 @@ class CheckpointError(ValueError):
         return (type(self), (self.path, self.problem, self.fix))
 
 
+def _safe_globals() -> list:
+    """The few non-tensor objects other trainers' checkpoints hold, allowed by name.
+
+    The PromptNucSeg release's files carry a numpy scalar (`f1`), numpy arrays in their
+    metrics and an argparse Namespace (`args`); these rebuild plain data and run no code.
+    Anything else stays refused: we never load with `weights_only=False`.
+    """
+    import argparse
+
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    dtypes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
+    return [
+        argparse.Namespace, np.dtype, np.ndarray, *dtypes,
+        multiarray.scalar, (multiarray.scalar, "numpy.core.multiarray.scalar"),  # numpy 2 and 1 names
+        multiarray._reconstruct, (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+    ]
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a torch file on CPU with clear errors for missing, truncated or foreign files."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "no such weights file", "pass the path of a .pt/.pth checkpoint")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(
-            path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})",
-            "re-download or re-export the file; it may be truncated or not a weights file at all",
-        ) from err
+        with torch.serialization.safe_globals(_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        foreign = _unsafe_globals(path)
+        if foreign:  # a whole, readable file that holds objects we do not rebuild
+            raise CheckpointError(
+                path, f"holds pickled Python objects that are not weights ({', '.join(foreign[:4])})",
+                "promptnucseg only loads tensors, numbers and plain data; save the state dict alone (torch.save(model.state_dict(), ...))",
+            ) from err
+        raise _unreadable(path, err) from err
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise _unreadable(path, err) from err
     if not isinstance(obj, dict):
         raise CheckpointError(path, f"holds a {type(obj).__name__}, not a state dict", "pass a PromptNucSeg or SAM checkpoint")
     return obj
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in _safe_globals()}
+    try:
+        return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+    except Exception:  # not a zip checkpoint at all: the caller reports it as unreadable
+        return []
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(
+        path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})",
+        "re-download or re-export the file; it may be truncated or not a weights file at all",
+    )
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

@@ -17,6 +17,11 @@ import yaml
 class PrompterConfig:
     backbone: str = "convnext_small"  # any timm name that supports features_only
     strides: tuple[int, ...] = (4, 8, 16, 32)  # pyramid levels used (4..16 for PanNuke)
+    backbone_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model (e.g. depths, dims)
+    # "promptnucseg": ours; "release": the authors' released network, detail for detail, so
+    # their checkpoints load key for key (models/release.py; differences in network.py)
+    layout: str = "promptnucseg"
+    neck_inputs: tuple[int, ...] = ()  # backbone strides fed to the FPN; () = `strides` (release PanNuke: 4..32 in, 3 out)
     fpn_channels: int = 256
     anchor_step: int = 16  # lambda: 16 for Kumar/CPM-17, 8 for PanNuke
     num_classes: int = 1  # C; the heads predict C + 1 (last = background)
@@ -45,6 +50,9 @@ class SegmentorConfig:
     vit_dim: int = 192
     vit_depth: int = 4
     vit_heads: int = 3
+    # arch sam_vit only: SAM's own ViT at any size (patch 16), e.g. a reduced test model
+    vit_window: int = 14
+    vit_global_attn: tuple[int, ...] = ()
     decoder_depth: int = 2
     decoder_mlp_dim: int = 1024
     # sam_cnn_light only: fuse the encoder's stride-4 and stride-2 features into the decoder's
@@ -66,12 +74,22 @@ class InferenceConfig:
     edge_margin: int = 7  # drop masks within this many px of an inner window edge
     box_nms_iou: float = 0.3  # 0.5 for CPM-17
     mask_threshold: float = 0.0  # on logits
+    # drop a nucleus when higher-scoring masks cover more than this fraction of its own mask
+    # (a second prompt on one nucleus gives a sliver or a copy of it); 1.0 keeps all
+    max_covered_fraction: float = 1.0
     prompt_batch: int = 256  # prompts decoded together against one embedding
     # run the prompter on the segmentor's window grid (each window keeps the prompts in its
     # share of the overlaps) rather than on the whole tile at once as the authors' release
     # does: a prompt then depends only on its window, so tiles on that grid reproduce a
     # whole-slide pass exactly, and the prompter sees 256-px inputs as in training
     prompter_on_windows: bool = True
+    # the release's choices, on in its presets (configs/release_*.yaml): the last window moved
+    # flush with the tile's end (ours reaches past it, so windows never depend on where a
+    # tile stops); a nucleus cut by every window it is in dropped (ours keeps its best try);
+    # each prompt decoded with and without its negatives, the better kept (CPM-17 SAM-H)
+    last_window_flush: bool = False
+    edge_fallback: bool = True
+    decode_without_negatives: bool = False
 
 
 @dataclass

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
+from . import release
 from .checkpoints import CheckpointError, expect_kind, file_sha256, float_state, read_checkpoint
 from .devices import resolve_device
 from .config import ModelConfig, SegmentorConfig, from_dict, to_dict
@@ -29,7 +30,7 @@ from .interface import TileNuclei, span_shares, span_starts
 from .prompter import Prompter, select_prompts
 from .prompter.postprocess import Prompts, candidate_prompts, concat_prompts, nms_prompts
 from .segmentor import Segmentor, assemble_prompts, build_segmentor, knn_negatives
-from .segmentor.official import is_official_sam_state, load_official_sam, official_arch
+from .segmentor.official import is_official_sam_state, load_official_sam, official_config
 
 BUNDLED_WEIGHTS = Path(__file__).parent / "weights" / "promptnucseg_light_kumar.pt"
 
@@ -101,7 +102,7 @@ class PromptNucSegPredictor:
             for j, (i, x0, y0, (ox0, oy0, ox1, oy1)) in enumerate(chunk):
                 h, w = tiles[i].shape[:2]
                 mask = res.mask_logits[j, 0].float() if cfg.mask_filter else None
-                found = candidate_prompts(res.points[j].float(), res.logits[j].float(), mask, (min(size, h - y0), min(size, w - x0)))
+                found = candidate_prompts(res.points[j].float(), res.logits[j].float(), mask, (min(size, h - y0), min(size, w - x0)), self.prompter.release)
                 px, py = found.points[:, 0] + x0, found.points[:, 1] + y0
                 own = (px >= ox0) & (px < ox1) & (py >= oy0) & (py < oy1)
                 parts[i].append(Prompts(np.stack([px, py], 1)[own], found.classes[own], found.scores[own]))
@@ -120,7 +121,7 @@ class PromptNucSegPredictor:
                 res = self.prompter(self.prompter.normalize(x))
                 for j, i in enumerate(chunk):
                     mask = res.mask_logits[j, 0, :h, :w].float() if cfg.mask_filter else None
-                    out[i] = select_prompts(res.points[j].float(), res.logits[j].float(), mask, (h, w), cfg.nms_distance)
+                    out[i] = select_prompts(res.points[j].float(), res.logits[j].float(), mask, (h, w), cfg.nms_distance, self.prompter.release)
         return out  # type: ignore[return-value]
 
     # -- segmentor -----------------------------------------------------------------------
@@ -130,11 +131,14 @@ class PromptNucSegPredictor:
         icfg = self.config.inference
         size = self.segmentor.crop_size
         h, w = tile.shape[:2]
-        k = self.segmentor.config.num_negatives
+        k = self.config.segmentor.num_negatives  # the run settings, not those the network was built with
         negatives = knn_negatives(prompts.points, k)
         coords_all, labels_all = assemble_prompts(prompts.points, prompts.points, negatives)
+        label_sets = [labels_all]
+        if icfg.decode_without_negatives and k > 0:  # the same prompts with their negatives masked out
+            label_sets.append(np.where(np.arange(labels_all.shape[1]) > 0, -1, labels_all).astype(labels_all.dtype))
         step = size - icfg.window_overlap
-        windows = [(x0, y0) for y0 in span_starts(h, size, step) for x0 in span_starts(w, size, step)]
+        windows = [(x0, y0) for y0 in self._window_starts(h, size, step) for x0 in self._window_starts(w, size, step)]
         best: dict[int, _Candidate] = {}
         fallback: dict[int, _Candidate] = {}
         for chunk in _chunks(windows, self.batch_size):
@@ -145,9 +149,9 @@ class PromptNucSegPredictor:
                     (prompts.points[:, 0] >= x0) & (prompts.points[:, 0] < x0 + size) & (prompts.points[:, 1] >= y0) & (prompts.points[:, 1] < y0 + size)
                 )
                 inner = (x0 > 0, y0 > 0, x0 + size < w, y0 + size < h)  # left, top, right, bottom edges inside the tile
-                for part in _chunks(list(inside), icfg.prompt_batch):
+                for part, labels_np in ((c, ls) for c in _chunks(list(inside), icfg.prompt_batch) for ls in label_sets):
                     coords = torch.from_numpy(coords_all[part] - np.array([x0, y0], np.float32)).to(self.torch_device)
-                    labels = torch.from_numpy(labels_all[part]).to(self.torch_device)
+                    labels = torch.from_numpy(labels_np[part]).to(self.torch_device)
                     logits, iou = self.segmentor.decode(emb[j : j + 1], coords, labels)
                     logits, iou = logits.float(), iou.float()
                     touching = _touches_inner_edge(logits > icfg.mask_threshold, inner, icfg.edge_margin)
@@ -156,9 +160,16 @@ class PromptNucSegPredictor:
                         pool = fallback if touching[n] else best
                         if p not in pool or cand.score > pool[p].score:
                             pool[p] = cand
-        for p, cand in fallback.items():  # a nucleus cut by every window it is in: keep its best try
-            best.setdefault(p, cand)
+        if icfg.edge_fallback:
+            for p, cand in fallback.items():  # a nucleus cut by every window it is in: keep its best try
+                best.setdefault(p, cand)
         return self._merge(best, prompts, (h, w))
+
+    def _window_starts(self, length: int, size: int, step: int) -> list[int]:
+        starts = span_starts(length, size, step)
+        if self.config.inference.last_window_flush and length > size:  # the release's layout
+            starts = sorted({*starts[:-1], length - size})
+        return starts
 
     def _merge(self, cands: dict[int, _Candidate], prompts: Prompts, shape: tuple[int, int]) -> TileNuclei:
         icfg = self.config.inference
@@ -192,11 +203,12 @@ class PromptNucSegPredictor:
             boxes=np.asarray(boxes, np.int32)[kept],
             masks=[masks[i] for i in kept],
         )
-        return exclusive_masks(raw, shape)
+        return exclusive_masks(raw, shape, icfg.max_covered_fraction)
 
 
-def exclusive_masks(nuclei: TileNuclei, shape: tuple[int, int]) -> TileNuclei:
-    """Give each pixel to the highest-scoring mask that claims it; drop nuclei left empty.
+def exclusive_masks(nuclei: TileNuclei, shape: tuple[int, int], max_covered: float = 1.0) -> TileNuclei:
+    """Give each pixel to the highest-scoring mask that claims it; drop nuclei left empty,
+    or left with less than `1 - max_covered` of their own mask.
 
     This is the release's painting rule, applied to the per-nucleus masks so that what a
     caller gets (polygons, label maps) agrees with the painted label map.
@@ -207,7 +219,7 @@ def exclusive_masks(nuclei: TileNuclei, shape: tuple[int, int]) -> TileNuclei:
         x0, y0, x1, y1 = (int(v) for v in nuclei.boxes[i])
         own = inst[y0:y1, x0:x1] == i + 1
         ys, xs = np.nonzero(own)
-        if len(ys) == 0:
+        if len(ys) == 0 or len(ys) < (1.0 - max_covered) * np.count_nonzero(nuclei.masks[i]):
             continue
         keep.append(i)
         masks.append(own[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
@@ -270,13 +282,18 @@ def _load_bundle(path: Path) -> tuple[Prompter, Segmentor, ModelConfig, dict]:
     return prompter, segmentor, config, ckpt.get("metrics", {})
 
 
-def load_predictor(weights: str | Path | None = None, device: str = "auto", prompter_weights: str | Path | None = None, batch_size: int = 8) -> PromptNucSegPredictor:
+def load_predictor(
+    weights: str | Path | None = None, device: str = "auto", prompter_weights: str | Path | None = None, batch_size: int = 8, preset: str | None = None
+) -> PromptNucSegPredictor:
     """A ready predictor.
 
     - no `weights`: the model bundled in the package;
-    - a promptnucseg `model` file (from `export-model`): both networks from it;
-    - an official SAM checkpoint (sam_vit_b/l/h) or a promptnucseg `segmentor` file: that
-      segmentor with the bundled prompter (or `prompter_weights`).
+    - a promptnucseg `model` file (from `export-model` or `import-release`): both networks from it;
+    - a segmentor (official SAM sam_vit_b/l/h, a PromptNucSeg release segmentor, or a
+      promptnucseg `segmentor` file) with the bundled prompter or `prompter_weights` (a
+      promptnucseg model/prompter file or a release prompter's best.pth/latest.pth).
+    When a release file is among them, the release's settings for its data set run it
+    (`preset`, else chosen from the files: models/release.py).
     """
     dev = resolve_device(device)
     path = Path(weights) if weights is not None else BUNDLED_WEIGHTS
@@ -287,37 +304,69 @@ def load_predictor(weights: str | Path | None = None, device: str = "auto", prom
     if ckpt.get("format") == "promptnucseg" and ckpt.get("kind") == "model":
         prompter, segmentor, config, metrics = _load_bundle(path)
         source["metrics"] = metrics
-    elif is_official_sam_state(ckpt) or (ckpt.get("format") == "promptnucseg" and ckpt.get("kind") == "segmentor"):
-        base = Path(prompter_weights) if prompter_weights else BUNDLED_WEIGHTS
-        prompter, config = _load_prompter(base)
-        if is_official_sam_state(ckpt):
-            seg_cfg = SegmentorConfig(arch=official_arch(ckpt), crop_size=config.segmentor.crop_size, num_negatives=config.segmentor.num_negatives)
-            segmentor = build_segmentor(seg_cfg)
-            try:
-                load_official_sam(segmentor, ckpt)
-            except ValueError as err:
-                raise CheckpointError(path, str(err), "pass an unmodified sam_vit_b/l/h checkpoint") from err
-        else:
-            seg_cfg = from_dict(SegmentorConfig, ckpt["config"]["model"]["segmentor"])
-            segmentor = build_segmentor(seg_cfg)
-            segmentor.load_state_dict(float_state(ckpt["state_dict"]))
-        config.segmentor = seg_cfg
-        source["prompter_weights"] = str(base)
-    elif ckpt.get("format") == "promptnucseg" and ckpt.get("kind") == "prompter":
-        raise CheckpointError(path, "is a prompter alone", "pass it as --prompter-weights together with --weights SEGMENTOR_OR_SAM.pth, or export both with `promptnucseg export-model`")
+        if preset:
+            config = release.apply_preset(config, release.load_preset(preset, config.segmentor.arch))
+            source["release_preset"] = {"name": preset, "reason": "chosen by the user"}
+    elif release.read_release_prompter(path, ckpt) is not None or (ckpt.get("format") == "promptnucseg" and ckpt.get("kind") == "prompter"):
+        raise CheckpointError(path, "is a prompter alone", "pass it as --prompter-weights together with --weights SEGMENTOR_OR_SAM.pth, or make one model file with `promptnucseg export-model` / `import-release`")
     else:
-        raise CheckpointError(path, "is neither a promptnucseg model nor an official SAM checkpoint", "pass the bundled default (no --weights), a file from `promptnucseg export-model`, or sam_vit_b/l/h")
+        segmentor, seg_fields, seg_is_release = _load_segmentor(path, ckpt)
+        base = Path(prompter_weights) if prompter_weights else BUNDLED_WEIGHTS
+        p_ckpt = read_checkpoint(base)
+        rel_prompter = release.read_release_prompter(base, p_ckpt, preset)
+        if rel_prompter is not None:
+            prompter = Prompter(rel_prompter.config)
+            _load_state(prompter, rel_prompter.state, base, "the release prompter")
+            config = release.preset_model_config(rel_prompter.preset, rel_prompter.config, seg_fields)
+            source["release_preset"] = {"name": rel_prompter.preset, "reason": rel_prompter.preset_reason}
+        else:
+            prompter, config = _load_prompter(base, p_ckpt)
+            config.segmentor = from_dict(SegmentorConfig, {**to_dict(config.segmentor), **seg_fields})
+            if seg_is_release or preset:
+                name, reason = release.choose_preset({}, None, preset)
+                config = release.apply_preset(config, release.load_preset(name, config.segmentor.arch))
+                source["release_preset"] = {"name": name, "reason": reason}
+        source["prompter_weights"] = str(base)
     return PromptNucSegPredictor(prompter, segmentor, config, dev, source, batch_size=batch_size)
 
 
-def _load_prompter(path: Path) -> tuple[Prompter, ModelConfig]:
+def _load_state(model: torch.nn.Module, state: dict, path: Path, what: str) -> None:
+    try:
+        model.load_state_dict(float_state(state))
+    except RuntimeError as err:
+        raise CheckpointError(path, f"{what} does not fit its architecture ({str(err).splitlines()[0][:200]})", "pass an unmodified file") from err
+
+
+def _load_segmentor(path: Path, ckpt: dict) -> tuple[Segmentor, dict[str, Any], bool]:
+    """A segmentor file of any kind we read -> (network, its SegmentorConfig fields, is it the release's)."""
+    sam_state = ckpt if is_official_sam_state(ckpt) else release.release_segmentor_state(ckpt)
+    if sam_state is not None:
+        fields = official_config(sam_state)
+        segmentor = build_segmentor(from_dict(SegmentorConfig, fields))
+        try:
+            load_official_sam(segmentor, sam_state)
+        except ValueError as err:
+            raise CheckpointError(path, str(err), "pass an unmodified SAM or PromptNucSeg release segmentor checkpoint") from err
+        return segmentor, fields, sam_state is not ckpt
+    if ckpt.get("format") == "promptnucseg" and ckpt.get("kind") == "segmentor":
+        fields = dict(ckpt["config"]["model"]["segmentor"])
+        segmentor = build_segmentor(from_dict(SegmentorConfig, fields))
+        _load_state(segmentor, ckpt["state_dict"], path, "the segmentor")
+        return segmentor, fields, False
+    raise CheckpointError(
+        path, "is neither a promptnucseg model nor an official SAM checkpoint, nor a promptnucseg segmentor or PromptNucSeg release file",
+        "pass the bundled default (no --weights), a file from `promptnucseg export-model`/`import-release`, sam_vit_b/l/h, or a release segmentor",
+    )
+
+
+def _load_prompter(path: Path, ckpt: dict | None = None) -> tuple[Prompter, ModelConfig]:
     """The prompter (and model config) of a `model` bundle or of a `prompter` checkpoint."""
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     expect_kind(path, ckpt, ("model", "prompter"))
     if ckpt["kind"] == "model":
         prompter, _, config, _ = _load_bundle(path)
         return prompter, config
     config = from_dict(ModelConfig, ckpt["config"]["model"])
     prompter = Prompter(config.prompter)
-    prompter.load_state_dict(float_state(ckpt["state_dict"]))
+    _load_state(prompter, ckpt["state_dict"], path, "the prompter")
     return prompter, config

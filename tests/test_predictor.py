@@ -34,6 +34,16 @@ def test_exclusive_masks_give_overlaps_to_the_higher_score():
     assert len(exclusive_masks(covered, (8, 8))) == 1
 
 
+def test_a_mask_mostly_covered_by_a_better_one_is_dropped_when_asked():
+    a = np.ones((4, 4), bool)
+    # the lower-scoring mask keeps 7 of its 16 pixels (9 covered: 56%)
+    nuclei = TileNuclei(points=[[1, 1], [3, 3]], classes=[0, 0], class_scores=[1, 1], mask_scores=[0.5, 0.8], boxes=[[0, 0, 4, 4], [1, 1, 5, 5]], masks=[a, a])
+    assert len(exclusive_masks(nuclei, (8, 8))) == 2  # default: every nucleus with pixels left stays
+    assert len(exclusive_masks(nuclei, (8, 8), max_covered=0.6)) == 2
+    kept = exclusive_masks(nuclei, (8, 8), max_covered=0.5)
+    assert len(kept) == 1 and kept.mask_scores[0] == pytest.approx(0.8)
+
+
 @pytest.mark.parametrize("bad", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8), np.zeros((8, 8, 3), np.float32), np.zeros((0, 8, 3), np.uint8)])
 def test_bad_tiles_are_refused_with_the_fix(bad):
     with pytest.raises(ValueError, match="RGB|empty"):

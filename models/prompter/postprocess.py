@@ -32,22 +32,30 @@ def point_nms(points: np.ndarray, scores: np.ndarray, radius: float) -> np.ndarr
 
 
 @torch.no_grad()
-def candidate_prompts(points: torch.Tensor, logits: torch.Tensor, mask_logits: torch.Tensor | None, size_hw: tuple[int, int]) -> Prompts:
+def candidate_prompts(
+    points: torch.Tensor, logits: torch.Tensor, mask_logits: torch.Tensor | None, size_hw: tuple[int, int], release: bool = False
+) -> Prompts:
     """One image's anchors that name a nucleus, before NMS: `points` (A, 2), `logits` (A, C+1),
     `mask_logits` (H', W') or None.
 
     Keeps anchors whose argmax is not background, inside the unpadded image, and (when a
-    foreground map is given) whose foreground logit at the point is > 0.
+    foreground map is given) whose foreground logit at the point is > 0. `release`: as the
+    authors' code does, points outside are clipped onto the image instead of dropped, and
+    the foreground is read at the truncated pixel instead of the nearest.
     """
     prob = logits.float().softmax(-1)
     score, cls = prob[:, :-1].max(-1)
     keep = prob.argmax(-1) != prob.shape[-1] - 1
     h, w = size_hw
     pts = points.float()
-    keep &= (pts[:, 0] >= 0) & (pts[:, 1] >= 0) & (pts[:, 0] <= w - 1) & (pts[:, 1] <= h - 1)
+    if release:
+        pts = torch.stack([pts[:, 0].clamp(0, w - 1), pts[:, 1].clamp(0, h - 1)], 1)
+    else:
+        keep &= (pts[:, 0] >= 0) & (pts[:, 1] >= 0) & (pts[:, 0] <= w - 1) & (pts[:, 1] <= h - 1)
     if mask_logits is not None and keep.any():
-        xi = pts[:, 0].round().long().clamp(0, mask_logits.shape[-1] - 1)
-        yi = pts[:, 1].round().long().clamp(0, mask_logits.shape[-2] - 1)
+        at = pts.long() if release else pts.round().long()
+        xi = at[:, 0].clamp(0, mask_logits.shape[-1] - 1)
+        yi = at[:, 1].clamp(0, mask_logits.shape[-2] - 1)
         keep &= mask_logits[yi, xi] > 0
     return Prompts(pts[keep].cpu().numpy().astype(np.float32), cls[keep].cpu().numpy().astype(np.int16), score[keep].cpu().numpy().astype(np.float32))
 
@@ -70,6 +78,7 @@ def select_prompts(
     mask_logits: torch.Tensor | None,
     size_hw: tuple[int, int],
     nms_distance: float,
+    release: bool = False,
 ) -> Prompts:
     """One image's prompts: `candidate_prompts`, then point NMS at `nms_distance` px."""
-    return nms_prompts(candidate_prompts(points, logits, mask_logits, size_hw), nms_distance)
+    return nms_prompts(candidate_prompts(points, logits, mask_logits, size_hw, release), nms_distance)

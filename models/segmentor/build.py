@@ -82,7 +82,10 @@ def _decoder(dim: int, depth: int = 2, mlp_dim: int = 2048, fine_channels: tuple
     return HighResMaskDecoder(fine_channels=fine_channels, **kwargs) if fine_channels else MaskDecoder(**kwargs)
 
 
-def _official(config: SegmentorConfig, embed_dim: int, depth: int, heads: int, global_attn: tuple[int, ...]) -> Segmentor:
+def _official(
+    config: SegmentorConfig, embed_dim: int, depth: int, heads: int, global_attn: tuple[int, ...],
+    window: int = 14, out_dim: int = 256, decoder_depth: int = 2, decoder_mlp_dim: int = 2048,
+) -> Segmentor:
     encoder = ImageEncoderViT(
         depth=depth,
         embed_dim=embed_dim,
@@ -94,10 +97,18 @@ def _official(config: SegmentorConfig, embed_dim: int, depth: int, heads: int, g
         qkv_bias=True,
         use_rel_pos=True,
         global_attn_indexes=global_attn,
-        window_size=14,
-        out_chans=256,
+        window_size=window,
+        out_chans=out_dim,
     )
-    return Segmentor(encoder, 256, 16, config, _decoder(256))
+    return Segmentor(encoder, out_dim, 16, config, _decoder(out_dim, decoder_depth, decoder_mlp_dim))
+
+
+def _official_sized(config: SegmentorConfig) -> Segmentor:
+    """SAM's architecture at the sizes in `config` (read off a checkpoint by `official_config`)."""
+    return _official(
+        config, config.vit_dim, config.vit_depth, config.vit_heads, tuple(config.vit_global_attn),
+        config.vit_window, config.embed_dim, config.decoder_depth, config.decoder_mlp_dim,
+    )
 
 
 def _vit_light(config: SegmentorConfig) -> Segmentor:
@@ -129,6 +140,7 @@ SEGMENTOR_REGISTRY: dict[str, Callable[[SegmentorConfig], Segmentor]] = {
     "sam_vit_b": partial(_official, embed_dim=768, depth=12, heads=12, global_attn=(2, 5, 8, 11)),
     "sam_vit_l": partial(_official, embed_dim=1024, depth=24, heads=16, global_attn=(5, 11, 17, 23)),
     "sam_vit_h": partial(_official, embed_dim=1280, depth=32, heads=16, global_attn=(7, 15, 23, 31)),
+    "sam_vit": _official_sized,
     "sam_vit_light": _vit_light,
     "sam_cnn_light": _cnn_light,
 }

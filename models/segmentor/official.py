@@ -9,19 +9,51 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-OFFICIAL_ARCH_BY_WIDTH = {768: "sam_vit_b", 1024: "sam_vit_l", 1280: "sam_vit_h"}
-
-
 def is_official_sam_state(state: dict) -> bool:
     return "image_encoder.patch_embed.proj.weight" in state and "mask_decoder.iou_token.weight" in state
 
 
-def official_arch(state: dict) -> str:
-    width = int(state["image_encoder.pos_embed"].shape[-1])
-    try:
-        return OFFICIAL_ARCH_BY_WIDTH[width]
-    except KeyError:
-        raise ValueError(f"SAM checkpoint with image-encoder width {width} is not ViT-B/L/H") from None
+def official_sizes(state: dict) -> dict:
+    """SAM's architecture sizes read off its state dict: SegmentorConfig fields for `sam_vit`.
+
+    Heads come from the relative-position tables (their width is the head dimension),
+    global-attention blocks from the table length (2 * 64 - 1 at SAM's 1024 px input).
+    """
+    pos = state["image_encoder.pos_embed"]  # (1, 64, 64, dim)
+    dim, grid = int(pos.shape[-1]), int(pos.shape[1])
+    blocks = sorted({int(k.split(".")[2]) for k in state if k.startswith("image_encoder.blocks.")})
+    tables = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"] for i in blocks]
+    windows = {int(t.shape[0] + 1) // 2 for t in tables if t.shape[0] != 2 * grid - 1}
+    layers = {int(k.split(".")[3]) for k in state if k.startswith("mask_decoder.transformer.layers.")}
+    return {
+        "vit_dim": dim,
+        "vit_depth": len(blocks),
+        "vit_heads": dim // int(tables[0].shape[1]),
+        "vit_global_attn": tuple(i for i, t in zip(blocks, tables) if t.shape[0] == 2 * grid - 1),
+        "vit_window": windows.pop() if len(windows) == 1 else 14,
+        "embed_dim": int(state["image_encoder.neck.0.weight"].shape[0]),
+        "decoder_depth": len(layers),
+        "decoder_mlp_dim": int(state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]),
+    }
+
+
+#: the official checkpoints' sizes (SAM's build_sam), to name them by arch
+OFFICIAL_SIZES = {
+    "sam_vit_b": {"vit_dim": 768, "vit_depth": 12, "vit_heads": 12, "vit_global_attn": (2, 5, 8, 11)},
+    "sam_vit_l": {"vit_dim": 1024, "vit_depth": 24, "vit_heads": 16, "vit_global_attn": (5, 11, 17, 23)},
+    "sam_vit_h": {"vit_dim": 1280, "vit_depth": 32, "vit_heads": 16, "vit_global_attn": (7, 15, 23, 31)},
+}
+_OFFICIAL_REST = {"vit_window": 14, "embed_dim": 256, "decoder_depth": 2, "decoder_mlp_dim": 2048}
+
+
+def official_config(state: dict) -> dict:
+    """SegmentorConfig fields for a SAM-layout state dict: `sam_vit_b/l/h` when it has their
+    sizes, else `sam_vit` with the sizes read off it (e.g. a reduced model)."""
+    sizes = official_sizes(state)
+    for arch, known in OFFICIAL_SIZES.items():
+        if sizes == {**known, **_OFFICIAL_REST}:
+            return {"arch": arch}
+    return {"arch": "sam_vit", **sizes}
 
 
 def adapt_official_state(state: dict, target: dict) -> dict:
