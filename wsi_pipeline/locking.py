@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import PipelineInputError
+from .exporters.atomic import _pid_alive  # the one rule for "is this pid running" (partials use it too)
 
 LOCK_NAME = ".promptnucseg.lock"
 BREAK_SUFFIX = ".break"
@@ -61,16 +62,6 @@ def process_start(pid: int) -> str | None:
     except OSError:
         return None
     return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name may hold spaces
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True  # someone else's process, or a pid we cannot judge: assume alive
-    return True
 
 
 @dataclass(frozen=True)
@@ -107,7 +98,7 @@ class LockOwner:
         here = _boot_id()
         if self.boot_id and here and self.boot_id != here:
             return True  # the machine rebooted since
-        if not _pid_running(self.pid):
+        if not _pid_alive(self.pid):
             return True
         started = process_start(self.pid)
         return bool(self.process_start and started and started != self.process_start)  # pid recycled

@@ -55,11 +55,13 @@ def available_memory() -> int | None:
 
 
 def _size(n: float) -> str:
+    """Bytes in decimal units, as df -H prints them."""
+    unit = "B"
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            break
         n /= 1000
-    return f"{n:.1f} TB"
+    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
 
 
 def tile_memory_bytes(tile_size: int, batch_size: int) -> int:
