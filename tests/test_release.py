@@ -184,3 +184,27 @@ def test_presets_name_the_release_settings():
     assert not pannuke.prompter.mask_filter and pannuke.prompter.anchor_step == 8 and len(pannuke.class_names) == 5
     with pytest.raises(ValueError, match="unknown release preset"):
         release.load_preset("monuseg")
+
+
+def test_segment_runs_a_slide_region_with_release_files_and_reports_the_preset(tmp_path):
+    slide = SHARED / "data" / "slides" / "cmu_small_region.svs"
+    if not slide.is_file():
+        pytest.skip(f"needs {slide} (../shared/data beside the repo)")
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "promptnucseg", "segment", str(slide), "--out", str(out), "--roi", "896,896,256,256", "--mpp", "0.25", "--no-progress",
+        "--weights", str(FIXTURE / "kumar_segmentor.pth"), "--prompter-weights", str(FIXTURE / "kumar_prompter_latest.pth"), "--device", "cpu",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(next(out.glob("*/*_report.json")).read_text())
+    assert report["model"]["release_preset"]["name"] == "kumar"
+    assert report["model"]["config"]["prompter"]["layout"] == "release"
+    features = json.loads(next(out.glob("*/*.geojson")).read_text())["features"]
+    assert len(features) >= 1 and all(f["geometry"]["type"] in ("Polygon", "MultiPolygon") for f in features)
+    # another preset is another run's settings: not taken for the finished run, run again
+    again = subprocess.run([*cmd, "--preset", "cpm17"], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert again.returncode == 0 and "already complete" not in again.stderr + again.stdout
+    report = json.loads(next(out.glob("*/*_report.json")).read_text())
+    assert report["model"]["release_preset"] == {"name": "cpm17", "reason": "chosen by the user"}
+    assert report["model"]["config"]["inference"]["box_nms_iou"] == 0.5

@@ -5,6 +5,7 @@ distributed run (`distributed.py`), which runs the batches in between on dask wo
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -83,6 +84,8 @@ def fingerprint(plan: SlidePlan, model: ModelFacts, settings: SegmentSettings) -
     return {
         "slide": plan.slide_key,
         "model": desc.get("weights_sha256", desc.get("model")),
+        # the prompter paired with it and the run settings (a release preset) change outputs too
+        "model_config": hashlib.sha256(json.dumps([desc.get("prompter_weights"), desc.get("config")], sort_keys=True, default=str).encode()).hexdigest()[:16],
         "model_mpp": plan.model_mpp,
         "slide_mpp": plan.slide_mpp,
         "roi": list(plan.roi),
