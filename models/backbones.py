@@ -21,6 +21,9 @@ class FPNNeck(nn.Module):
 
     def __init__(self, in_channels: list[int], channels: int, num_outputs: int | None = None) -> None:
         super().__init__()
+        self._add_convs(in_channels, channels, num_outputs)
+
+    def _add_convs(self, in_channels: list[int], channels: int, num_outputs: int | None) -> None:
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
         self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels[: num_outputs or len(in_channels)])
 
@@ -58,8 +61,11 @@ class BackboneFPN(FPNNeck):
         body = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=tuple(reductions.index(s) for s in wanted), **kwargs)
         got = list(body.feature_info.reduction())
         fpn_at = [got.index(s) for s in strides]  # positions in the body's outputs
-        super().__init__([body.feature_info.channels()[i] for i in fpn_at], channels, num_outputs)
+        nn.Module.__init__(self)
+        # the body is registered before the convs: parameter order is what optimizer states
+        # saved by earlier runs are indexed by, so a resumed run must see the same order
         self.body = body
+        self._add_convs([body.feature_info.channels()[i] for i in fpn_at], channels, num_outputs)
         self._fpn_at = fpn_at
         self._raw_at = [got.index(s) for s in raw_strides]
         self.strides: list[int] = list(strides[: len(self.output)])
