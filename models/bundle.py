@@ -24,6 +24,7 @@ def bundle_model(prompter_path: str | Path, segmentor_path: str | Path, out: str
     config = from_dict(ModelConfig, p_ckpt["config"]["model"])
     config.segmentor = from_dict(type(config.segmentor), s_ckpt["config"]["model"]["segmentor"])
     config.segmentor.init_checkpoint = None
+    config.prompter.init_checkpoint = None
     conv = half_state if half else dict
     save_checkpoint(
         out,

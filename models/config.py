@@ -22,6 +22,7 @@ class PrompterConfig:
     # their checkpoints load key for key (models/release.py; differences in network.py)
     layout: str = "promptnucseg"
     neck_inputs: tuple[int, ...] = ()  # backbone strides fed to the FPN; () = `strides` (release PanNuke: 4..32 in, 3 out)
+    init_checkpoint: str | None = None  # an earlier prompter to fine-tune from (training only)
     fpn_channels: int = 256
     anchor_step: int = 16  # lambda: 16 for Kumar/CPM-17, 8 for PanNuke
     num_classes: int = 1  # C; the heads predict C + 1 (last = background)

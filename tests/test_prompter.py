@@ -98,3 +98,29 @@ def test_prompter_loss_falls_when_fitting_one_batch(small_prompter):
 def test_unknown_stride_is_refused():
     with pytest.raises(ValueError, match="stride"):
         Prompter(PrompterConfig(backbone="resnet18", strides=(8, 16)))
+
+
+def test_parameter_order_is_that_of_the_saved_models():
+    """Optimizer states (a resumed run's last.pt) are indexed by parameter order: a refactor
+    that registers modules in another order breaks every resume, so pin it to the bundled file."""
+    from promptnucseg.models.predictor import BUNDLED_WEIGHTS, _load_bundle
+
+    prompter, segmentor, _, _ = _load_bundle(BUNDLED_WEIGHTS)
+    saved = torch.load(BUNDLED_WEIGHTS, map_location="cpu", weights_only=True)
+    for net, key in ((prompter, "prompter"), (segmentor, "segmentor")):
+        names = [n for n, _ in net.named_parameters()]
+        assert [k for k in saved[key] if k in set(names)] == names
+
+
+def test_a_prompter_warm_starts_from_a_model_file_and_refuses_another_shape(tmp_path):
+    from promptnucseg.models.checkpoints import CheckpointError
+    from promptnucseg.models.predictor import BUNDLED_WEIGHTS, _load_bundle
+    from promptnucseg.models.prompter.warm_start import warm_start_prompter
+
+    shipped, _, config, _ = _load_bundle(BUNDLED_WEIGHTS)
+    fresh = Prompter(config.prompter)
+    warm_start_prompter(fresh, BUNDLED_WEIGHTS)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), shipped.state_dict().values()))
+    other = Prompter(PrompterConfig(backbone="resnet18", fpn_channels=64))
+    with pytest.raises(CheckpointError, match="does not fit this config"):
+        warm_start_prompter(other, BUNDLED_WEIGHTS)

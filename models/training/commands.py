@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoints import CheckpointError
     from ..config import load_experiment
     from ..prompter import Prompter
+    from ..prompter.warm_start import warm_start_prompter
     from ..segmentor import build_segmentor
     from ..segmentor.warm_start import warm_start
     from .data import load_split
@@ -55,7 +56,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     seed_everything(cfg.train.seed)
     if args.command == "train-prompter":
-        task = PrompterTask(Prompter(cfg.model.prompter), cfg, train_samples, val_samples)
+        prompter = Prompter(cfg.model.prompter)
+        if cfg.model.prompter.init_checkpoint and not args.resume:
+            try:
+                warm_start_prompter(prompter, cfg.model.prompter.init_checkpoint)
+                print(f"warm start from {cfg.model.prompter.init_checkpoint}", file=sys.stderr)
+            except CheckpointError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+        task = PrompterTask(prompter, cfg, train_samples, val_samples)
     else:
         segmentor = build_segmentor(cfg.model.segmentor)
         if cfg.model.segmentor.init_checkpoint and not args.resume:
