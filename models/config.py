@@ -91,6 +91,9 @@ class InferenceConfig:
     last_window_flush: bool = False
     edge_fallback: bool = True
     decode_without_negatives: bool = False
+    # test-time augmentation (the release's): each window's masks decoded in its eight flips
+    # and quarter turns, logits and predicted IoU averaged; 8x the segmentor's time
+    tta: bool = False
 
 
 @dataclass

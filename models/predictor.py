@@ -141,19 +141,24 @@ class PromptNucSegPredictor:
         windows = [(x0, y0) for y0 in self._window_starts(h, size, step) for x0 in self._window_starts(w, size, step)]
         best: dict[int, _Candidate] = {}
         fallback: dict[int, _Candidate] = {}
+        views = DIHEDRAL if icfg.tta else DIHEDRAL[:1]
         for chunk in _chunks(windows, self.batch_size):
-            crops = np.stack([_window(tile, x0, y0, size) for x0, y0 in chunk])
-            emb = self.segmentor.embed(torch.from_numpy(crops).permute(0, 3, 1, 2).to(self.torch_device))
+            crops = torch.from_numpy(np.stack([_window(tile, x0, y0, size) for x0, y0 in chunk])).permute(0, 3, 1, 2).to(self.torch_device)
+            emb = self.segmentor.embed(torch.cat([dihedral(crops, *v) for v in views]))  # view-major
             for j, (x0, y0) in enumerate(chunk):
                 inside = np.flatnonzero(
                     (prompts.points[:, 0] >= x0) & (prompts.points[:, 0] < x0 + size) & (prompts.points[:, 1] >= y0) & (prompts.points[:, 1] < y0 + size)
                 )
                 inner = (x0 > 0, y0 > 0, x0 + size < w, y0 + size < h)  # left, top, right, bottom edges inside the tile
                 for part, labels_np in ((c, ls) for c in _chunks(list(inside), icfg.prompt_batch) for ls in label_sets):
-                    coords = torch.from_numpy(coords_all[part] - np.array([x0, y0], np.float32)).to(self.torch_device)
+                    coords = coords_all[part] - np.array([x0, y0], np.float32)
                     labels = torch.from_numpy(labels_np[part]).to(self.torch_device)
-                    logits, iou = self.segmentor.decode(emb[j : j + 1], coords, labels)
-                    logits, iou = logits.float(), iou.float()
+                    logits = iou = 0.0
+                    for v, view in enumerate(views):  # test-time augmentation: logits and IoU averaged over the views
+                        e = emb[v * len(chunk) + j : v * len(chunk) + j + 1]
+                        lg, sc = self.segmentor.decode(e, torch.from_numpy(dihedral_points(coords, size, *view)).to(self.torch_device), labels)
+                        logits, iou = logits + undo_dihedral(lg.float(), *view), iou + sc.float()
+                    logits, iou = logits / len(views), iou / len(views)
                     touching = _touches_inner_edge(logits > icfg.mask_threshold, inner, icfg.edge_margin)
                     for n, p in enumerate(part):
                         cand = _Candidate(int(p), float(iou[n]), logits[n], (x0, y0))
@@ -230,6 +235,31 @@ def exclusive_masks(nuclei: TileNuclei, shape: tuple[int, int], max_covered: flo
     return out
 
 
+#: the eight flips and quarter turns of a square window, as (quarter turns, mirrored first)
+DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
+def dihedral(images: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    """(..., S, S) mirrored left-right if `flip`, then turned `turns` quarter turns (torch.rot90)."""
+    out = images.flip(-1) if flip else images
+    return torch.rot90(out, turns, dims=(-2, -1)) if turns else out
+
+
+def undo_dihedral(images: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    out = torch.rot90(images, -turns, dims=(-2, -1)) if turns else images
+    return out.flip(-1) if flip else out
+
+
+def dihedral_points(xy: np.ndarray, size: int, turns: int, flip: bool) -> np.ndarray:
+    """Pixel coordinates (..., 2) moved as `dihedral` moves the pixels of a `size` window."""
+    x, y = xy[..., 0], xy[..., 1]
+    if flip:
+        x = size - 1 - x
+    for _ in range(turns):  # rot90: the pixel at (row y, col x) goes to (row size-1-x, col y)
+        x, y = y, size - 1 - x
+    return np.stack([x, y], -1).astype(np.float32)
+
+
 def _touches_inner_edge(masks: torch.Tensor, inner: tuple[bool, bool, bool, bool], margin: int) -> np.ndarray:
     """(P,) whether each (P, S, S) mask has pixels within `margin` px of an inner window edge."""
     left, top, right, bottom = inner
@@ -283,7 +313,8 @@ def _load_bundle(path: Path) -> tuple[Prompter, Segmentor, ModelConfig, dict]:
 
 
 def load_predictor(
-    weights: str | Path | None = None, device: str = "auto", prompter_weights: str | Path | None = None, batch_size: int = 8, preset: str | None = None
+    weights: str | Path | None = None, device: str = "auto", prompter_weights: str | Path | None = None, batch_size: int = 8, preset: str | None = None,
+    tta: bool = False,
 ) -> PromptNucSegPredictor:
     """A ready predictor.
 
@@ -293,7 +324,7 @@ def load_predictor(
       promptnucseg `segmentor` file) with the bundled prompter or `prompter_weights` (a
       promptnucseg model/prompter file or a release prompter's best.pth/latest.pth).
     When a release file is among them, the release's settings for its data set run it
-    (`preset`, else chosen from the files: models/release.py).
+    (`preset`, else chosen from the files: models/release.py). `tta`: test-time augmentation.
     """
     dev = resolve_device(device)
     path = Path(weights) if weights is not None else BUNDLED_WEIGHTS
@@ -327,6 +358,7 @@ def load_predictor(
                 config = release.apply_preset(config, release.load_preset(name, config.segmentor.arch))
                 source["release_preset"] = {"name": name, "reason": reason}
         source["prompter_weights"] = str(base)
+    config.inference.tta = config.inference.tta or tta
     return PromptNucSegPredictor(prompter, segmentor, config, dev, source, batch_size=batch_size)
 
 

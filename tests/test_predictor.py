@@ -161,3 +161,38 @@ def test_foreign_and_truncated_weights_are_refused(tmp_path):
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated.pt: not a readable PyTorch checkpoint"):
         load_predictor(truncated, device="cpu")
+
+
+def test_dihedral_points_move_with_their_pixels():
+    from promptnucseg.models.predictor import DIHEDRAL, dihedral, dihedral_points, undo_dihedral
+
+    size = 7
+    for view in DIHEDRAL:
+        img = torch.zeros(1, size, size)
+        img[0, 2, 5] = 1  # row 2, column 5: the point (x=5, y=2)
+        moved = dihedral(img, *view)
+        x, y = dihedral_points(np.array([[5.0, 2.0]]), size, *view)[0]
+        assert moved[0, int(y), int(x)] == 1, view
+        assert torch.equal(undo_dihedral(moved, *view), img)
+    assert len({tuple(dihedral(torch.arange(9.0).view(3, 3), *v).flatten().tolist()) for v in DIHEDRAL}) == 8
+
+
+def test_tta_masks_follow_a_flipped_window():
+    """With all eight views averaged, a mirrored window's masks are the mirrored masks."""
+    from promptnucseg.models.prompter.postprocess import Prompts
+
+    predictor = load_predictor(device="cpu", tta=True)
+    rng = np.random.default_rng(0)
+    tile = rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    tile[60:90, 100:140] = (70, 40, 120)  # a dark purple blob the segmentor can take for a nucleus
+    pts = np.array([[120.0, 75.0], [30.0, 200.0]], np.float32)
+    prompts = Prompts(pts, np.zeros(2, np.int16), np.ones(2, np.float32))
+    mirrored = Prompts(np.stack([255 - pts[:, 0], pts[:, 1]], 1).astype(np.float32), prompts.classes, prompts.scores)
+    with torch.inference_mode():
+        a = predictor._segment(tile, prompts)
+        b = predictor._segment(np.ascontiguousarray(tile[:, ::-1]), mirrored)
+    ia, _ = a.label_maps((256, 256))
+    ib, _ = b.label_maps((256, 256))
+    fa, fb = ia > 0, ib[:, ::-1] > 0
+    assert fa.any() and (fa & fb).sum() / (fa | fb).sum() > 0.99
+    np.testing.assert_allclose(np.sort(a.mask_scores), np.sort(b.mask_scores), atol=1e-5)

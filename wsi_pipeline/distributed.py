@@ -73,6 +73,7 @@ class ModelSpec:
     batch_size: int = 8
     expected_sha256: str | None = None  # weights every worker must load (set from the first load)
     preset: str | None = None  # the PromptNucSeg release's settings to run with (models/release.py)
+    tta: bool = False  # test-time augmentation
 
     def absolute(self) -> "ModelSpec":
         """Workers may run elsewhere, in another folder: give them absolute paths."""
@@ -145,7 +146,7 @@ def worker_predictor(spec: ModelSpec, layout: WorkerLayout) -> NucleusPredictor:
 
     from promptnucseg.models.interface import load_predictor
 
-    key = (spec.weights, spec.prompter_weights, spec.device, spec.batch_size, spec.preset)
+    key = (spec.weights, spec.prompter_weights, spec.device, spec.batch_size, spec.preset, spec.tta)
     with _PREDICTOR_LOCK:
         predictor = _PREDICTOR.get(key)
         if predictor is None:
@@ -159,7 +160,7 @@ def worker_predictor(spec: ModelSpec, layout: WorkerLayout) -> NucleusPredictor:
             else:
                 torch.cuda.set_device(torch.device(device))
             _PREDICTOR.clear()  # another model's networks go before this one loads
-            predictor = _PREDICTOR[key] = load_predictor(spec.weights, device=device, prompter_weights=spec.prompter_weights, batch_size=spec.batch_size, preset=spec.preset)
+            predictor = _PREDICTOR[key] = load_predictor(spec.weights, device=device, prompter_weights=spec.prompter_weights, batch_size=spec.batch_size, preset=spec.preset, tta=spec.tta)
     sha = predictor.describe().get("weights_sha256")
     if spec.expected_sha256 and sha != spec.expected_sha256:
         raise PipelineInputError(

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--model", "--weights", dest="weights", help="model file: a promptnucseg model (export-model), a segmentor, or an official sam_vit_b/l/h checkpoint; default: the bundled model")
     parser.add_argument("--prompter-weights", help="prompter to pair with a segmentor/SAM file given by --weights (ours, or the PromptNucSeg release's best.pth/latest.pth)")
     parser.add_argument("--preset", choices=("kumar", "cpm17", "pannuke"), help="run with the PromptNucSeg release's settings for this data set (default: read from release files; none for ours)")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: masks averaged over 8 flips/turns of each window (slower; see README for the gain)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--batch-size", type=flags.BATCH_SIZE, default=8, help="tiles per model call and per journaled batch (default 8)")
     parser.add_argument("--workers", type=flags.WORKERS, default=4, help="tile-reading threads (default 4)")
@@ -145,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.scheduler or args.cluster:
         from .distributed import ModelSpec, run_distributed
 
-        spec = ModelSpec(args.weights, args.prompter_weights, args.device, args.batch_size, preset=args.preset)
+        spec = ModelSpec(args.weights, args.prompter_weights, args.device, args.batch_size, preset=args.preset, tta=args.tta)
         try:
             results = run_distributed(slides, out, settings, spec, scheduler=args.scheduler, cluster=args.cluster, on_result=_print_result)
         except (PipelineInputError, ValueError, RuntimeError, OSError, TimeoutError) as err:
@@ -154,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
         failed = refused + [r for r in results if not r.ok]
     else:
         try:
-            predictor = load_predictor(args.weights, device=args.device, prompter_weights=args.prompter_weights, batch_size=args.batch_size, preset=args.preset)
+            predictor = load_predictor(args.weights, device=args.device, prompter_weights=args.prompter_weights, batch_size=args.batch_size, preset=args.preset, tta=args.tta)
         except (PipelineInputError, ValueError, RuntimeError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     model.add_argument("--data", metavar="DATASET_DIR", help="dataset folder (images/ + labels/)")
     model.add_argument("--weights", metavar="CKPT", help="model file (default, or empty: the bundled model), or a segmentor/SAM file to pair with --prompter-weights")
     model.add_argument("--prompter-weights", metavar="CKPT", help="prompter for a segmentor given by --weights (ours, or the PromptNucSeg release's best.pth/latest.pth)")
+    model.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/turns per window)")
     model.add_argument("--preset", choices=("kumar", "cpm17", "pannuke"), help="the PromptNucSeg release's settings for this data set (default: read from release files)")
     model.add_argument("--images", metavar="A,B", help="only these image names (comma-separated stems)")
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -123,7 +124,7 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
             more = " ..." if len(names) > 10 else ""
             raise EvaluationInputError(f"{args.data}: no image named {', '.join(unknown)}. Fix: pick from {', '.join(names[:10])}{more}")
         chosen = [names.index(n) for n in wanted]
-    predictor = load_predictor(weights=args.weights or None, device=args.device, prompter_weights=args.prompter_weights, preset=args.preset)
+    predictor = load_predictor(weights=args.weights or None, device=args.device, prompter_weights=args.prompter_weights, preset=args.preset, tta=args.tta)
     if dataset.mpp and abs(dataset.mpp / predictor.mpp - 1) > 0.1:
         print(f"warning: {args.data} is at {dataset.mpp:g} um/px but the model expects {predictor.mpp:g}; images are scored as they are, not resampled", file=sys.stderr)
     # class F1 needs both sides to number the same classes
