@@ -13,9 +13,14 @@ from pathlib import Path
 from typing import Any
 
 
-def bundle_model(prompter_path: str | Path, segmentor_path: str | Path, out: str | Path, half: bool = True, metrics: dict[str, Any] | None = None) -> Path:
+def bundle_model(
+    prompter_path: str | Path, segmentor_path: str | Path, out: str | Path, half: bool = True, metrics: dict[str, Any] | None = None,
+    run_config: str | Path | None = None,
+) -> Path:
+    """`run_config`: a YAML whose model name and inference settings replace those the
+    checkpoints were trained with (settings chosen on validation after training)."""
     from .checkpoints import expect_kind, half_state, read_checkpoint, save_checkpoint
-    from .config import ModelConfig, from_dict, to_dict
+    from .config import ModelConfig, from_dict, load_experiment, to_dict
 
     p_ckpt = read_checkpoint(prompter_path)
     expect_kind(prompter_path, p_ckpt, ("prompter",))
@@ -25,6 +30,9 @@ def bundle_model(prompter_path: str | Path, segmentor_path: str | Path, out: str
     config.segmentor = from_dict(type(config.segmentor), s_ckpt["config"]["model"]["segmentor"])
     config.segmentor.init_checkpoint = None
     config.prompter.init_checkpoint = None
+    if run_config is not None:
+        chosen = load_experiment(run_config).model
+        config.name, config.inference = chosen.name, chosen.inference
     conv = half_state if half else dict
     save_checkpoint(
         out,
@@ -45,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--out", required=True, help="output model file (.pt)")
     parser.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16)")
     parser.add_argument("--metrics", help="JSON file of validation metrics to record in the bundle")
+    parser.add_argument("--config", help="YAML config whose model name and inference settings the bundle takes (default: the prompter checkpoint's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     try:
-        out = bundle_model(args.prompter, args.segmentor, args.out, half=not args.fp32, metrics=metrics)
-    except CheckpointError as err:
+        out = bundle_model(args.prompter, args.segmentor, args.out, half=not args.fp32, metrics=metrics, run_config=args.config)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")

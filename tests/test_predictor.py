@@ -148,6 +148,12 @@ def test_bundle_round_trip_gives_identical_nuclei(tmp_path, tiny_predictor):
     # a segmentor checkpoint of ours combines with a given prompter
     combo = load_predictor(tmp_path / "s.pt", device="cpu", prompter_weights=tmp_path / "p.pt")
     assert len(combo.predict([tile])[0]) == len(a)
+    # inference settings chosen after training go into the bundle from a config file
+    (tmp_path / "run.yaml").write_text("model:\n  name: tuned\n  inference:\n    mask_threshold: -1.0\n    max_covered_fraction: 0.7\n")
+    bundle_model(tmp_path / "p.pt", tmp_path / "s.pt", tmp_path / "tuned.pt", half=False, run_config=tmp_path / "run.yaml")
+    tuned = load_predictor(tmp_path / "tuned.pt", device="cpu")
+    assert tuned.config.name == "tuned" and tuned.config.inference.mask_threshold == -1.0 and tuned.config.inference.max_covered_fraction == 0.7
+    assert tuned.config.prompter == loaded.config.prompter and tuned.config.segmentor == loaded.config.segmentor
 
 
 def test_foreign_and_truncated_weights_are_refused(tmp_path):
