@@ -106,6 +106,30 @@ class TileNuclei:
         return inst, cls
 
 
+@dataclass
+class GivenPrompts:
+    """Points a person placed on one tile, segmented as given instead of (or besides) the prompter's.
+
+    `points` are tile pixels in `TileNuclei.points`' convention; each one that yields a mask comes
+    back as a nucleus whose point is the given point, unchanged, so the caller can tell which did.
+    `classes` index into the caller's class list, which starts with the predictor's `class_names`
+    (a person's class need not be one the model knows). `mode`: "only" skips the prompter; "add"
+    keeps its points except those within its point-NMS radius of a given point.
+    """
+
+    points: np.ndarray
+    classes: np.ndarray
+    mode: str = "only"
+
+    def __post_init__(self) -> None:
+        self.points = np.asarray(self.points, np.float32).reshape(-1, 2)
+        self.classes = np.asarray(self.classes, np.int16).reshape(-1)
+        if len(self.classes) != len(self.points):
+            raise ValueError(f"GivenPrompts: {len(self.points)} points but {len(self.classes)} classes")
+        if self.mode not in ("only", "add"):
+            raise ValueError(f"GivenPrompts mode must be 'only' or 'add', not {self.mode!r}")
+
+
 def span_starts(length: int, size: int, step: int) -> list[int]:
     """Origins of spans of `size` every `step` covering [0, length); the last reaches past the end.
 
@@ -135,8 +159,9 @@ class NucleusPredictor(Protocol):
     # (the last reaching past the tile, padded); tiles laid on that grid reproduce a whole-image pass
     window_grid: tuple[int, int]
 
-    def predict(self, tiles: Sequence[np.ndarray]) -> list[TileNuclei]:
-        """Nuclei of each uint8 RGB (H, W, 3) tile; any H, W >= 1."""
+    def predict(self, tiles: Sequence[np.ndarray], prompts: Sequence[GivenPrompts | None] | None = None) -> list[TileNuclei]:
+        """Nuclei of each uint8 RGB (H, W, 3) tile; any H, W >= 1. `prompts`: per tile, given
+        points (or None: the prompter's alone)."""
         ...
 
     def describe(self) -> dict[str, Any]:

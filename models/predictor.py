@@ -10,6 +10,8 @@ whole-slide pass would. (The release runs the prompter on the whole image at onc
 in every window that holds it; masks within 7 px of an inner window edge are dropped,
 each prompt keeps its best-scoring mask, box NMS removes double prompts, and masks are
 painted in ascending score so a higher score wins overlaps (the release's merge rule).
+Given points (`GivenPrompts`: a person's clicks) replace the prompter's, or join them; they
+go through the same segmentor, negatives and merge.
 """
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from torchvision.ops import nms
 
 from . import release
 from .checkpoints import CheckpointError, expect_kind, file_sha256, float_state, read_checkpoint
 from .devices import resolve_device
 from .config import ModelConfig, SegmentorConfig, from_dict, to_dict
-from .interface import TileNuclei, span_shares, span_starts
+from .interface import GivenPrompts, TileNuclei, span_shares, span_starts
 from .prompter import Prompter, select_prompts
 from .prompter.postprocess import Prompts, candidate_prompts, concat_prompts, nms_prompts
 from .segmentor import Segmentor, assemble_prompts, build_segmentor, knn_negatives
@@ -73,12 +76,17 @@ class PromptNucSegPredictor:
         return contextlib.nullcontext()
 
     @torch.inference_mode()
-    def predict(self, tiles: Sequence[np.ndarray]) -> list[TileNuclei]:
+    def predict(self, tiles: Sequence[np.ndarray], prompts: Sequence[GivenPrompts | None] | None = None) -> list[TileNuclei]:
         for t in tiles:
             check_tile(t)
+        given = list(prompts) if prompts is not None else [None] * len(tiles)
+        if len(given) != len(tiles):
+            raise ValueError(f"{len(given)} prompt sets for {len(tiles)} tiles")
         with self._autocast():
-            prompts = self._prompts(tiles)
-            return [self._segment(tile, p) for tile, p in zip(tiles, prompts)]
+            need = [i for i, g in enumerate(given) if g is None or g.mode == "add"]  # tiles the prompter must see
+            found = dict(zip(need, self._prompts([tiles[i] for i in need]))) if need else {}
+            merged = [with_given(found.get(i), g, self.prompter.config.nms_distance) for i, g in enumerate(given)]
+            return [self._segment(tile, p, n_given) for tile, (p, n_given) in zip(tiles, merged)]
 
     # -- prompter ------------------------------------------------------------------------
     def _prompts(self, tiles: Sequence[np.ndarray]) -> list[Prompts]:
@@ -125,7 +133,7 @@ class PromptNucSegPredictor:
         return out  # type: ignore[return-value]
 
     # -- segmentor -----------------------------------------------------------------------
-    def _segment(self, tile: np.ndarray, prompts: Prompts) -> TileNuclei:
+    def _segment(self, tile: np.ndarray, prompts: Prompts, n_given: int = 0) -> TileNuclei:
         if len(prompts.points) == 0:
             return TileNuclei()
         icfg = self.config.inference
@@ -168,7 +176,7 @@ class PromptNucSegPredictor:
         if icfg.edge_fallback:
             for p, cand in fallback.items():  # a nucleus cut by every window it is in: keep its best try
                 best.setdefault(p, cand)
-        return self._merge(best, prompts, (h, w))
+        return self._merge(best, prompts, (h, w), n_given)
 
     def _window_starts(self, length: int, size: int, step: int) -> list[int]:
         starts = span_starts(length, size, step)
@@ -176,7 +184,9 @@ class PromptNucSegPredictor:
             starts = sorted({*starts[:-1], length - size})
         return starts
 
-    def _merge(self, cands: dict[int, _Candidate], prompts: Prompts, shape: tuple[int, int]) -> TileNuclei:
+    def _merge(self, cands: dict[int, _Candidate], prompts: Prompts, shape: tuple[int, int], n_given: int = 0) -> TileNuclei:
+        """Masks of the prompts; box NMS removes the prompter's double prompts (the last
+        `n_given` prompts, a person's, are one nucleus each and never removed)."""
         icfg = self.config.inference
         h, w = shape
         order = sorted(cands)
@@ -197,9 +207,10 @@ class PromptNucSegPredictor:
             keep_prompt.append(p)
         if not masks:
             return TileNuclei()
-        boxes_t = torch.tensor(boxes, dtype=torch.float32)
-        kept = nms(boxes_t, torch.tensor(scores, dtype=torch.float32), icfg.box_nms_iou).numpy()
-        kept = np.sort(kept)
+        given = np.asarray(keep_prompt) >= len(prompts.points) - n_given
+        auto = np.flatnonzero(~given)
+        kept = auto[nms(torch.tensor(boxes, dtype=torch.float32)[auto], torch.tensor(scores, dtype=torch.float32)[auto], icfg.box_nms_iou).numpy()]
+        kept = np.sort(np.concatenate([kept, np.flatnonzero(given)]))
         raw = TileNuclei(
             points=prompts.points[[keep_prompt[i] for i in kept]],
             classes=prompts.classes[[keep_prompt[i] for i in kept]],
@@ -208,17 +219,39 @@ class PromptNucSegPredictor:
             boxes=np.asarray(boxes, np.int32)[kept],
             masks=[masks[i] for i in kept],
         )
-        return exclusive_masks(raw, shape, icfg.max_covered_fraction)
+        return exclusive_masks(raw, shape, icfg.max_covered_fraction, given[kept])
 
 
-def exclusive_masks(nuclei: TileNuclei, shape: tuple[int, int], max_covered: float = 1.0) -> TileNuclei:
+def with_given(found: Prompts | None, given: GivenPrompts | None, radius: float) -> tuple[Prompts, int]:
+    """The prompts a tile is segmented with (a person's last) and how many are a person's.
+
+    Given points carry class score 1 (a person said so). In "add" mode a prompter point within
+    `radius` (its own NMS radius) of a given point yields to it: the person corrects the model.
+    """
+    if given is None:
+        return found, 0  # type: ignore[return-value]
+    mine = Prompts(given.points.copy(), given.classes.copy(), np.ones(len(given.points), np.float32))
+    if given.mode == "only" or found is None:
+        return mine, len(mine.points)
+    if len(found.points) and len(mine.points):
+        near, _ = cKDTree(mine.points).query(found.points, k=1, distance_upper_bound=radius)
+        keep = ~np.isfinite(near)
+        found = Prompts(found.points[keep], found.classes[keep], found.scores[keep])
+    return concat_prompts([found, mine]), len(mine.points)
+
+
+def exclusive_masks(nuclei: TileNuclei, shape: tuple[int, int], max_covered: float = 1.0, given: np.ndarray | None = None) -> TileNuclei:
     """Give each pixel to the highest-scoring mask that claims it; drop nuclei left empty,
     or left with less than `1 - max_covered` of their own mask.
 
     This is the release's painting rule, applied to the per-nucleus masks so that what a
-    caller gets (polygons, label maps) agrees with the painted label map.
+    caller gets (polygons, label maps) agrees with the painted label map. `given` marks a
+    person's nuclei: they win over the prompter's, and a pixel two of them claim goes to the
+    nearer point, so each keeps the pixels around its own point.
     """
     inst, _ = nuclei.label_maps(shape)
+    if given is not None and given.any():
+        _paint_nearest(inst, nuclei, np.flatnonzero(given))
     keep, masks, boxes = [], [], []
     for i in range(len(nuclei)):
         x0, y0, x1, y1 = (int(v) for v in nuclei.boxes[i])
@@ -258,6 +291,23 @@ def dihedral_points(xy: np.ndarray, size: int, turns: int, flip: bool) -> np.nda
     for _ in range(turns):  # rot90: the pixel at (row y, col x) goes to (row size-1-x, col y)
         x, y = y, size - 1 - x
     return np.stack([x, y], -1).astype(np.float32)
+
+
+def _paint_nearest(inst: np.ndarray, nuclei: TileNuclei, which: np.ndarray) -> None:
+    """Paint nuclei `which` over `inst`, each contested pixel to the nearest of their points."""
+    h, w = inst.shape
+    best = np.full(inst.shape, np.inf, np.float32)
+    for i in which:
+        x0, y0, x1, y1 = (int(v) for v in nuclei.boxes[i])
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if cx0 >= cx1 or cy0 >= cy1:
+            continue
+        m = nuclei.masks[i][cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+        yy, xx = np.mgrid[cy0:cy1, cx0:cx1]
+        d = (xx - nuclei.points[i, 0]) ** 2 + (yy - nuclei.points[i, 1]) ** 2
+        take = m & (d < best[cy0:cy1, cx0:cx1])
+        best[cy0:cy1, cx0:cx1][take] = d[take]
+        inst[cy0:cy1, cx0:cx1][take] = i + 1
 
 
 def _touches_inner_edge(masks: torch.Tensor, inner: tuple[bool, bool, bool, bool], margin: int) -> np.ndarray:
