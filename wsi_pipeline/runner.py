@@ -23,6 +23,7 @@ from .errors import PipelineInputError
 from .geometry import mask_pixel_to_level0
 from .interrupts import Interrupted, graceful, stop_requested
 from .journal import Journal, quick_file_hash
+from .points import PlanPoints, TilePoints, load_plan_points
 from .records import SlideNuclei, from_tile_nuclei, load_part, save_part
 from .slides import SlideReader, resolve_mpp
 from .tiling import Tile, TileGrid
@@ -50,6 +51,8 @@ class SegmentSettings:
     label_map_max_pixels: int = 20000 * 20000
     force_mpp: bool = False  # accept an --mpp outside the plausible MPP_MIN..MPP_MAX
     wait_for_lock: bool = False  # wait for another run holding a slide's folder instead of refusing
+    points: str | None = None  # a person's points file (points.py): prompts instead of, or besides, the prompter's
+    points_mode: str = "only"  # "only" (--points) or "add" (--add-points)
 
 # A region narrower than this many model px (8 um at 0.25 um/px) cannot hold a nucleus (5-20 um).
 MIN_REGION_MODEL_PX = 32
@@ -73,13 +76,16 @@ class SlidePlan:
     dimensions: tuple[int, int]  # level-0 (width, height)
     read_level: int = 0  # the pyramid level tiles are read from
     tissue_mm2: float = 0.0  # tissue area inside the region (the whole region without a tissue mask)
+    points: PlanPoints | None = None  # given points (--points / --add-points)
 
     def level0_box(self, tile: Tile) -> tuple[float, float, float, float]:
         """The tile's level-0 box (x, y, w, h); exact floats, so tiles map back without drift."""
         return self.roi[0] + tile.x * self.scale, self.roi[1] + tile.y * self.scale, tile.w * self.scale, tile.h * self.scale
 
 
-def plan_slide(reader: SlideReader, settings: SegmentSettings, model_mpp: float, align: int = 32, window_grid: tuple[int, int] | None = None) -> SlidePlan:
+def plan_slide(
+    reader: SlideReader, settings: SegmentSettings, model_mpp: float, align: int = 32, window_grid: tuple[int, int] | None = None, class_names: Sequence[str] = ()
+) -> SlidePlan:
     slide_mpp, mpp_source = resolve_mpp(reader, settings.mpp, force=settings.force_mpp)
     width0, height0 = reader.dimensions
     roi = settings.roi or (0, 0, width0, height0)
@@ -89,25 +95,31 @@ def plan_slide(reader: SlideReader, settings: SegmentSettings, model_mpp: float,
     scale = model_mpp / slide_mpp
     refuse_too_small(reader, (w, h), slide_mpp, scale, bool(settings.roi))
     refuse_black(reader)
+    points = load_plan_points(settings.points, settings.points_mode, (width0, height0), settings.roi, class_names) if settings.points else None
+    only_points = points is not None and points.mode == "only"  # then the points, not the tissue, choose the tiles
     grid = TileGrid(max(1, int(round(w / scale))), max(1, int(round(h / scale))), settings.tile_size, settings.overlap, align, window_grid)
     region_mm2 = w * h * slide_mpp**2 / 1e6
     plan = SlidePlan(
         path=Path(reader.path), stem=Path(reader.path).stem, slide_key=quick_file_hash(reader.path), slide_mpp=slide_mpp,
         mpp_source=mpp_source, model_mpp=model_mpp, scale=scale, roi=(x, y, w, h), grid=grid, tiles=[], batches=[],
         tissue_fraction=1.0, slide_facts=reader.describe(), dimensions=(width0, height0),
-        read_level=reader.best_level_for_downsample(scale), tissue_mm2=region_mm2,
+        read_level=reader.best_level_for_downsample(scale), tissue_mm2=region_mm2, points=points,
     )
     tiles = list(grid)
-    if settings.use_tissue_mask:
+    if settings.use_tissue_mask and not only_points:
         mask = tissue_mask(reader)
         plan.tissue_fraction = mask.fraction
         plan.tissue_mm2 = region_mm2 * mask.fraction_in(plan.roi)
         tiles = [t for t in tiles if mask.fraction_in(plan.level0_box(t)) > 0]
-        if not tiles:
+        if not tiles and points is None:
             raise PipelineInputError(
                 reader.path, "no tissue found in the slide" + (" region" if settings.roi else ""),
                 "check that this is the right file (blank or out-of-focus scans look empty), or pass --no-tissue-mask to process every tile",
             )
+    if points is not None:  # every tile that owns a given point runs, tissue or not
+        gxy = points.region_xy(plan.roi, scale)
+        held = grid.indices_owning(gxy[:, 0], gxy[:, 1]) | ({t.index for t in tiles} if not only_points else set())
+        tiles = [t for t in grid if t.index in held]
     refuse_grayscale(reader)  # after the tissue check: blank glass is "no tissue", not "grayscale"; black is refused before
     plan.tiles = tiles
     plan.batches = [tiles[i : i + settings.batch_size] for i in range(0, len(tiles), settings.batch_size)]
@@ -161,25 +173,36 @@ def _read_tile(reader: SlideReader, plan: SlidePlan, tile: Tile) -> tuple[Tile, 
     return tile, reader.read_scaled(x0, y0, tile.w, tile.h, plan.scale), (x0, y0), plan.scale
 
 
+def _owns(plan: SlidePlan, tile: Tile, points: np.ndarray, origin: tuple[float, float], scale: float) -> np.ndarray:
+    """Which tile-pixel points lie in this tile's core (region model-pixel frame)."""
+    level0 = mask_pixel_to_level0(points, origin, scale)
+    return tile.owns((level0[:, 0] - plan.roi[0]) / plan.scale, (level0[:, 1] - plan.roi[1]) / plan.scale)
+
+
 def _owned(plan: SlidePlan, tile: Tile, nuclei: TileNuclei, origin: tuple[float, float], scale: float) -> TileNuclei:
-    """The nuclei whose prompt point lies in this tile's core (region model-pixel frame)."""
+    """The nuclei whose prompt point lies in this tile's core."""
     if not len(nuclei):
         return nuclei
-    level0 = mask_pixel_to_level0(nuclei.points, origin, scale)
-    gx = (level0[:, 0] - plan.roi[0]) / plan.scale
-    gy = (level0[:, 1] - plan.roi[1]) / plan.scale
-    return nuclei.select(tile.owns(gx, gy))
+    return nuclei.select(_owns(plan, tile, nuclei.points, origin, scale))
 
 
-def _postprocess(plan: SlidePlan, settings: SegmentSettings, journal: Journal, batch_index: int, results: list[tuple[Tile, np.ndarray, tuple[float, float], float, TileNuclei]]) -> int:
+def _postprocess(
+    plan: SlidePlan, settings: SegmentSettings, journal: Journal, batch_index: int,
+    results: list[tuple[Tile, np.ndarray, tuple[float, float], float, TileNuclei, TilePoints | None]],
+) -> int:
     parts = []
-    for tile, rgb, origin, scale, nuclei in results:
+    facts: dict[str, Any] = {"points_missing": [], "points_deleted": 0} if plan.points is not None else {}
+    for tile, rgb, origin, scale, nuclei, given in results:
         owned = _owned(plan, tile, nuclei, origin, scale)
+        if given is not None:  # given points: which the tile owns but got no nucleus; Ignore* deletions
+            owned, missing, deleted = given.apply(owned, _owns(plan, tile, given.prompts.points, origin, scale))
+            facts["points_missing"] += missing
+            facts["points_deleted"] += deleted
         parts.append(from_tile_nuclei(owned, origin_level0=origin, scale=scale, slide_key=plan.slide_key, rgb_tile=rgb, model_mpp=plan.model_mpp, simplify_tolerance_px=settings.simplify_tolerance))
     batch = SlideNuclei.concatenate(parts)
     part = journal.part_path(batch_index)
     save_part(part, batch)
-    journal.record(batch_index, part, {"tiles": [t.index for t, *_ in results], "nuclei": len(batch)})
+    journal.record(batch_index, part, {"tiles": [t.index for t, *_ in results], "nuclei": len(batch), **facts})
     return len(batch)
 
 
@@ -203,8 +226,10 @@ def run_batches(
         for b, tiles in zip(todo, _prefetched(readers, reader, plan, todo, prefetch=2 * settings.batch_size)):
             if stop_requested():
                 break  # a signal: journal what is in post-processing, then stop (interrupts.py)
-            nuclei = predictor.predict([rgb for _, rgb, _, _ in tiles])
-            results = [(t, rgb, o, s, n) for (t, rgb, o, s), n in zip(tiles, nuclei)]
+            rgbs = [rgb for _, rgb, _, _ in tiles]
+            given = [plan.points.on_tile(t, o, s) if plan.points is not None else None for t, _, o, s in tiles]
+            nuclei = predictor.predict(rgbs) if plan.points is None else predictor.predict(rgbs, [g.prompts for g in given if g is not None])
+            results = [(t, rgb, o, s, n, g) for (t, rgb, o, s), n, g in zip(tiles, nuclei, given)]
             pending.append((post.submit(_postprocess, plan, settings, journal, b, results), len(tiles)))
             stats.tiles += len(tiles)
             while len(pending) > 1:  # at most two batches in post-processing: bounded memory

@@ -22,6 +22,7 @@ from .exporters.atomic import atomic_write_text, ensure_output_folder
 from .interrupts import Interrupted
 from .journal import Journal, fingerprint_hash
 from .locking import LOCK_NAME, FolderLock, FolderLocked
+from .points import output_classes, points_report
 from .preflight import check_free_space, disk_full_explained, plan_summary
 from .runner import SegmentSettings, SlidePlan, iter_parts, peak_rss_mb, plan_slide, run_batches
 from .slides import SlideReader, open_slide
@@ -95,6 +96,8 @@ def fingerprint(plan: SlidePlan, model: ModelFacts, settings: SegmentSettings) -
         "batch_size": settings.batch_size,
         "simplify_tolerance": settings.simplify_tolerance,
         "tissue_mask": settings.use_tissue_mask,
+        # a resume with another points file (or mode) must not mix into this one's outputs
+        **({"points": plan.points.fingerprint()} if plan.points is not None else {}),
     }
 
 
@@ -159,7 +162,7 @@ class SlideJob:
 def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, settings: SegmentSettings, log: Callable[[str], None] = print) -> SlideJob:
     """Plan the slide and open (or resume) its journal; notices an already finished run."""
     started = time.monotonic()
-    plan = plan_slide(reader, settings, model.mpp, window_grid=model.window_grid)
+    plan = plan_slide(reader, settings, model.mpp, window_grid=model.window_grid, class_names=model.class_names)
     folder = slide_folder(out_root, plan.path)
     ensure_output_folder(folder / f"{plan.stem}_report.json")
     paths = output_paths(folder, plan.stem, settings)
@@ -252,7 +255,7 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
     """Write the final outputs by streaming the journaled parts in batch order."""
     from .exporters import write_anndata, write_geojson, write_label_tiff, write_table, write_zarr
 
-    names, colors = model.class_names, model.class_colors
+    names, colors = output_classes(plan.points, model.class_names, model.class_colors)
     counts = {name: 0 for name in names}
     total = 0
     for part in iter_parts(journal):
@@ -306,4 +309,5 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         "model": model.describe(),
         "settings": asdict(settings),
         "versions": package_versions(),
+        **({"points": points_report(plan.points, journal)} if plan.points is not None else {}),
     }

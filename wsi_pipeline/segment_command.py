@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help="discard earlier progress/outputs for these slides and start again")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--wait-for-lock", action="store_true", help="when another run is writing a slide's output folder, wait for it instead of refusing that slide (exit 75 when only such slides were refused)")
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument("--points", metavar="FILE", help="segment exactly these points, one nucleus each, instead of running the prompter: QuPath's GeoJSON export of point annotations, or a CSV of x,y[,class]; level-0 px; one slide")
+    given.add_argument("--add-points", metavar="FILE", help="corrections on top of the prompter: these points are added (a prompter point within its NMS radius yields), points classed Ignore* delete the nucleus they fall in")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="run on the dask workers of this scheduler (e.g. tcp://10.0.0.5:8786); they must see the slides and --out at the same paths")
     where.add_argument("--cluster", metavar="local:N", help="start N dask worker processes on this machine (local: one per GPU, or one per 4 cores without GPU)")
@@ -76,6 +79,19 @@ def _check_flags(args: argparse.Namespace) -> None:
         if err is not None:
             raise err
     check_tile_memory(args.tile_size, args.batch_size)
+
+
+def _check_points(path: str, slides: list[Path], roi: tuple[int, int, int, int] | None) -> None:
+    """A points file belongs to one slide; check it against that slide before the model loads."""
+    from .errors import PipelineInputError
+    from .points import check_points, read_points
+    from .slides import open_slide
+
+    if len(slides) != 1:
+        raise PipelineInputError(path, f"a points file belongs to one slide, but {len(slides)} were given", "run each slide with its own --points/--add-points file")
+    points = read_points(path)
+    with open_slide(slides[0]) as reader:
+        check_points(points, reader.dimensions, roi)
 
 
 def _refuse_locked(slides: list[Path], out: Path) -> list["SlideResult"]:
@@ -134,11 +150,16 @@ def _run(args: argparse.Namespace) -> int:
         if not slides:  # every slide is held by another run: no need to load the model
             print(f"{total} of {total} slides are held by other runs", file=sys.stderr)
             return EXIT_LOCKED
+        points = args.points or args.add_points
+        roi = parse_roi(args.roi) if args.roi else None
+        if points:
+            _check_points(points, slides, roi)
         settings = SegmentSettings(
             tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size, workers=args.workers, mpp=args.mpp,
-            roi=parse_roi(args.roi) if args.roi else None, formats=formats, label_map=args.label_map, gzip=args.gzip,
+            roi=roi, formats=formats, label_map=args.label_map, gzip=args.gzip,
             use_tissue_mask=not args.no_tissue_mask, overwrite=args.overwrite, progress=not args.no_progress,
             force_mpp=args.force_mpp, wait_for_lock=args.wait_for_lock,
+            points=str(Path(points).resolve()) if points else None, points_mode="only" if args.points else "add",
         )
     except (PipelineInputError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -177,6 +198,8 @@ def _run(args: argparse.Namespace) -> int:
 def _print_result(result: SlideResult) -> None:
     """A finished slide as one JSON line on stdout; a failed one as one error line on stderr."""
     if result.ok:
-        print(json.dumps({"slide": result.slide, "nuclei": result.report["nuclei"], "report": result.report["outputs"]["report"]}))
+        given = result.report.get("points")
+        extra = {"points_without_nucleus": given["without_nucleus"]} if given else {}
+        print(json.dumps({"slide": result.slide, "nuclei": result.report["nuclei"], **extra, "report": result.report["outputs"]["report"]}))
     else:
         print(f"error: {result.error}", file=sys.stderr)

@@ -106,6 +106,15 @@ class TileGrid:
     def __len__(self) -> int:
         return len(self.xs) * len(self.ys)
 
+    def indices_owning(self, xs: np.ndarray, ys: np.ndarray, margin: float = 1.0) -> set[int]:
+        """Indices of the tiles whose core, widened by `margin` px, holds any of the points."""
+        inner_x = np.asarray(span_shares(self.xs, self.tile_size)[1:-1])
+        inner_y = np.asarray(span_shares(self.ys, self.tile_size)[1:-1])
+        ncols = len(self.xs)
+        c0, c1 = np.searchsorted(inner_x, xs - margin, "right"), np.searchsorted(inner_x, xs + margin, "right")
+        r0, r1 = np.searchsorted(inner_y, ys - margin, "right"), np.searchsorted(inner_y, ys + margin, "right")
+        return {int(r * ncols + c) for a, b, e, f in zip(c0, c1, r0, r1) for r in range(e, f + 1) for c in range(a, b + 1)}
+
     def __iter__(self) -> Iterator[Tile]:
         xs, ys = self.xs, self.ys
         bx, by = span_shares(xs, self.tile_size), span_shares(ys, self.tile_size)
