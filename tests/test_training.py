@@ -83,3 +83,26 @@ def test_trained_parts_bundle_into_a_model_the_predictor_loads(tmp_path, tiny_da
     assert inst.shape == rgb.shape[:2] and inst.max() == len(nuclei)
     # swapped parts are refused with the file named
     assert main(["export-model", "--prompter", str(tmp_path / "segmentor" / "best.pt"), "--segmentor", str(tmp_path / "prompter" / "best.pt"), "--out", str(tmp_path / "bad.pt")]) != 0
+
+
+def test_a_one_class_prompter_trains_on_a_typed_data_set():
+    """CoNSeP's four classes join a one-class model's training as plain nuclei (class 0)."""
+    import torch
+
+    from promptnucseg.models.config import ExperimentConfig, PrompterConfig
+    from promptnucseg.models.data.datasets import open_dataset
+    from promptnucseg.models.prompter import Prompter
+    from promptnucseg.models.training.tasks import PrompterTask
+
+    consep = DATA / "consep-patches" / "train"
+    if not consep.is_dir():
+        pytest.skip(f"needs {consep} (../shared/data beside the repo)")
+    sample = open_dataset(consep)[0]
+    assert max((sample.instance_classes or {}).values()) > 1  # a typed sample
+    cfg = ExperimentConfig()
+    cfg.model.prompter = PrompterConfig(backbone="resnet18", fpn_channels=32, num_classes=1)
+    cfg.train.batch_size = 2
+    task = PrompterTask(Prompter(cfg.model.prompter), cfg, [sample], [sample])
+    losses = task.batch_loss(np.random.default_rng(0), torch.device("cpu"))
+    assert torch.isfinite(losses["loss"])
+    assert 0.0 <= task.validate(task.model.eval(), torch.device("cpu"))["det_f1"] <= 1.0

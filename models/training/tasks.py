@@ -40,10 +40,14 @@ class PrompterTask:
             fg[i, 0, :size, :size] = c.instances > 0
         targets = PrompterTargets(
             points=[torch.from_numpy(c.centroids).to(device) for c in crops],
-            classes=[torch.from_numpy(c.classes).to(device) for c in crops],
+            classes=[torch.from_numpy(self._classes(c.classes)).to(device) for c in crops],
             foreground=torch.from_numpy(fg).to(device),
         )
         return prompter_loss(self.model(x), targets, self.model.config)
+
+    def _classes(self, classes: np.ndarray) -> np.ndarray:
+        """A one-class prompter learns typed data sets class-agnostically (every nucleus is class 0)."""
+        return np.zeros_like(classes) if self.model.config.num_classes == 1 else classes
 
     @torch.no_grad()
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
@@ -56,7 +60,7 @@ class PrompterTask:
             out = model(model.normalize(_to_tensor_images([s.image], device)))
             prompts = select_prompts(out.points[0], out.logits[0], out.mask_logits[0, 0] if model.config.mask_filter else None, (h, w), model.config.nms_distance)
             ids, gt = instance_points(s.instances)
-            gt_cls = np.array([(s.instance_classes or {}).get(int(i), 0) for i in ids], np.int64)
+            gt_cls = self._classes(np.array([(s.instance_classes or {}).get(int(i), 0) for i in ids], np.int64))
             counts = detection_scores(gt, gt_cls, prompts.points, prompts.classes, prompts.scores, radius=12.0)
             tp, fp, fn = tp + counts.tp, fp + counts.fp, fn + counts.fn
         f1 = 2 * tp / max(2 * tp + fp + fn, 1)
