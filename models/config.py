@@ -117,6 +117,23 @@ class DataConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training augmentation (models/training/augment.py); the release's families, ours off by default."""
+
+    flip_rot: bool = True
+    brightness: float = 0.15
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.04
+    blur_prob: float = 0.2
+    blur_sigma: tuple[float, float] = (0.3, 1.2)
+    noise_prob: float = 0.2
+    noise_std: float = 6.0
+    hed_jitter: float = 0.0  # sigma: each stain's OD x U(1-s, 1+s) + U(-s, s); 0.05 is "HED-light"
+    scale_range: tuple[float, float] = (1.0, 1.0)  # crop resampled by a factor drawn log-uniformly here
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 200
     steps_per_epoch: int = 100
@@ -131,6 +148,7 @@ class TrainConfig:
     seed: int = 0
     val_every: int = 1
     max_minutes: float | None = None  # stop cleanly (and checkpoint) after this wall time
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             except CheckpointError as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
-        task = PrompterTask(prompter, cfg, train_samples, val_samples)
+        task = PrompterTask(prompter, cfg, train_samples, val_samples, augment=cfg.train.augment)
     else:
         segmentor = build_segmentor(cfg.model.segmentor)
         if cfg.model.segmentor.init_checkpoint and not args.resume:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             except CheckpointError as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
-        task = SegmentorTask(segmentor, cfg, train_samples, val_samples)
+        task = SegmentorTask(segmentor, cfg, train_samples, val_samples, augment=cfg.train.augment)
     print(f"{args.command}: {len(train_samples)} training / {len(val_samples)} validation images on {device}", file=sys.stderr)
     try:
         result = train(task, cfg, Path(args.out), device, resume=args.resume, progress=not args.no_progress)

@@ -7,7 +7,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..data.datasets import NucleusSample, instance_points
-from .augment import AugmentConfig, augment
+from .augment import AugmentConfig, augment, draw_scale, rescaled_window
 
 
 @dataclass
@@ -34,7 +34,11 @@ def random_crop(sample: NucleusSample, size: int, rng: np.random.Generator) -> t
 
 
 def make_crop(sample: NucleusSample, size: int, rng: np.random.Generator, aug: AugmentConfig | None) -> Crop:
-    img, inst = random_crop(sample, size, rng)
+    scale = draw_scale(rng, aug) if aug is not None else 1.0
+    if scale == 1.0:
+        img, inst = random_crop(sample, size, rng)
+    else:  # a window of size/scale px shown at size px: nuclei look `scale` times larger
+        img, inst = rescaled_window(*random_crop(sample, max(int(round(size / scale)), 8), rng), size)
     if aug is not None:
         img, inst = augment(img, inst, rng, aug)
     ids, centroids = instance_points(inst)
