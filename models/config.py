@@ -113,7 +113,10 @@ class DataConfig:
     val_names: list[str] = field(default_factory=list)  # images held out of `train` for validation
     val: list[str] = field(default_factory=list)  # extra validation folders
     crop_size: int = 256
-    mpp: float | None = None  # resample datasets to the model mpp when they differ (None: as stored)
+    mpp: float | None = None  # resample every image to this many um/px when it differs (None: as stored)
+    # YAML files of per-image um/px ({stem: mpp}) for data sets that mix resolutions (CPM-15:
+    # configs/datasets/cpm15_mpp.yaml); they win over a data set's own mpp
+    image_mpp: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -426,3 +426,26 @@ def test_error_bad_label_in_any_format_names_its_file(tmp_path):
     scipy.io.savemat(mat / "Labels" / "t.mat", {"note": np.array([1])})
     with pytest.raises(LabelMapError, match=r"t\.npy: holds non-integer values"):
         open_dataset(mat, format="cpm17")[0]
+
+
+def test_cpm15_images_come_to_the_model_resolution_from_their_own():
+    """CPM-15 mixes 20x and 40x: with data.mpp 0.25 its 20x images are doubled, its 40x ones kept,
+    and their nuclei then have Kumar-like sizes."""
+    from promptnucseg.models.config import DataConfig
+    from promptnucseg.models.training.data import load_split
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "cpm15"
+    if not root.is_dir():
+        pytest.skip(f"needs {root} (../shared/data beside the repo)")
+    table = Path(__file__).resolve().parents[1] / "configs" / "datasets" / "cpm15_mpp.yaml"
+    as_stored, _ = load_split(DataConfig(train=[str(root)]))
+    resampled, _ = load_split(DataConfig(train=[str(root)], mpp=0.25, image_mpp=[str(table)]))
+    by_name = {s.name: s for s in as_stored}
+    for s in resampled:
+        factor = 2 if s.name <= "image07" else 1
+        assert s.instances.shape == tuple(factor * d for d in by_name[s.name].instances.shape)
+        assert s.image.shape[:2] == s.instances.shape
+    areas = [np.median(np.unique(s.instances[s.instances > 0], return_counts=True)[1]) for s in resampled]
+    assert 150 < np.median(areas) < 800  # Kumar's per-image medians at 0.25 um/px: 93-831 px²
+    with pytest.raises(ValueError, match="no known microns per pixel.*image_mpp"):
+        load_split(DataConfig(train=[str(root)], mpp=0.25))
