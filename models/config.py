@@ -78,6 +78,11 @@ class InferenceConfig:
     # drop a nucleus when higher-scoring masks cover more than this fraction of its own mask
     # (a second prompt on one nucleus gives a sliver or a copy of it); 1.0 keeps all
     max_covered_fraction: float = 1.0
+    # two prompts within `duplicate_distance` px are one nucleus when, decoded without
+    # negatives, each lies in the other's mask and the masks overlap by this IoU: the weaker
+    # prompt is dropped and the other keeps its mask without that negative (0: off)
+    duplicate_iou: float = 0.0
+    duplicate_distance: float = 32.0
     prompt_batch: int = 256  # prompts decoded together against one embedding
     # run the prompter on the segmentor's window grid (each window keeps the prompts in its
     # share of the overlaps) rather than on the whole tile at once as the authors' release

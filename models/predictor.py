@@ -28,6 +28,7 @@ from torchvision.ops import nms
 from . import release
 from .checkpoints import CheckpointError, expect_kind, file_sha256, float_state, read_checkpoint
 from .devices import resolve_device
+from .duplicate_prompts import close_prompts, duplicate_prompts
 from .config import ModelConfig, SegmentorConfig, from_dict, to_dict
 from .interface import GivenPrompts, TileNuclei, span_shares, span_starts
 from .prompter import Prompter, select_prompts
@@ -149,33 +150,60 @@ class PromptNucSegPredictor:
         windows = [(x0, y0) for y0 in self._window_starts(h, size, step) for x0 in self._window_starts(w, size, step)]
         best: dict[int, _Candidate] = {}
         fallback: dict[int, _Candidate] = {}
+        alone: dict[int, _Candidate] = {}  # masks without negatives of prompts that may be duplicates
+        dropped: set[int] = set()
+        n_mine = len(prompts.points) - n_given  # a person's points (the last n_given) are never duplicates
+        dedupe = icfg.duplicate_iou > 0 and k > 0
+        close = set(close_prompts(prompts.points[:n_mine], icfg.duplicate_distance).tolist()) if dedupe else set()
+        no_negatives = np.where(np.arange(labels_all.shape[1]) > 0, -1, labels_all).astype(labels_all.dtype)
         views = DIHEDRAL if icfg.tta else DIHEDRAL[:1]
+
+        def keep(pool: dict[int, _Candidate], cand: _Candidate) -> None:
+            if cand.prompt not in pool or cand.score > pool[cand.prompt].score:
+                pool[cand.prompt] = cand
+
         for chunk in _chunks(windows, self.batch_size):
             crops = torch.from_numpy(np.stack([_window(tile, x0, y0, size) for x0, y0 in chunk])).permute(0, 3, 1, 2).to(self.torch_device)
             emb = self.segmentor.embed(torch.cat([dihedral(crops, *v) for v in views]))  # view-major
+
+            def decode(j: int, part: list[int], labels_np: np.ndarray, origin: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+                coords = coords_all[part] - np.array(origin, np.float32)
+                labels = torch.from_numpy(labels_np[part]).to(self.torch_device)
+                logits = iou = 0.0
+                for v, view in enumerate(views):  # test-time augmentation: logits and IoU averaged over the views
+                    e = emb[v * len(chunk) + j : v * len(chunk) + j + 1]
+                    lg, sc = self.segmentor.decode(e, torch.from_numpy(dihedral_points(coords, size, *view)).to(self.torch_device), labels)
+                    logits, iou = logits + undo_dihedral(lg.float(), *view), iou + sc.float()
+                return logits / len(views), iou / len(views)
+
             for j, (x0, y0) in enumerate(chunk):
                 inside = np.flatnonzero(
                     (prompts.points[:, 0] >= x0) & (prompts.points[:, 0] < x0 + size) & (prompts.points[:, 1] >= y0) & (prompts.points[:, 1] < y0 + size)
                 )
                 inner = (x0 > 0, y0 > 0, x0 + size < w, y0 + size < h)  # left, top, right, bottom edges inside the tile
                 for part, labels_np in ((c, ls) for c in _chunks(list(inside), icfg.prompt_batch) for ls in label_sets):
-                    coords = coords_all[part] - np.array([x0, y0], np.float32)
-                    labels = torch.from_numpy(labels_np[part]).to(self.torch_device)
-                    logits = iou = 0.0
-                    for v, view in enumerate(views):  # test-time augmentation: logits and IoU averaged over the views
-                        e = emb[v * len(chunk) + j : v * len(chunk) + j + 1]
-                        lg, sc = self.segmentor.decode(e, torch.from_numpy(dihedral_points(coords, size, *view)).to(self.torch_device), labels)
-                        logits, iou = logits + undo_dihedral(lg.float(), *view), iou + sc.float()
-                    logits, iou = logits / len(views), iou / len(views)
+                    logits, iou = decode(j, part, labels_np, (x0, y0))
                     touching = _touches_inner_edge(logits > icfg.mask_threshold, inner, icfg.edge_margin)
                     for n, p in enumerate(part):
-                        cand = _Candidate(int(p), float(iou[n]), logits[n], (x0, y0))
-                        pool = fallback if touching[n] else best
-                        if p not in pool or cand.score > pool[p].score:
-                            pool[p] = cand
+                        keep(fallback if touching[n] else best, _Candidate(int(p), float(iou[n]), logits[n], (x0, y0)))
+                suspects = [int(p) for p in inside if p in close]
+                if len(suspects) > 1:  # decoded alone, two prompts of one nucleus give one mask holding both points
+                    logits, iou = decode(j, suspects, no_negatives, (x0, y0))
+                    local = prompts.points[suspects] - np.array([x0, y0], np.float32)
+                    found = duplicate_prompts(local, iou.cpu().numpy(), (logits > icfg.mask_threshold).cpu().numpy(), icfg.duplicate_distance, icfg.duplicate_iou)
+                    dropped.update(suspects[i] for i in found)
+                    touching = _touches_inner_edge(logits > icfg.mask_threshold, inner, icfg.edge_margin)
+                    for n in set(found.values()):
+                        if not touching[n]:
+                            keep(alone, _Candidate(suspects[n], float(iou[n]), logits[n], (x0, y0)))
         if icfg.edge_fallback:
             for p, cand in fallback.items():  # a nucleus cut by every window it is in: keep its best try
                 best.setdefault(p, cand)
+        for p in dropped:
+            best.pop(p, None)
+        for p, cand in alone.items():  # a kept duplicate's mask without the negative that cut it
+            if p not in dropped:
+                best[p] = cand
         return self._merge(best, prompts, (h, w), n_given)
 
     def _window_starts(self, length: int, size: int, step: int) -> list[int]:
