@@ -33,3 +33,34 @@ def test_a_chain_of_three_keeps_one_and_close_prompts_are_the_candidates():
     assert dup == {0: 1, 2: 1}
     assert close_prompts(np.array([[0, 0], [5, 0], [100, 100]], np.float32), 10).tolist() == [0, 1]
     assert close_prompts(np.zeros((1, 2), np.float32), 10).tolist() == []
+
+
+def test_two_prompts_on_a_real_large_nucleus_give_one_whole_nucleus():
+    """A 1,600 px² nucleus of a held-out Kumar image with a prompt at each end of its long axis."""
+    from pathlib import Path
+
+    import pytest
+    import torch
+
+    from promptnucseg.models.data.datasets import open_dataset
+    from promptnucseg.models.interface import load_predictor
+    from promptnucseg.models.prompter.postprocess import Prompts
+
+    kumar = Path(__file__).resolve().parents[2] / "shared" / "data" / "kumar" / "train"
+    if not kumar.is_dir():
+        pytest.skip(f"needs {kumar} (../shared/data beside the repo)")
+    ds = open_dataset(kumar)
+    sample = ds[list(ds.names).index("TCGA-A7-A13E-01Z-00-DX1")]
+    y0, x0 = 349, 508
+    tile = np.ascontiguousarray(sample.image[y0 : y0 + 256, x0 : x0 + 256])
+    truth = sample.instances[y0 : y0 + 256, x0 : x0 + 256] == 21
+    points = np.array([[136.6, 123.1], [119.8, 133.2]], np.float32)
+    assert all(truth[int(round(y)), int(round(x))] for x, y in points)
+    predictor = load_predictor(device="cpu")
+    predictor.config.inference.duplicate_iou = 0.5
+    with torch.inference_mode():
+        nuclei = predictor._segment(tile, Prompts(points, np.zeros(2, np.int16), np.array([0.9, 0.8], np.float32)))
+    assert len(nuclei) == 1
+    inst, _ = nuclei.label_maps(tile.shape[:2])
+    assert all(inst[int(round(y)), int(round(x))] == 1 for x, y in points)
+    assert (truth & (inst == 1)).sum() / (truth | (inst == 1)).sum() > 0.5
