@@ -23,7 +23,9 @@ def bundle_model(
     from .config import ModelConfig, from_dict, load_experiment, to_dict
 
     p_ckpt = read_checkpoint(prompter_path)
-    expect_kind(prompter_path, p_ckpt, ("prompter",))
+    expect_kind(prompter_path, p_ckpt, ("prompter", "model"))
+    if p_ckpt["kind"] == "model":  # an earlier model's prompter, kept as it is (e.g. v1's in v2)
+        p_ckpt = {"config": {"model": p_ckpt["config"]}, "state_dict": p_ckpt["prompter"], "metrics": p_ckpt.get("metrics", {}).get("prompter", {})}
     s_ckpt = read_checkpoint(segmentor_path)
     expect_kind(segmentor_path, s_ckpt, ("segmentor",))
     config = from_dict(ModelConfig, p_ckpt["config"]["model"])
@@ -48,7 +50,7 @@ def bundle_model(
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--prompter", required=True, help="prompter checkpoint (train-prompter's best.pt)")
+    parser.add_argument("--prompter", required=True, help="prompter checkpoint (train-prompter's best.pt), or a model file whose prompter to keep")
     parser.add_argument("--segmentor", required=True, help="segmentor checkpoint (train-segmentor's best.pt)")
     parser.add_argument("--out", required=True, help="output model file (.pt)")
     parser.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16)")

@@ -154,6 +154,10 @@ def test_bundle_round_trip_gives_identical_nuclei(tmp_path, tiny_predictor):
     tuned = load_predictor(tmp_path / "tuned.pt", device="cpu")
     assert tuned.config.name == "tuned" and tuned.config.inference.mask_threshold == -1.0 and tuned.config.inference.max_covered_fraction == 0.7
     assert tuned.config.prompter == loaded.config.prompter and tuned.config.segmentor == loaded.config.segmentor
+    # a model file can give its prompter to a new bundle (v2 keeps v1's prompter)
+    bundle_model(tmp_path / "model.pt", tmp_path / "s.pt", tmp_path / "kept.pt", half=False)
+    kept = load_predictor(tmp_path / "kept.pt", device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(kept.prompter.state_dict().values(), loaded.prompter.state_dict().values()))
 
 
 def test_foreign_and_truncated_weights_are_refused(tmp_path):
