@@ -167,14 +167,7 @@ class PromptNucSegPredictor:
             emb = self.segmentor.embed(torch.cat([dihedral(crops, *v) for v in views]))  # view-major
 
             def decode(j: int, part: list[int], labels_np: np.ndarray, origin: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-                coords = coords_all[part] - np.array(origin, np.float32)
-                labels = torch.from_numpy(labels_np[part]).to(self.torch_device)
-                logits = iou = 0.0
-                for v, view in enumerate(views):  # test-time augmentation: logits and IoU averaged over the views
-                    e = emb[v * len(chunk) + j : v * len(chunk) + j + 1]
-                    lg, sc = self.segmentor.decode(e, torch.from_numpy(dihedral_points(coords, size, *view)).to(self.torch_device), labels)
-                    logits, iou = logits + undo_dihedral(lg.float(), *view), iou + sc.float()
-                return logits / len(views), iou / len(views)
+                return self._decode(emb, len(chunk), j, coords_all[part] - np.array(origin, np.float32), labels_np[part], views)
 
             for j, (x0, y0) in enumerate(chunk):
                 inside = np.flatnonzero(
@@ -204,7 +197,42 @@ class PromptNucSegPredictor:
         for p, cand in alone.items():  # a kept duplicate's mask without the negative that cut it
             if p not in dropped:
                 best[p] = cand
+        misses = [p for p in range(n_mine, len(prompts.points)) if p not in best or not _holds(best[p], prompts.points[p], icfg.mask_threshold)]
+        if misses:  # a person's point must come back inside its nucleus: try a window centred on it
+            best.update(self._centred(tile, prompts, misses, coords_all, labels_all, views))
         return self._merge(best, prompts, (h, w), n_given)
+
+    def _decode(self, emb: torch.Tensor, n_windows: int, j: int, coords: np.ndarray, labels: np.ndarray, views: Sequence[tuple[int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (P, S, S) and IoU (P,) of prompts in window j of a view-major embedding batch,
+        averaged over the views (test-time augmentation when there are several)."""
+        size = self.segmentor.crop_size
+        lab = torch.from_numpy(labels).to(self.torch_device)
+        logits = iou = 0.0
+        for v, view in enumerate(views):
+            e = emb[v * n_windows + j : v * n_windows + j + 1]
+            lg, sc = self.segmentor.decode(e, torch.from_numpy(dihedral_points(coords, size, *view)).to(self.torch_device), lab)
+            logits, iou = logits + undo_dihedral(lg.float(), *view), iou + sc.float()
+        return logits / len(views), iou / len(views)
+
+    def _centred(self, tile: np.ndarray, prompts: Prompts, which: list[int], coords_all: np.ndarray, labels_all: np.ndarray, views: Sequence[tuple[int, bool]]) -> dict[int, _Candidate]:
+        """Masks of prompts decoded in a window centred on each (kept inside the tile), for the
+        ones whose grid window gave no mask holding them; only masks that hold the point count."""
+        size = self.segmentor.crop_size
+        h, w = tile.shape[:2]
+        out: dict[int, _Candidate] = {}
+        for chunk in _chunks(which, self.batch_size):
+            origins = [
+                (int(np.clip(round(float(prompts.points[p, 0])) - size // 2, 0, max(w - size, 0))), int(np.clip(round(float(prompts.points[p, 1])) - size // 2, 0, max(h - size, 0))))
+                for p in chunk
+            ]
+            crops = torch.from_numpy(np.stack([_window(tile, x0, y0, size) for x0, y0 in origins])).permute(0, 3, 1, 2).to(self.torch_device)
+            emb = self.segmentor.embed(torch.cat([dihedral(crops, *v) for v in views]))
+            for j, (p, origin) in enumerate(zip(chunk, origins)):
+                logits, iou = self._decode(emb, len(chunk), j, coords_all[[p]] - np.array(origin, np.float32), labels_all[[p]], views)
+                cand = _Candidate(p, float(iou[0]), logits[0], origin)
+                if _holds(cand, prompts.points[p], self.config.inference.mask_threshold):
+                    out[p] = cand
+        return out
 
     def _window_starts(self, length: int, size: int, step: int) -> list[int]:
         starts = span_starts(length, size, step)
@@ -336,6 +364,13 @@ def _paint_nearest(inst: np.ndarray, nuclei: TileNuclei, which: np.ndarray) -> N
         take = m & (d < best[cy0:cy1, cx0:cx1])
         best[cy0:cy1, cx0:cx1][take] = d[take]
         inst[cy0:cy1, cx0:cx1][take] = i + 1
+
+
+def _holds(cand: _Candidate, point: np.ndarray, threshold: float) -> bool:
+    """Whether a candidate's mask covers the pixel of `point` (tile px)."""
+    x, y = int(round(float(point[0]))) - cand.origin[0], int(round(float(point[1]))) - cand.origin[1]
+    s = cand.logits.shape[-1]
+    return 0 <= x < s and 0 <= y < s and bool(cand.logits[y, x] > threshold)
 
 
 def _touches_inner_edge(masks: torch.Tensor, inner: tuple[bool, bool, bool, bool], margin: int) -> np.ndarray:
