@@ -19,9 +19,12 @@ Definitions (mask at the model's resolution, `mpp` microns per pixel):
   seen on screen (y down), in (-90, 90];
 - max/min Feret (caliper) diameter: largest vertex distance and rotating-calipers width
   of the outline's convex hull;
-- haematoxylin/eosin OD: mean over the mask's pixels of the Ruifrok-Johnston colour
-  deconvolution (skimage's H&E(DAB) stain vectors) of optical density -log10(I/255).
-  Per-pixel stain amounts are not clipped at 0, so means stay unbiased.
+- haematoxylin/eosin OD: mean over the mask's pixels of the amount of each stain, in optical
+  density units (dimensionless; OD = -log10(I / I_white), 1.0 = that stain alone absorbs 90%
+  of the light), by two-stain colour deconvolution with the slide's `stains.StainModel`
+  (white level from its glass, H&E vectors by Macenko when they fit, else Ruifrok-Johnston's;
+  see `stains`). Per-pixel amounts are not clipped at 0, so means stay unbiased; typical
+  nuclei read H 0.3-1.5, E 0-0.8.
 """
 from __future__ import annotations
 
@@ -29,9 +32,10 @@ from typing import Sequence
 
 import numpy as np
 import shapely
-from skimage.color import hed_from_rgb
-
 from .geometry import outer_contour, ring_perimeters, rings_to_polygons, signed_areas, smooth_rings
+from .stains import StainModel
+
+DEFAULT_STAINS = StainModel()  # without a slide to fit: Ruifrok-Johnston H&E, white 255
 
 # column key -> QuPath-style display name (keys name the table/zarr columns; the GeoJSON
 # uses the display names so QuPath's measurement table reads naturally)
@@ -51,7 +55,8 @@ MEASUREMENTS: dict[str, str] = {
 }
 
 # column key -> unit, for exports that carry units beside the numbers (AnnData's `var`);
-# "1" marks a dimensionless ratio, "OD" optical density (-log10 of transmitted light)
+# "1" marks a dimensionless ratio, "OD" optical density (-log10 of the light transmitted,
+# relative to the slide's glass: dimensionless), here the amount of one stain (see `stains`)
 MEASUREMENT_UNITS: dict[str, str] = {
     "area_um2": "µm^2",
     "perimeter_um": "µm",
@@ -67,26 +72,9 @@ MEASUREMENT_UNITS: dict[str, str] = {
     "eosin_od_mean": "OD",
 }
 
-# optical density of each 8-bit intensity; 0 is treated as 1 (OD would be infinite)
-_OD_LUT = -np.log10(np.maximum(np.arange(256), 1) / 255.0)
-_STAIN_FROM_OD = np.asarray(hed_from_rgb, np.float64)[:, :2]  # OD(r,g,b) -> (H, E)
-# _STAIN_TABLE[v, c, s]: what intensity v in channel c adds to stain s. Three 1-D lookups
-# per stain replace a LUT plus a (P, 3) x (3, 2) product: ~4x faster per pixel.
-_STAIN_TABLE = np.ascontiguousarray(_OD_LUT[:, None, None] * _STAIN_FROM_OD[None, :, :])
-
-
-def _stains(r: np.ndarray, g: np.ndarray, b: np.ndarray, stain: int) -> np.ndarray:
-    t = _STAIN_TABLE[:, :, stain]
-    return t[r, 0] + t[g, 1] + t[b, 2]
-
-
-def stain_od(rgb: np.ndarray) -> np.ndarray:
+def stain_od(rgb: np.ndarray, stains: StainModel = DEFAULT_STAINS) -> np.ndarray:
     """(..., 3) uint8 RGB -> (..., 2) haematoxylin and eosin optical densities."""
-    rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8:
-        raise ValueError(f"stain_od needs uint8 RGB, got {rgb.dtype}")
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    return np.stack([_stains(r, g, b, 0), _stains(r, g, b, 1)], axis=-1)
+    return stains.amounts(rgb)
 
 
 def empty_measurements(n: int = 0) -> dict[str, np.ndarray]:
@@ -100,13 +88,14 @@ def measure_nuclei(
     contour_offsets: np.ndarray,
     mpp: float,
     rgb_tile: np.ndarray | None = None,
+    stains: StainModel = DEFAULT_STAINS,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Measurements (float32 columns keyed as `MEASUREMENTS`) and pixel centroids.
 
     `masks[i]` covers `boxes[i]` = (x0, y0, x1, y1) in tile pixels; `contour_coords`
     [offsets[i]:offsets[i+1]] is its outline as an open ring of (x, y) *tile* pixel
     indices (see `geometry.outer_contour`). `rgb_tile` (H, W, 3) uint8 gives the stain
-    measurements (NaN without it). Centroids (N, 2) are (x, y) tile pixel indices.
+    measurements (NaN without it), deconvolved with `stains` (the slide's, see `stains`). Centroids (N, 2) are (x, y) tile pixel indices.
     """
     n = len(masks)
     out = empty_measurements(n)
@@ -171,9 +160,10 @@ def measure_nuclei(
         r, g, b = px[:, 0], px[:, 1], px[:, 2]
         s_in = seg[inside]
         k = np.bincount(s_in, minlength=n).astype(np.float64)
+        t = stains.table()
         with np.errstate(divide="ignore", invalid="ignore"):
-            out["hematoxylin_od_mean"][:] = np.where(k > 0, np.bincount(s_in, _stains(r, g, b, 0), n) / k, np.nan)
-            out["eosin_od_mean"][:] = np.where(k > 0, np.bincount(s_in, _stains(r, g, b, 1), n) / k, np.nan)
+            out["hematoxylin_od_mean"][:] = np.where(k > 0, np.bincount(s_in, t[r, 0, 0] + t[g, 1, 0] + t[b, 2, 0], n) / k, np.nan)
+            out["eosin_od_mean"][:] = np.where(k > 0, np.bincount(s_in, t[r, 0, 1] + t[g, 1, 1] + t[b, 2, 1], n) / k, np.nan)
     return out, np.stack([cx + boxes[:, 0], cy + boxes[:, 1]], axis=1)
 
 
@@ -219,7 +209,7 @@ def feret_diameters(hulls: np.ndarray, block: int = 128) -> tuple[np.ndarray, np
     return fmax, fmin
 
 
-def measure_mask(mask: np.ndarray, mpp: float, rgb: np.ndarray | None = None) -> dict[str, float]:
+def measure_mask(mask: np.ndarray, mpp: float, rgb: np.ndarray | None = None, stains: StainModel = DEFAULT_STAINS) -> dict[str, float]:
     """Measurements of one mask (its largest component, holes filled): handy in scripts
     and tests; `rgb` is the (H, W, 3) image under the mask, same height and width."""
     found = outer_contour(mask)
@@ -227,5 +217,5 @@ def measure_mask(mask: np.ndarray, mpp: float, rgb: np.ndarray | None = None) ->
         return {k: float("nan") for k in MEASUREMENTS}
     xy, clean = found
     h, w = clean.shape
-    values, _ = measure_nuclei([clean], np.array([[0, 0, w, h]]), xy, np.array([0, len(xy)]), mpp, rgb)
+    values, _ = measure_nuclei([clean], np.array([[0, 0, w, h]]), xy, np.array([0, len(xy)]), mpp, rgb, stains)
     return {k: float(v[0]) for k, v in values.items()}

@@ -24,7 +24,8 @@ import shapely
 from promptnucseg.models.interface import TileNuclei
 from .exporters.atomic import atomic_file
 from .geometry import mask_pixel_to_level0, rings_to_polygons, simplify_polygons, to_level0, trace_outlines
-from .morphometrics import empty_measurements, measure_nuclei
+from .morphometrics import DEFAULT_STAINS, empty_measurements, measure_nuclei
+from .stains import StainModel
 
 PART_FORMAT = 1
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://promptnucseg/nucleus")
@@ -199,13 +200,15 @@ def from_tile_nuclei(
     rgb_tile: np.ndarray | None = None,
     model_mpp: float = 0.25,
     simplify_tolerance_px: float = 0.5,
+    stains: StainModel = DEFAULT_STAINS,
 ) -> SlideNuclei:
     """A tile's nuclei as slide records: outline, morphometrics, level-0 coordinates, ids.
 
     `origin_level0`: level-0 position of the tile's top-left pixel corner; `scale`: level-0
     pixels per tile pixel; `rgb_tile`: the uint8 tile the model saw (for stain optical
     densities); `model_mpp`: microns per tile pixel; `simplify_tolerance_px`: outline
-    simplification in tile pixels. Nuclei with an empty mask are dropped.
+    simplification in tile pixels; `stains`: the slide's colour deconvolution. Nuclei with an
+    empty mask are dropped.
     """
     traced = trace_outlines(tile.masks)
     if len(traced.index) == 0:
@@ -224,7 +227,7 @@ def from_tile_nuclei(
         if not len(keep):
             return SlideNuclei()
     idx = np.asarray(keep)
-    measurements, centroids_px = measure_nuclei(clean, tile.boxes[idx], coords, offsets, model_mpp, rgb_tile)
+    measurements, centroids_px = measure_nuclei(clean, tile.boxes[idx], coords, offsets, model_mpp, rgb_tile, stains)
     origin = np.asarray(origin_level0, np.float64).reshape(2)
     points = mask_pixel_to_level0(tile.points[idx].astype(np.float64), origin, scale)
     polygons = to_level0(outlines, np.broadcast_to(origin, (len(idx), 2)), scale)
