@@ -26,8 +26,9 @@ from .journal import Journal, quick_file_hash
 from .points import PlanPoints, TilePoints, load_plan_points
 from .records import SlideNuclei, from_tile_nuclei, load_part, save_part
 from .slides import SlideReader, resolve_mpp
+from .stains import StainModel, fit_stains
 from .tiling import Tile, TileGrid
-from .tissue import TissueConfig, tissue_mask
+from .tissue import TissueConfig, detect_tissue, tissue_mask
 
 FORMATS = ("geojson", "zarr", "table", "anndata")  # every --formats choice
 DEFAULT_FORMATS = ("geojson", "zarr", "table")  # anndata needs an optional extra
@@ -53,6 +54,7 @@ class SegmentSettings:
     wait_for_lock: bool = False  # wait for another run holding a slide's folder instead of refusing
     points: str | None = None  # a person's points file (points.py): prompts instead of, or besides, the prompter's
     points_mode: str = "only"  # "only" (--points) or "add" (--add-points)
+    min_nucleus_um2: float | None = None  # masks smaller are dropped (counted); None: the model's (plausibility.py)
 
 # A region narrower than this many model px (8 um at 0.25 um/px) cannot hold a nucleus (5-20 um).
 MIN_REGION_MODEL_PX = 32
@@ -77,6 +79,8 @@ class SlidePlan:
     read_level: int = 0  # the pyramid level tiles are read from
     tissue_mm2: float = 0.0  # tissue area inside the region (the whole region without a tissue mask)
     points: PlanPoints | None = None  # given points (--points / --add-points)
+    stains: StainModel = StainModel()  # the slide's colour deconvolution (stains.py), for the OD columns
+    min_nucleus_um2: float = 0.0  # masks smaller than this are dropped and counted
 
     def level0_box(self, tile: Tile) -> tuple[float, float, float, float]:
         """The tile's level-0 box (x, y, w, h); exact floats, so tiles map back without drift."""
@@ -88,10 +92,7 @@ def plan_slide(
 ) -> SlidePlan:
     slide_mpp, mpp_source = resolve_mpp(reader, settings.mpp, force=settings.force_mpp)
     width0, height0 = reader.dimensions
-    roi = settings.roi or (0, 0, width0, height0)
-    x, y, w, h = roi
-    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width0 or y + h > height0:
-        raise PipelineInputError(reader.path, f"--roi {x},{y},{w},{h} is not inside the slide ({width0}x{height0} level-0 px)", "give x,y,w,h within the slide")
+    x, y, w, h = _region(reader, settings)
     scale = model_mpp / slide_mpp
     refuse_too_small(reader, (w, h), slide_mpp, scale, bool(settings.roi))
     refuse_black(reader)
@@ -112,10 +113,7 @@ def plan_slide(
         plan.tissue_mm2 = region_mm2 * mask.fraction_in(plan.roi)
         tiles = [t for t in tiles if mask.fraction_in(plan.level0_box(t)) > 0]
         if not tiles and points is None:
-            raise PipelineInputError(
-                reader.path, "no tissue found in the slide" + (" region" if settings.roi else ""),
-                "check that this is the right file (blank or out-of-focus scans look empty), or pass --no-tissue-mask to process every tile",
-            )
+            raise _no_tissue(reader, settings)
     if points is not None:  # every tile that owns a given point runs, tissue or not
         gxy = points.region_xy(plan.roi, scale)
         held = grid.indices_owning(gxy[:, 0], gxy[:, 1]) | ({t.index for t in tiles} if not only_points else set())
@@ -123,7 +121,51 @@ def plan_slide(
     refuse_grayscale(reader)  # after the tissue check: blank glass is "no tissue", not "grayscale"; black is refused before
     plan.tiles = tiles
     plan.batches = [tiles[i : i + settings.batch_size] for i in range(0, len(tiles), settings.batch_size)]
+    plan.stains = slide_stains(reader, plan)
     return plan
+
+
+def slide_stains(reader: SlideReader, plan: SlidePlan, patches: int = 6, side: int = 256) -> StainModel:
+    """Fit the slide's stains once, before any batch, so every tile (resumed or on another
+    worker) is measured alike: white from the thumbnail's glass, vectors from a few
+    model-resolution crops at the centres of tiles spread over the plan."""
+    thumb = reader.thumbnail(1024)
+    tissue, _ = detect_tissue(thumb, max(1, thumb.shape[0] * thumb.shape[1] // 10000))
+    picks = plan.tiles[:: max(1, len(plan.tiles) // patches)][:patches]
+    crops = []
+    for tile in picks:
+        x0, y0, _, _ = plan.level0_box(tile)
+        w, h = min(side, tile.w), min(side, tile.h)
+        crops.append(reader.read_scaled(x0 + (tile.w - w) / 2 * plan.scale, y0 + (tile.h - h) / 2 * plan.scale, w, h, plan.scale))
+    return fit_stains(thumb, tissue, crops)
+
+
+def check_slide(reader: SlideReader, settings: SegmentSettings) -> None:
+    """The refusals `plan_slide` makes that need no model (microns per pixel, region, black,
+    no tissue, grayscale), in its order: run on every slide before the model loads (7.7 s, 1 GB)
+    so that a slide that cannot run is refused in a second."""
+    resolve_mpp(reader, settings.mpp, force=settings.force_mpp)
+    roi = _region(reader, settings)
+    refuse_black(reader)
+    if settings.use_tissue_mask and not settings.points and tissue_mask(reader).fraction_in(roi) <= 0:
+        raise _no_tissue(reader, settings)  # with given points, their tiles run whatever the tissue
+    refuse_grayscale(reader)
+
+
+def _region(reader: SlideReader, settings: SegmentSettings) -> tuple[int, int, int, int]:
+    """The level-0 region to process: --roi, checked to lie inside the slide, or the whole slide."""
+    width0, height0 = reader.dimensions
+    x, y, w, h = settings.roi or (0, 0, width0, height0)
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width0 or y + h > height0:
+        raise PipelineInputError(reader.path, f"--roi {x},{y},{w},{h} is not inside the slide ({width0}x{height0} level-0 px)", "give x,y,w,h within the slide")
+    return x, y, w, h
+
+
+def _no_tissue(reader: SlideReader, settings: SegmentSettings) -> PipelineInputError:
+    return PipelineInputError(
+        reader.path, "no tissue found in the slide" + (" region" if settings.roi else ""),
+        "check that this is the right file (blank or out-of-focus scans look empty), or pass --no-tissue-mask to process every tile",
+    )
 
 
 def refuse_too_small(reader: SlideReader, size: tuple[int, int], mpp: float, scale: float, is_roi: bool) -> None:
@@ -192,17 +234,21 @@ def _postprocess(
 ) -> int:
     parts = []
     facts: dict[str, Any] = {"points_missing": [], "points_deleted": 0} if plan.points is not None else {}
+    small = 0
     for tile, rgb, origin, scale, nuclei, given in results:
         owned = _owned(plan, tile, nuclei, origin, scale)
         if given is not None:  # given points: which the tile owns but got no nucleus; Ignore* deletions
             owned, missing, deleted = given.apply(owned, _owns(plan, tile, given.prompts.points, origin, scale))
             facts["points_missing"] += missing
             facts["points_deleted"] += deleted
-        parts.append(from_tile_nuclei(owned, origin_level0=origin, scale=scale, slide_key=plan.slide_key, rgb_tile=rgb, model_mpp=plan.model_mpp, simplify_tolerance_px=settings.simplify_tolerance))
+        found = from_tile_nuclei(owned, origin_level0=origin, scale=scale, slide_key=plan.slide_key, rgb_tile=rgb, model_mpp=plan.model_mpp, simplify_tolerance_px=settings.simplify_tolerance, stains=plan.stains)
+        big = found.measurements["area_um2"] >= plan.min_nucleus_um2  # smaller: fragments, not nuclei
+        small += int((~big).sum())
+        parts.append(found if big.all() else found.select(big))
     batch = SlideNuclei.concatenate(parts)
     part = journal.part_path(batch_index)
     save_part(part, batch)
-    journal.record(batch_index, part, {"tiles": [t.index for t, *_ in results], "nuclei": len(batch), **facts})
+    journal.record(batch_index, part, {"tiles": [t.index for t, *_ in results], "nuclei": len(batch), "small_dropped": small, **facts})
     return len(batch)
 
 
@@ -214,8 +260,10 @@ def run_batches(
     journal: Journal,
     settings: SegmentSettings,
     on_batch: Callable[[int, int], None] | None = None,
+    on_tile: Callable[[], None] | None = None,
 ) -> BatchStats:
-    """Run the given batches (skipping any already journaled) and journal each as it finishes."""
+    """Run the given batches (skipping any already journaled) and journal each as it finishes;
+    `on_tile` is called as each tile leaves the model, `on_batch(tiles, nuclei)` as each batch is journaled."""
     done = journal.done()
     todo = [b for b in batch_indices if b not in done]
     stats = BatchStats()
@@ -226,9 +274,14 @@ def run_batches(
         for b, tiles in zip(todo, _prefetched(readers, reader, plan, todo, prefetch=2 * settings.batch_size)):
             if stop_requested():
                 break  # a signal: journal what is in post-processing, then stop (interrupts.py)
-            rgbs = [rgb for _, rgb, _, _ in tiles]
             given = [plan.points.on_tile(t, o, s) if plan.points is not None else None for t, _, o, s in tiles]
-            nuclei = predictor.predict(rgbs) if plan.points is None else predictor.predict(rgbs, [g.prompts for g in given if g is not None])
+            nuclei = []
+            for (_, rgb, _, _), g in zip(tiles, given):  # one tile per call: progress per tile (the predictor batches its windows itself)
+                nuclei += predictor.predict([rgb]) if g is None else predictor.predict([rgb], [g.prompts])
+                if on_tile is not None:
+                    on_tile()
+                while pending and pending[0][0].done():  # report a journaled batch as soon as it is
+                    _finish(*pending.popleft(), stats, on_batch)
             results = [(t, rgb, o, s, n, g) for (t, rgb, o, s), n, g in zip(tiles, nuclei, given)]
             pending.append((post.submit(_postprocess, plan, settings, journal, b, results), len(tiles)))
             stats.tiles += len(tiles)

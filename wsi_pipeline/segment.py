@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from tqdm import tqdm
+import numpy as np
 
 from promptnucseg.models.interface import NucleusPredictor
 from .errors import PipelineInputError
@@ -22,8 +22,10 @@ from .exporters.atomic import atomic_write_text, ensure_output_folder
 from .interrupts import Interrupted
 from .journal import Journal, fingerprint_hash
 from .locking import LOCK_NAME, FolderLock, FolderLocked
+from .plausibility import ranges_for, result_warnings
 from .points import output_classes, points_report
 from .preflight import check_free_space, disk_full_explained, plan_summary
+from .progress import SlideProgress
 from .runner import SegmentSettings, SlidePlan, iter_parts, peak_rss_mb, plan_slide, run_batches
 from .slides import SlideReader, open_slide
 
@@ -96,6 +98,8 @@ def fingerprint(plan: SlidePlan, model: ModelFacts, settings: SegmentSettings) -
         "batch_size": settings.batch_size,
         "simplify_tolerance": settings.simplify_tolerance,
         "tissue_mask": settings.use_tissue_mask,
+        "stains": plan.stains.describe(),
+        "min_nucleus_um2": plan.min_nucleus_um2,
         # a resume with another points file (or mode) must not mix into this one's outputs
         **({"points": plan.points.fingerprint()} if plan.points is not None else {}),
     }
@@ -163,6 +167,7 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
     """Plan the slide and open (or resume) its journal; notices an already finished run."""
     started = time.monotonic()
     plan = plan_slide(reader, settings, model.mpp, window_grid=model.window_grid, class_names=model.class_names)
+    plan.min_nucleus_um2 = ranges_for(model.describe()).min_nucleus_um2 if settings.min_nucleus_um2 is None else settings.min_nucleus_um2
     folder = slide_folder(out_root, plan.path)
     ensure_output_folder(folder / f"{plan.stem}_report.json")
     paths = output_paths(folder, plan.stem, settings)
@@ -196,13 +201,15 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
     return job
 
 
-def finish_slide(job: SlideJob, model: ModelFacts, settings: SegmentSettings, run_facts: dict[str, Any]) -> dict[str, Any]:
+def finish_slide(job: SlideJob, model: ModelFacts, settings: SegmentSettings, run_facts: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export from the journaled parts, write the JSON report, then drop the journal."""
     with disk_full_explained(job.folder):
         report = finalize(job.plan, job.journal, model, settings, job.paths, job.fingerprint)
         report.update({"wall_seconds": round(time.monotonic() - job.started, 3), **run_facts, "resumed": job.resumed})
         atomic_write_text(job.paths["report"], json.dumps(report, indent=1, default=str))
     job.journal.clear()
+    for warning in report["warnings"]:
+        log(f"{job.plan.path.name}: warning: {warning}")
     return report
 
 
@@ -223,18 +230,12 @@ def _segment_locked(path: str | Path, out_root: str | Path, predictor: NucleusPr
         if job.finished_report is not None:
             return job.finished_report
         plan = job.plan
-        bar = tqdm(total=len(plan.tiles), initial=job.tiles_done(), desc=plan.path.name, unit="tile", disable=not settings.progress, dynamic_ncols=True)
-
-        found = [0]  # nuclei owned by the batches finished in this run, shown as a running total
-
-        def on_batch(n_tiles: int, n_nuclei: int) -> None:
-            found[0] += n_nuclei
-            bar.update(n_tiles)
-            bar.set_postfix(nuclei=found[0])
+        done_nuclei = sum(int(rec.get("nuclei", 0)) for rec in job.journal.done().values())
+        bar = SlideProgress(plan.path.name, len(plan.tiles), job.tiles_done(), plan.tissue_mm2, done_nuclei, settings.progress)
 
         try:
             with disk_full_explained(job.folder):
-                stats = run_batches(reader, plan, range(len(plan.batches)), predictor, job.journal, settings, on_batch)
+                stats = run_batches(reader, plan, range(len(plan.batches)), predictor, job.journal, settings, lambda _t, n: bar.batch_done(n), bar.tile_done)
         except Interrupted as stop:
             stop.progress = (len(job.journal.done()), len(plan.batches))
             raise
@@ -248,6 +249,7 @@ def _segment_locked(path: str | Path, out_root: str | Path, predictor: NucleusPr
             "nuclei_per_second": round(stats.nuclei / stats.seconds, 3) if stats.seconds else None,
             "peak_rss_mb": round(peak_rss_mb(), 1),
         },
+        log,
     )
 
 
@@ -258,10 +260,15 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
     names, colors = output_classes(plan.points, model.class_names, model.class_colors)
     counts = {name: 0 for name in names}
     total = 0
+    areas = []
     for part in iter_parts(journal):
         total += len(part)
+        areas.append(part.measurements["area_um2"])
         for c in part.classes:
             counts[names[int(c)]] += 1
+    median_area = float(np.nanmedian(np.concatenate(areas))) if total else None
+    ranges = ranges_for(model.describe())
+    small = sum(int(rec.get("small_dropped", 0)) for rec in journal.done().values())
     meta = {
         "slide": str(plan.path),
         "slide_mpp": plan.slide_mpp,
@@ -300,6 +307,14 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         },
         "batches": len(plan.batches),
         "tissue_fraction": round(plan.tissue_fraction, 4),
+        "tissue_mm2": round(plan.tissue_mm2, 4),
+        "nuclei_per_mm2_tissue": round(total / plan.tissue_mm2, 1) if plan.tissue_mm2 > 0 else None,
+        "median_area_um2": None if median_area is None else round(median_area, 2),
+        "small_masks_dropped": small,
+        "min_nucleus_um2": plan.min_nucleus_um2,
+        "plausible_ranges": asdict(ranges),
+        "warnings": result_warnings(total, plan.tissue_mm2, median_area, plan.slide_mpp, plan.mpp_source, ranges),
+        "stains": plan.stains.describe(),
         "mpp_used": plan.slide_mpp,
         "mpp_source": plan.mpp_source,
         "model_mpp": plan.model_mpp,

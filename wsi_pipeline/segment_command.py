@@ -110,6 +110,24 @@ def _refuse_locked(slides: list[Path], out: Path) -> list["SlideResult"]:
     return refused
 
 
+def _refuse_unusable(slides: list[Path], settings: "SegmentSettings") -> list["SlideResult"]:
+    """Slides that cannot run (unreadable, no or implausible mpp, bad region, black, no tissue,
+    grayscale), refused one line each before the model loads; the rest go on."""
+    from .runner import check_slide
+    from .segment import failed_result
+    from .slides import open_slide
+
+    refused = []
+    for slide in slides:
+        try:
+            with open_slide(slide) as reader:
+                check_slide(reader, settings)
+        except Exception as err:  # the same one-line message segment_slide would give
+            refused.append(failed_result(slide, err))
+            _print_result(refused[-1])
+    return refused
+
+
 def _run(args: argparse.Namespace) -> int:
     from promptnucseg.models.interface import load_predictor
     from .errors import PipelineInputError
@@ -164,6 +182,12 @@ def _run(args: argparse.Namespace) -> int:
     except (PipelineInputError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    unusable = _refuse_unusable(slides, settings)
+    slides = [s for s in slides if str(s) not in {r.slide for r in unusable}]
+    refused += unusable
+    if not slides:  # nothing can run: no need to load the model
+        print(f"{len(refused)} of {total} slides failed: {', '.join(r.slide for r in refused)}", file=sys.stderr)
+        return EXIT_LOCKED if all(r.locked for r in refused) else 1
     if args.scheduler or args.cluster:
         from .distributed import ModelSpec, run_distributed
 

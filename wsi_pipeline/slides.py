@@ -336,7 +336,19 @@ class SlideReader(ABC):
 
 
 def _missing_mpp_error(reader: SlideReader) -> PipelineInputError:
-    return PipelineInputError(reader.path, "the slide's metadata gives no microns per pixel", MPP_FIX)
+    return PipelineInputError(reader.path, "the slide's metadata gives no microns per pixel", mpp_hint(reader.dimensions, reader.objective_power))
+
+
+def mpp_hint(dimensions: tuple[int, int], objective_power: float | None = None) -> str:
+    """How to find the true value, not only a guess: a wrong --mpp runs to the end at the
+    wrong scale (0 nuclei, no error), so the hint gives two independent ways to get it."""
+    width = int(dimensions[0])
+    seen = f"this file says it was scanned at {objective_power:g}x, i.e. ~{10 / objective_power:.2g} um/px; " if objective_power else ""
+    return (
+        f"pass --mpp with the slide's true microns per pixel: {seen}the scanner's objective gives it (~0.25 for 40x, ~0.5 for 20x, "
+        f"~1.0 for 10x; the scan's own report or viewer gives the exact value), or measure: the section's width in mm x 1000 / "
+        f"its width in pixels (this level-0 image is {width:,} px wide, so a section filling it at 15 mm would be {15000 / max(width, 1):.2g} um/px)"
+    )
 
 
 def implausible_mpp(mpp: float, source: str, path: str | Path | None = None) -> PipelineInputError | None:

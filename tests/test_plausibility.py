@@ -1,0 +1,79 @@
+"""A result that cannot be right says so (plausibility.py), and slides that cannot run are
+refused before the model loads (segment_command._refuse_unusable), on the real shared slides."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from promptnucseg.cli import main
+from promptnucseg.wsi_pipeline.plausibility import NucleusRanges, result_warnings
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TCGA = DATA / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+KUMAR_VAL = DATA / "kumar" / "train" / "images" / "TCGA-18-5592-01Z-00-DX1.png"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"needs {path} (../shared/data beside the repo)")
+    return path
+
+
+def test_warnings_name_mpp_only_when_figures_are_far_off():
+    ranges = NucleusRanges()
+    assert result_warnings(6000, 1.0, 20.0, 0.25, "metadata", ranges) == []
+    none_found = result_warnings(0, 0.2, None, 0.25, "override", ranges)
+    assert len(none_found) == 1 and "0 nuclei per mm^2" in none_found[0] and "--mpp" in none_found[0]
+    tiny = result_warnings(5000, 1.0, 1.2, 0.25, "override", ranges)
+    assert len(tiny) == 1 and "median nucleus area 1.2" in tiny[0]
+    assert result_warnings(0, 0.001, None, 0.25, "override", ranges) == []  # too little tissue to judge
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Loading the model fails the test: refusals must come first."""
+    from promptnucseg.models import interface
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the refusal")
+
+    monkeypatch.setattr(interface, "load_predictor", refuse)
+
+
+def test_missing_mpp_and_no_tissue_are_refused_without_loading_the_model(tmp_path, capsys, no_model):
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((400, 400, 3), 242, np.uint8)).save(blank)
+    code = main(["segment", str(need(TCGA)), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("error:") == 1
+    assert "no microns per pixel" in err and "objective" in err and "width in mm" in err and "4,443 px wide" in err
+    code = main(["segment", str(blank), "--out", str(tmp_path / "out"), "--no-progress", "--mpp", "0.25"])
+    err = capsys.readouterr().err
+    assert code == 1 and "no tissue found" in err
+
+
+@pytest.mark.slow
+def test_a_wrong_mpp_on_a_real_slide_warns_and_a_right_one_does_not(tmp_path):
+    from promptnucseg.models.interface import load_predictor
+    from promptnucseg.models.predictor import BUNDLED_WEIGHTS
+    from promptnucseg.wsi_pipeline.runner import SegmentSettings
+    from promptnucseg.wsi_pipeline.segment import segment_slide
+
+    if not BUNDLED_WEIGHTS.is_file():
+        pytest.skip(f"the bundled model {BUNDLED_WEIGHTS} is not in this checkout")
+    predictor = load_predictor(device="cpu")
+    # the TCGA slide shows a whole section in 4,443 px (~4 um/px): told 0.25, its nuclei are specks
+    settings = SegmentSettings(tile_size=512, overlap=64, mpp=0.25, roi=(1800, 1400, 512, 512), formats=("table",), progress=False)
+    said: list[str] = []
+    report = segment_slide(need(TCGA), tmp_path, predictor, settings, log=said.append)
+    assert report["status"] == "complete" and report["warnings"]
+    assert any("warning:" in m and "--mpp" in m for m in said)
+    # a real 40x crop at its true scale: no warning
+    crop = tmp_path / "kumar.png"
+    Image.fromarray(np.asarray(Image.open(need(KUMAR_VAL)).convert("RGB"))[200:712, 300:812]).save(crop)
+    good = segment_slide(crop, tmp_path, predictor, SegmentSettings(tile_size=512, overlap=64, mpp=0.25, formats=("table",), progress=False), log=said.append)
+    assert good["nuclei"] > 50 and good["warnings"] == [], good["warnings"]
+    assert 300 < good["nuclei_per_mm2_tissue"] < 60000 and 5 < good["median_area_um2"] < 120
