@@ -5,7 +5,8 @@ for the first minutes, and its rate included the first tile's warm-up (model wei
 in, allocator, threads), which put the ETA off by a factor of ten; on resume it counted the
 journaled tiles as if done in no time. Here the rate is an average over this run's tiles
 after the first (smoothing 0: tqdm then divides by n - initial), and until a second tile is
-done the bar says "warm-up" rather than guessing.
+done the bar says "warm-up" and shows no rate rather than guessing; elapsed time counts from
+the end of that first tile.
 """
 from __future__ import annotations
 
@@ -39,19 +40,18 @@ class SlideProgress:
     def _show(self, state: str | None = None, ahead: int = 0, refresh: bool = True) -> None:
         n = self._bar.n + ahead
         done = n / self.total_tiles * self.tissue_mm2 if self.total_tiles else 0.0
-        post = {"tissue": f"{done:.2f}/{self.tissue_mm2:.2f} mm²", "nuclei": self.nuclei_done}
-        if state:
-            post = {"": state, **post}
-        self._bar.set_postfix(post, refresh=refresh)
+        text = f"tissue {done:.2f}/{self.tissue_mm2:.2f} mm², {self.nuclei_done:,} nuclei"
+        self._bar.set_postfix_str(f"{state}, {text}" if state else text, refresh=refresh)
 
     def tile_done(self) -> None:
-        first = not self._warm
-        self._show("warm-up done" if first else None, ahead=1, refresh=False)  # one redraw per tile, by update()
-        self._bar.update(1)
-        if first:  # the first tile of this run carries the warm-up: restart the clock after it
+        if not self._warm:  # the first tile of this run carries the warm-up: the clock starts after it
             self._warm = True
-            self._bar.initial = self._bar.n
+            self._bar.initial = self._bar.n + 1  # rate = (n - initial) / elapsed: "?" until a second tile
             self._bar.start_t = time.time()  # tqdm's own clock
+            self._show("warm-up done", ahead=1, refresh=False)
+        else:
+            self._show(ahead=1, refresh=False)  # one redraw per tile, by update()
+        self._bar.update(1)
 
     def batch_done(self, nuclei: int) -> None:
         self.nuclei_done += nuclei
