@@ -335,3 +335,14 @@ def test_a_slide_without_nuclei_still_gets_its_pictures(tmp_path, kumar):
     assert summary["nuclei"] == 0 and summary["density"]["total"] == 0 and summary["density"]["grid"] == [1, 1]
     assert np.array_equal(overlay_part(files["overlay"], (400, 300)), rgb)  # the slide, untouched
     assert files["areas"].is_file() and files["class_counts"].read_text().splitlines()[1] == "0,nucleus,0,0.00,#00ffff"
+
+
+def test_scale_bar_is_a_round_length_of_the_right_pixels():
+    from promptnucseg.wsi_pipeline.report import draw_scale_bar
+
+    image = Image.new("RGB", (1000, 400), (200, 100, 150))
+    length = draw_scale_bar(image, 0.31)  # 1000 px x 0.31 um / 5 = 62 um: a 50 um bar
+    assert length == 50
+    bar = np.asarray(image)[400 - 12 - 3]  # a row through the black bar
+    black = np.flatnonzero((bar == 0).all(axis=1))
+    assert abs(len(black) - 50 / 0.31) <= 2

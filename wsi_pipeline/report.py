@@ -216,6 +216,22 @@ def draw_outlines(canvas: Image.Image, offsets: np.ndarray, coords: np.ndarray, 
                     draw.line(ring + ring[:2], fill=color, width=width, joint="curve")
 
 
+def draw_scale_bar(image: Image.Image, um_per_px: float) -> float:
+    """A 1-2-5 x 10^k um bar, about a fifth of the width, bottom left, black on a white
+    box so it reads on any tissue; returns its length in um."""
+    target = image.width * um_per_px / 5
+    k = 10 ** math.floor(math.log10(target))
+    length = max(m * k for m in (1, 2, 5) if m * k <= target)
+    px = int(round(length / um_per_px))
+    d = ImageDraw.Draw(image)
+    x0, y1 = 12, image.height - 12
+    label = f"{length:g} µm"
+    d.rectangle((x0 - 6, y1 - 30, x0 + max(px, 60) + 6, y1 + 6), fill=(255, 255, 255))
+    d.rectangle((x0, y1 - 6, x0 + px, y1), fill=(0, 0, 0))
+    d.text((x0, y1 - 26), label, fill=(0, 0, 0), font=_font(18))
+    return length
+
+
 def paint_dots(pixels: np.ndarray, xy: np.ndarray, classes: np.ndarray, colors: list[tuple[int, int, int]], scale: float, size: int) -> None:
     """Square dots of `size` px at level-0 points, in place on an (H, W, 3) thumbnail array."""
     h, w = pixels.shape[:2]
@@ -604,7 +620,7 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
 
         files: dict[str, Path] = {}
         zoom_info: dict[str, Any] | None = None
-        if dots and columns.n:
+        if columns.n and diameter is not None and (dots or scale > 1.0):  # the thumbnail is shrunk: show real outlines too
             if density is not None:
                 centre = density.densest_window(zoom_side * max(0.25, diameter / ZOOM_DIAMETER_PX))
             else:  # no mpp, no density map: centre on the first chunk's nuclei
@@ -614,6 +630,8 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
             x0, y0, w0, h0 = zoom_info["box_level0"]
             zs = zoom_info["scale"]
             title = f"{stem}: densest region, level-0 x {x0:,.0f}-{x0 + w0:,.0f}, y {y0:,.0f}-{y0 + h0:,.0f} ({zs:.2f} level-0 px per px{f', {zs * mpp:.2f} µm/px' if mpp else ''}); whole-slide counts"
+            if mpp:
+                draw_scale_bar(zoom_img, zs * mpp)
             zoom_counts = [(c["class"], info.colors[c["index"]], c["count"]) for c in counts if c["count"]]
             _save_png(_with_legend(zoom_img, legend_strip(zoom_img.width, title, zoom_counts)), paths["zoom"])
             files["zoom"] = paths["zoom"]
@@ -788,7 +806,7 @@ td.n,th.n{text-align:right}.figs td:first-child{color:#666}
 figcaption{font-size:13px;color:#555;margin-top:3px}
 .note{color:#8a5a00;background:#fff6e0;border-left:3px solid #d68910;padding:6px 10px;margin:8px 0;font-size:14px}
 .err{color:#922;background:#fdecea;border-left-color:#c0392b}
-.cols{display:flex;flex-wrap:wrap;gap:36px}small{color:#666}
+.cols{display:flex;flex-wrap:wrap;gap:36px}small{color:#666}details{font-size:14px;margin:4px 0 10px}summary{cursor:pointer;color:#444}
 """
 
 
@@ -796,31 +814,70 @@ def _rel(path: Path, base: Path) -> str:
     return html.escape(os.path.relpath(path, base).replace(os.sep, "/"), quote=True)
 
 
+# Weights licences (the bundle does not carry one yet; see models/weights/MODEL_CARD.md)
+LICENCES = {"promptnucseg-light-kumar": "CC BY-NC-SA 4.0: non-commercial use only, share-alike (trained on MoNuSeg)"}
+
+
+def _accuracy(r: dict[str, Any]) -> str:
+    """The model's own validation figures, as the model file records them."""
+    metrics = (r.get("model") or {}).get("metrics") if isinstance(r.get("model"), dict) else None
+    if not isinstance(metrics, dict):
+        return "—"
+    parts = []
+    f1 = (metrics.get("prompter") or {}).get("val_det_f1")
+    iou = (metrics.get("segmentor") or {}).get("val_oracle_miou")
+    if f1 is not None:
+        parts.append(f"detection F1 {float(f1):.2f}")
+    if iou is not None:
+        parts.append(f"mask IoU {float(iou):.2f} (given the right point)")
+    return (", ".join(parts) + " <small>on held-out training-set images; see the model card</small>") if parts else "—"
+
+
 def _figures_table(entry: SlideEntry) -> str:
+    """What the tissue holds first; the run's engineering figures folded into a details box."""
     r = entry.report
     pics = entry.pictures or {}
     dims = (r.get("slide_facts") or {}).get("dimensions")
+    model = r.get("model") if isinstance(r.get("model"), dict) else {}
     rows = [
         ("slide file", html.escape(str(r.get("slide", "—")))),
-        ("level-0 size", f"{dims[0]:,} × {dims[1]:,} px" if isinstance(dims, list) and len(dims) == 2 else "—"),
-        ("nuclei", _num(r.get("nuclei"))),
-        ("tiles", f"{_num(r.get('tiles'))}" + (f" <small>of {_num(r.get('tiles_in_grid'))} in the grid; tissue {100 * float(r['tissue_fraction']):.0f}%</small>" if r.get("tissue_fraction") is not None else "")),
-        ("wall time", _duration(r.get("wall_seconds")) + (" <small>(resumed)</small>" if r.get("resumed") else "")),
-        ("tiles / s", _num(r.get("tiles_per_second"), 2)),
-        ("nuclei / s", _num(r.get("nuclei_per_second"), 1)),
-        ("peak RAM", f"{_num(r.get('peak_rss_mb'))} MB" if r.get("peak_rss_mb") is not None else "—"),
+        ("tissue", f"{_num(r.get('tissue_mm2'), 2)} mm²" if r.get("tissue_mm2") is not None else "—"),
+        ("nuclei", _num(r.get("nuclei")) + (f" <small>({_num(r['small_masks_dropped'])} fragments below {_num(r.get('min_nucleus_um2'), 1)} µm² left out)</small>" if r.get("small_masks_dropped") else "")),
+        ("nuclei per mm² of tissue", _num(r.get("nuclei_per_mm2_tissue"))),
+        ("median nucleus area", f"{_num(r.get('median_area_um2'), 1)} µm²" if r.get("median_area_um2") is not None else "—"),
         ("µm per pixel", f"{_num(r.get('mpp_used'), 4)} <small>from {html.escape(str(r.get('mpp_source', '—')))}</small>"),
         ("model", html.escape(_model_name(r)) + (f" <small>at {_num(r.get('model_mpp'), 3)} µm/px</small>" if r.get("model_mpp") else "")),
+        ("model accuracy", _accuracy(r)),
+        ("weights licence", html.escape(LICENCES.get(str(model.get("model")), "see the model file's documentation"))),
     ]
     if (r.get("settings") or {}).get("roi"):
         rows.append(("region", "level-0 x, y, w, h = " + html.escape(", ".join(str(v) for v in r["settings"]["roi"]))))
     if (pics.get("density") or {}).get("max_per_mm2") is not None:
         d = pics["density"]
         rows.append(("density", f"peak {_num(d['max_per_mm2'])} / mm², median {_num(d['median_nonempty_per_mm2'])} / mm² <small>(non-empty {_num(d['bin_um'])} µm bins)</small>"))
-    if (pics.get("areas") or {}).get("median_um2") is not None:
-        rows.append(("median area", f"{_num(pics['areas']['median_um2'], 1)} µm²"))
+    details = [
+        ("level-0 size", f"{dims[0]:,} × {dims[1]:,} px" if isinstance(dims, list) and len(dims) == 2 else "—"),
+        ("tiles", f"{_num(r.get('tiles'))}" + (f" <small>of {_num(r.get('tiles_in_grid'))} in the grid; tissue {100 * float(r['tissue_fraction']):.0f}% of the slide</small>" if r.get("tissue_fraction") is not None else "")),
+        ("wall time", _duration(r.get("wall_seconds")) + (" <small>(resumed)</small>" if r.get("resumed") else "")),
+        ("tiles / s", _num(r.get("tiles_per_second"), 2)),
+        ("nuclei / s", _num(r.get("nuclei_per_second"), 1)),
+        ("peak RAM", f"{_num(r.get('peak_rss_mb'))} MB" if r.get("peak_rss_mb") is not None else "—"),
+        ("stain vectors", html.escape(str((r.get("stains") or {}).get("source", "—")))),
+    ]
     body = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
-    return f'<table class="figs">{body}</table>'
+    more = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in details)
+    return f'<table class="figs">{body}</table><details><summary>Run details</summary><table class="figs">{more}</table></details>'
+
+
+def _qupath_line(entry: SlideEntry) -> str:
+    geojson = (entry.report.get("outputs") or {}).get("geojson")
+    if not geojson:
+        return ""
+    name = Path(str(geojson)).name
+    how = f"<b>Open in QuPath:</b> open the slide, then <i>File &gt; Import objects</i> and pick <code>{html.escape(name)}</code>"
+    if name.endswith(".gz"):
+        how += " <small>(QuPath's importer does not read .gz: use scripts/qupath/import_promptnucseg.groovy)</small>"
+    return f"<p>{how}</p>"
 
 
 def _swatch(color: str | None) -> str:
@@ -870,11 +927,12 @@ def _section(entry: SlideEntry, base: Path) -> str:
     notes = [html.escape(n) for n in pics.get("notes", [])]
     if entry.problem:
         notes.append(html.escape(entry.problem))
+    notes += [html.escape("Check this result: " + w) for w in entry.report.get("warnings") or []]
     mode = (pics.get("overlay") or {}).get("mode")
     overlay_caption = "Slide thumbnail with every nucleus outlined in its class colour" if mode == "outlines" else "Slide thumbnail with every nucleus as a dot in its class colour; the box marks the zoomed crop"
     figures = (
         _picture(entry, base, "overlay", overlay_caption, wide=True)
-        + _picture(entry, base, "zoom", "Densest region at a resolution where outlines are visible", wide=True)
+        + _picture(entry, base, "zoom", "Densest region at a resolution where outlines are visible (scale bar in µm)", wide=True)
         + _picture(entry, base, "density", "Nuclei per mm² on 100 µm bins")
         + _picture(entry, base, "areas", "Nuclear areas (µm²)")
     )
@@ -882,6 +940,7 @@ def _section(entry: SlideEntry, base: Path) -> str:
         f"<section>{head}"
         + "".join(f'<p class="note">{n}</p>' for n in notes)
         + f'<div class="cols"><div>{_figures_table(entry)}</div><div>{_class_table(entry)}</div></div>'
+        + _qupath_line(entry)
         + _outputs_list(entry, base)
         + (f'<div class="pics">{figures}</div>' if figures else "")
         + "</section>"
