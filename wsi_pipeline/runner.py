@@ -243,6 +243,9 @@ def _postprocess(
             facts["points_deleted"] += deleted
         found = from_tile_nuclei(owned, origin_level0=origin, scale=scale, slide_key=plan.slide_key, rgb_tile=rgb, model_mpp=plan.model_mpp, simplify_tolerance_px=settings.simplify_tolerance, stains=plan.stains)
         big = found.measurements["area_um2"] >= plan.min_nucleus_um2  # smaller: fragments, not nuclei
+        if given is not None and len(found):  # a person's point keeps its nucleus, however small
+            chosen = {tuple(p) for p in mask_pixel_to_level0(given.prompts.points.astype(np.float64), origin, scale).tolist()}
+            big |= np.fromiter((tuple(p) in chosen for p in found.points.tolist()), bool, len(found))
         small += int((~big).sum())
         parts.append(found if big.all() else found.select(big))
     batch = SlideNuclei.concatenate(parts)

@@ -345,8 +345,8 @@ def mpp_hint(dimensions: tuple[int, int], objective_power: float | None = None) 
     width = int(dimensions[0])
     seen = f"this file says it was scanned at {objective_power:g}x, i.e. ~{10 / objective_power:.2g} um/px; " if objective_power else ""
     return (
-        f"pass --mpp with the slide's true microns per pixel: {seen}the scanner's objective gives it (~0.25 for 40x, ~0.5 for 20x, "
-        f"~1.0 for 10x; the scan's own report or viewer gives the exact value), or measure: the section's width in mm x 1000 / "
+        f"pass --mpp with the slide's true microns per pixel: {seen}the scanner's objective gives it (e.g. --mpp 0.25 for a 40x scan, "
+        f"0.5 for 20x, 1.0 for 10x; the scan's own report or viewer gives the exact value), or measure: the section's width in mm x 1000 / "
         f"its width in pixels (this level-0 image is {width:,} px wide, so a section filling it at 15 mm would be {15000 / max(width, 1):.2g} um/px)"
     )
 
