@@ -82,7 +82,7 @@ class InferenceConfig:
     # negatives, each lies in the other's mask and the masks overlap by this IoU: the weaker
     # prompt is dropped and the other keeps its mask without that negative (0: off)
     duplicate_iou: float = 0.0
-    duplicate_distance: float = 32.0
+    duplicate_distance: float = 24.0
     prompt_batch: int = 256  # prompts decoded together against one embedding
     # run the prompter on the segmentor's window grid (each window keeps the prompts in its
     # share of the overlaps) rather than on the whole tile at once as the authors' release

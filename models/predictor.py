@@ -22,13 +22,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.spatial import cKDTree
 from torchvision.ops import nms
 
 from . import release
 from .checkpoints import CheckpointError, expect_kind, file_sha256, float_state, read_checkpoint
 from .devices import resolve_device
-from .duplicate_prompts import close_prompts, duplicate_prompts
+from .duplicate_prompts import close_prompts, duplicate_prompts, touching_pairs
 from .config import ModelConfig, SegmentorConfig, from_dict, to_dict
 from .interface import GivenPrompts, TileNuclei, span_shares, span_starts
 from .prompter import Prompter, select_prompts
@@ -174,12 +175,16 @@ class PromptNucSegPredictor:
                     (prompts.points[:, 0] >= x0) & (prompts.points[:, 0] < x0 + size) & (prompts.points[:, 1] >= y0) & (prompts.points[:, 1] < y0 + size)
                 )
                 inner = (x0 > 0, y0 > 0, x0 + size < w, y0 + size < h)  # left, top, right, bottom edges inside the tile
+                cut: dict[int, np.ndarray] = {}  # masks with negatives of the close prompts, this window
                 for part, labels_np in ((c, ls) for c in _chunks(list(inside), icfg.prompt_batch) for ls in label_sets):
                     logits, iou = decode(j, part, labels_np, (x0, y0))
                     touching = _touches_inner_edge(logits > icfg.mask_threshold, inner, icfg.edge_margin)
                     for n, p in enumerate(part):
                         keep(fallback if touching[n] else best, _Candidate(int(p), float(iou[n]), logits[n], (x0, y0)))
-                suspects = [int(p) for p in inside if p in close]
+                        if p in close:
+                            cut[int(p)] = (logits[n] > icfg.mask_threshold).cpu().numpy()
+                # only prompts whose masks touch a close neighbour's can be one nucleus cut in two
+                suspects = touching_pairs(cut, prompts.points, (x0, y0), icfg.duplicate_distance) if len(cut) > 1 else []
                 if len(suspects) > 1:  # decoded alone, two prompts of one nucleus give one mask holding both points
                     logits, iou = decode(j, suspects, no_negatives, (x0, y0))
                     local = prompts.points[suspects] - np.array([x0, y0], np.float32)
@@ -253,6 +258,7 @@ class PromptNucSegPredictor:
             m = (c.logits > icfg.mask_threshold).cpu().numpy()
             x0, y0 = c.origin
             m = m[: min(m.shape[0], h - y0), : min(m.shape[1], w - x0)]  # drop the padding of small tiles
+            m = one_region(m, prompts.points[p] - np.array([x0, y0], np.float32))
             ys, xs = np.nonzero(m)
             if len(ys) == 0:
                 continue
@@ -364,6 +370,19 @@ def _paint_nearest(inst: np.ndarray, nuclei: TileNuclei, which: np.ndarray) -> N
         take = m & (d < best[cy0:cy1, cx0:cx1])
         best[cy0:cy1, cx0:cx1][take] = d[take]
         inst[cy0:cy1, cx0:cx1][take] = i + 1
+
+
+def one_region(mask: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """A nucleus is one connected region: the mask's component under its prompt (else its
+    largest), so the mask, its polygon and the painted label map are the same shape."""
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    x, y = int(round(float(point[0]))), int(round(float(point[1])))
+    at = labels[y, x] if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] else 0
+    if at == 0:
+        at = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    return labels == at
 
 
 def _holds(cand: _Candidate, point: np.ndarray, threshold: float) -> bool:
