@@ -43,10 +43,16 @@ def bundle_model(
             "config": to_dict(config),
             "prompter": conv(p_ckpt["state_dict"]),
             "segmentor": conv(s_ckpt["state_dict"]),
-            "metrics": {"prompter": p_ckpt.get("metrics", {}), "segmentor": s_ckpt.get("metrics", {}), **(metrics or {})},
+            # the best epochs' validation records; their `minutes` count from the start of the last
+            # resumed chunk, not the training time (which the caller's metrics, the card, state)
+            "metrics": {"prompter": _best_epoch(p_ckpt), "segmentor": _best_epoch(s_ckpt), **(metrics or {})},
         },
     )
     return Path(out)
+
+
+def _best_epoch(ckpt: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in (ckpt.get("metrics") or {}).items() if k != "minutes"}
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:

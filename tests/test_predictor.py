@@ -142,6 +142,8 @@ def test_bundle_round_trip_gives_identical_nuclei(tmp_path, tiny_predictor):
     np.testing.assert_allclose(a.points, b.points)
     assert all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks))
     assert loaded.describe()["weights_sha256"]
+    # a best epoch's `minutes` count from its resumed chunk's start: not training time, so not kept
+    assert "minutes" not in loaded.source["metrics"]["prompter"] and "minutes" not in loaded.source["metrics"]["segmentor"]
     # a prompter alone is not a model: the error says what to pass
     with pytest.raises(CheckpointError, match="prompter alone"):
         load_predictor(tmp_path / "p.pt", device="cpu")

@@ -346,3 +346,11 @@ def test_scale_bar_is_a_round_length_of_the_right_pixels():
     bar = np.asarray(image)[400 - 12 - 3]  # a row through the black bar
     black = np.flatnonzero((bar == 0).all(axis=1))
     assert abs(len(black) - 50 / 0.31) <= 2
+
+
+def test_every_version_of_the_bundled_model_names_its_weights_licence():
+    from promptnucseg.wsi_pipeline.report import weights_licence
+
+    assert "CC BY-NC-SA 4.0" in weights_licence("promptnucseg-light-kumar")
+    assert "CC BY-NC-SA 4.0" in weights_licence("promptnucseg-light-kumar-v2")
+    assert "CC BY" not in weights_licence("my-own-model")

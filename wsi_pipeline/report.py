@@ -814,8 +814,13 @@ def _rel(path: Path, base: Path) -> str:
     return html.escape(os.path.relpath(path, base).replace(os.sep, "/"), quote=True)
 
 
-# Weights licences (the bundle does not carry one yet; see models/weights/MODEL_CARD.md)
+# Weights licences by model-name prefix (the bundle does not carry one yet; see models/weights/MODEL_CARD.md)
 LICENCES = {"promptnucseg-light-kumar": "CC BY-NC-SA 4.0: non-commercial use only, share-alike (trained on MoNuSeg)"}
+
+
+def weights_licence(model_name: str) -> str:
+    """The licence of a model's weights, for every version of a named model (v1, -v2, ...)."""
+    return next((text for prefix, text in LICENCES.items() if model_name.startswith(prefix)), "see the model file's documentation")
 
 
 def _accuracy(r: dict[str, Any]) -> str:
@@ -824,7 +829,10 @@ def _accuracy(r: dict[str, Any]) -> str:
     if not isinstance(metrics, dict):
         return "—"
     parts = []
-    f1 = (metrics.get("prompter") or {}).get("val_det_f1")
+    val = metrics.get("validation") or {}
+    if val.get("pq") is not None and val.get("aji") is not None:  # the model's whole-image scores, when its file has them
+        parts.append(f"PQ {float(val['pq']):.2f}, AJI {float(val['aji']):.2f}")
+    f1 = val.get("det_f1", (metrics.get("prompter") or {}).get("val_det_f1"))
     iou = (metrics.get("segmentor") or {}).get("val_oracle_miou")
     if f1 is not None:
         parts.append(f"detection F1 {float(f1):.2f}")
@@ -848,7 +856,7 @@ def _figures_table(entry: SlideEntry) -> str:
         ("µm per pixel", f"{_num(r.get('mpp_used'), 4)} <small>from {html.escape(str(r.get('mpp_source', '—')))}</small>"),
         ("model", html.escape(_model_name(r)) + (f" <small>at {_num(r.get('model_mpp'), 3)} µm/px</small>" if r.get("model_mpp") else "")),
         ("model accuracy", _accuracy(r)),
-        ("weights licence", html.escape(LICENCES.get(str(model.get("model")), "see the model file's documentation"))),
+        ("weights licence", html.escape(weights_licence(str(model.get("model"))))),
     ]
     if (r.get("settings") or {}).get("roi"):
         rows.append(("region", "level-0 x, y, w, h = " + html.escape(", ".join(str(v) for v in r["settings"]["roi"]))))
