@@ -25,6 +25,7 @@ from PIL import Image
 from promptnucseg.cli import main
 from promptnucseg.wsi_pipeline.runner import SegmentSettings
 from promptnucseg.wsi_pipeline.segment import segment_slide
+from conftest import need
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KUMAR_VAL = DATA / "kumar" / "train" / "images" / "TCGA-18-5592-01Z-00-DX1.png"
@@ -32,22 +33,6 @@ CMU = DATA / "slides" / "cmu_small_region.svs"
 TCGA = DATA / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
 
 pytestmark = pytest.mark.slow
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"needs {path} (../shared/data beside the repo)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def predictor():
-    from promptnucseg.models.interface import load_predictor
-    from promptnucseg.models.predictor import BUNDLED_WEIGHTS
-
-    if not BUNDLED_WEIGHTS.is_file():
-        pytest.skip(f"the bundled model {BUNDLED_WEIGHTS} is not in this checkout")
-    return load_predictor(device="cpu")
 
 
 def _kumar_png(tmp_path_factory, name: str, rows: slice, cols: slice) -> Path:

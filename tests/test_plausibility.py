@@ -10,16 +10,11 @@ from PIL import Image
 
 from promptnucseg.cli import main
 from promptnucseg.wsi_pipeline.plausibility import NucleusRanges, result_warnings
+from conftest import need
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TCGA = DATA / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
 KUMAR_VAL = DATA / "kumar" / "train" / "images" / "TCGA-18-5592-01Z-00-DX1.png"
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"needs {path} (../shared/data beside the repo)")
-    return path
 
 
 def test_warnings_name_mpp_only_when_figures_are_far_off():

@@ -22,17 +22,12 @@ from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.wsi_pipeline.points import PlanPoints, check_points, read_points
 from promptnucseg.wsi_pipeline.runner import SegmentSettings
 from promptnucseg.wsi_pipeline.segment import segment_slide
+from conftest import need
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KUMAR = "TCGA-18-5592-01Z-00-DX1"  # held out of training (configs/kumar_light.yaml)
 CMU = DATA / "slides" / "cmu_small_region.svs"
 EDGE = 16  # px: nuclei cut by the image edge may be outlined beside the point
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"needs {path} (../shared/data beside the repo)")
-    return path
 
 
 def qupath_geojson(path: Path, xy: np.ndarray, classes: list[str | None], bare_list: bool = False) -> Path:
@@ -47,16 +42,6 @@ def qupath_geojson(path: Path, xy: np.ndarray, classes: list[str | None], bare_l
         feats.append({"type": "Feature", "id": f"pts-{name}", "geometry": {"type": "MultiPoint", "coordinates": sel}, "properties": props})
     path.write_text(json.dumps(feats if bare_list else {"type": "FeatureCollection", "features": feats}, indent=2))
     return path
-
-
-@pytest.fixture(scope="module")
-def predictor():
-    from promptnucseg.models.interface import load_predictor
-    from promptnucseg.models.predictor import BUNDLED_WEIGHTS
-
-    if not BUNDLED_WEIGHTS.is_file():
-        pytest.skip(f"the bundled model {BUNDLED_WEIGHTS} is not in this checkout")
-    return load_predictor(device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from promptnucseg.wsi_pipeline.exporters import write_geojson, write_table, writ
 from promptnucseg.wsi_pipeline.journal import Journal
 from promptnucseg.wsi_pipeline.records import SlideNuclei, from_tile_nuclei, save_part
 from promptnucseg.wsi_pipeline.report import NucleusColumns, nucleus_density, render_run_report, render_slide_report
+from conftest import need
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KUMAR_IMAGE = "TCGA-18-5592-01Z-00-DX1"
@@ -33,12 +34,6 @@ CONSEP_NAMES = ["other", "inflammatory", "epithelial", "spindle-shaped"]
 CONSEP_COLORS = [(255, 255, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)]
 NUCLEUS_COLOR = (0, 255, 255)
 MPP = 0.25
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"needs {path} (../shared/data beside the repo)")
-    return path
 
 
 def nuclei_from_labels(labels: np.ndarray, rgb: np.ndarray, classes: dict[int, int], key: str) -> SlideNuclei:

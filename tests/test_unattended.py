@@ -27,17 +27,12 @@ from promptnucseg.wsi_pipeline.locking import LOCK_NAME, FolderLock, LockOwner
 from promptnucseg.wsi_pipeline.runner import SegmentSettings
 from promptnucseg.wsi_pipeline.segment import segment_slide
 from promptnucseg.wsi_pipeline.slides import open_slide, resolve_mpp
+from conftest import need
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CMU = DATA / "slides" / "cmu_small_region.svs"
 ROI = ("--roi", "600,900,400,400", "--tile-size", "256", "--overlap", "64", "--batch-size", "1", "--workers", "1")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"needs {path} (../shared/data beside the repo)")
-    return path
 
 
 def segment_cmd(out: Path, *extra: str) -> list[str]:
@@ -124,16 +119,6 @@ def test_force_mpp_accepts_an_implausible_resolution_that_is_refused_without_it(
 
 
 # -- 6. what is really wrong with an image ------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def predictor():
-    from promptnucseg.models.interface import load_predictor
-    from promptnucseg.models.predictor import BUNDLED_WEIGHTS
-
-    if not BUNDLED_WEIGHTS.is_file():
-        pytest.skip(f"the bundled model {BUNDLED_WEIGHTS} is not in this checkout")
-    return load_predictor(device="cpu")
-
 
 @pytest.mark.parametrize("pixels, says, not_says", [
     (np.zeros((600, 600, 3), np.uint8), "entirely black", "grayscale"),
