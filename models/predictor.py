@@ -144,9 +144,8 @@ class PromptNucSegPredictor:
         k = self.config.segmentor.num_negatives  # the run settings, not those the network was built with
         negatives = knn_negatives(prompts.points, k)
         coords_all, labels_all = assemble_prompts(prompts.points, prompts.points, negatives)
-        label_sets = [labels_all]
-        if icfg.decode_without_negatives and k > 0:  # the same prompts with their negatives masked out
-            label_sets.append(np.where(np.arange(labels_all.shape[1]) > 0, -1, labels_all).astype(labels_all.dtype))
+        no_negatives = np.where(np.arange(labels_all.shape[1]) > 0, -1, labels_all).astype(labels_all.dtype)  # negatives masked out
+        label_sets = [labels_all, no_negatives] if icfg.decode_without_negatives and k > 0 else [labels_all]
         step = size - icfg.window_overlap
         windows = [(x0, y0) for y0 in self._window_starts(h, size, step) for x0 in self._window_starts(w, size, step)]
         best: dict[int, _Candidate] = {}
@@ -156,7 +155,6 @@ class PromptNucSegPredictor:
         n_mine = len(prompts.points) - n_given  # a person's points (the last n_given) are never duplicates
         dedupe = icfg.duplicate_iou > 0 and k > 0
         close = set(close_prompts(prompts.points[:n_mine], icfg.duplicate_distance).tolist()) if dedupe else set()
-        no_negatives = np.where(np.arange(labels_all.shape[1]) > 0, -1, labels_all).astype(labels_all.dtype)
         views = DIHEDRAL if icfg.tta else DIHEDRAL[:1]
 
         def keep(pool: dict[int, _Candidate], cand: _Candidate) -> None:
@@ -164,8 +162,7 @@ class PromptNucSegPredictor:
                 pool[cand.prompt] = cand
 
         for chunk in _chunks(windows, self.batch_size):
-            crops = torch.from_numpy(np.stack([_window(tile, x0, y0, size) for x0, y0 in chunk])).permute(0, 3, 1, 2).to(self.torch_device)
-            emb = self.segmentor.embed(torch.cat([dihedral(crops, *v) for v in views]))  # view-major
+            emb = self._embed(tile, chunk, views)
 
             def decode(j: int, part: list[int], labels_np: np.ndarray, origin: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
                 return self._decode(emb, len(chunk), j, coords_all[part] - np.array(origin, np.float32), labels_np[part], views)
@@ -207,6 +204,12 @@ class PromptNucSegPredictor:
             best.update(self._centred(tile, prompts, misses, coords_all, labels_all, views))
         return self._merge(best, prompts, (h, w), n_given)
 
+    def _embed(self, tile: np.ndarray, origins: Sequence[tuple[int, int]], views: Sequence[tuple[int, bool]]) -> torch.Tensor:
+        """Embeddings of the windows at `origins`, each in every view, view-major (see `_decode`)."""
+        size = self.segmentor.crop_size
+        crops = torch.from_numpy(np.stack([_window(tile, x0, y0, size) for x0, y0 in origins])).permute(0, 3, 1, 2).to(self.torch_device)
+        return self.segmentor.embed(torch.cat([dihedral(crops, *v) for v in views]))
+
     def _decode(self, emb: torch.Tensor, n_windows: int, j: int, coords: np.ndarray, labels: np.ndarray, views: Sequence[tuple[int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (P, S, S) and IoU (P,) of prompts in window j of a view-major embedding batch,
         averaged over the views (test-time augmentation when there are several)."""
@@ -230,8 +233,7 @@ class PromptNucSegPredictor:
                 (int(np.clip(round(float(prompts.points[p, 0])) - size // 2, 0, max(w - size, 0))), int(np.clip(round(float(prompts.points[p, 1])) - size // 2, 0, max(h - size, 0))))
                 for p in chunk
             ]
-            crops = torch.from_numpy(np.stack([_window(tile, x0, y0, size) for x0, y0 in origins])).permute(0, 3, 1, 2).to(self.torch_device)
-            emb = self.segmentor.embed(torch.cat([dihedral(crops, *v) for v in views]))
+            emb = self._embed(tile, origins, views)
             for j, (p, origin) in enumerate(zip(chunk, origins)):
                 logits, iou = self._decode(emb, len(chunk), j, coords_all[[p]] - np.array(origin, np.float32), labels_all[[p]], views)
                 cand = _Candidate(p, float(iou[0]), logits[0], origin)
@@ -430,8 +432,9 @@ def check_tile(tile: np.ndarray) -> None:
 
 # -- loading -------------------------------------------------------------------------------
 
-def _load_bundle(path: Path) -> tuple[Prompter, Segmentor, ModelConfig, dict]:
-    ckpt = read_checkpoint(path)
+def _load_bundle(path: Path, ckpt: dict | None = None) -> tuple[Prompter, Segmentor, ModelConfig, dict]:
+    """Both networks of a `model` file (`ckpt`: the file already read, so it is read once)."""
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     expect_kind(path, ckpt, ("model",))
     config = from_dict(ModelConfig, ckpt["config"])
     prompter = Prompter(config.prompter)
@@ -465,12 +468,12 @@ def load_predictor(
     ckpt = read_checkpoint(path)
     source: dict[str, Any] = {"weights": str(path), "weights_sha256": file_sha256(path)}
     if ckpt.get("format") == "promptnucseg" and ckpt.get("kind") == "model":
-        prompter, segmentor, config, metrics = _load_bundle(path)
+        prompter, segmentor, config, metrics = _load_bundle(path, ckpt)
         source["metrics"] = metrics
         if preset:
             config = release.apply_preset(config, release.load_preset(preset, config.segmentor.arch))
             source["release_preset"] = {"name": preset, "reason": "chosen by the user"}
-    elif release.read_release_prompter(path, ckpt) is not None or (ckpt.get("format") == "promptnucseg" and ckpt.get("kind") == "prompter"):
+    elif release.release_prompter_state(ckpt) is not None or (ckpt.get("format") == "promptnucseg" and ckpt.get("kind") == "prompter"):
         raise CheckpointError(path, "is a prompter alone", "pass it as --prompter-weights together with --weights SEGMENTOR_OR_SAM.pth, or make one model file with `promptnucseg export-model` / `import-release`")
     else:
         segmentor, seg_fields, seg_is_release = _load_segmentor(path, ckpt)
@@ -528,7 +531,7 @@ def _load_prompter(path: Path, ckpt: dict | None = None) -> tuple[Prompter, Mode
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
     expect_kind(path, ckpt, ("model", "prompter"))
     if ckpt["kind"] == "model":
-        prompter, _, config, _ = _load_bundle(path)
+        prompter, _, config, _ = _load_bundle(path, ckpt)
         return prompter, config
     config = from_dict(ModelConfig, ckpt["config"]["model"])
     prompter = Prompter(config.prompter)
