@@ -22,7 +22,7 @@ class PrompterConfig:
     # their checkpoints load key for key (models/release.py; differences in network.py)
     layout: str = "promptnucseg"
     neck_inputs: tuple[int, ...] = ()  # backbone strides fed to the FPN; () = `strides` (release PanNuke: 4..32 in, 3 out)
-    init_checkpoint: str | None = None  # an earlier prompter to fine-tune from (training only)
+    init_checkpoint: str | None = None  # an earlier prompter to fine-tune from (training only; a one-class one may seed a typed one)
     fpn_channels: int = 256
     anchor_step: int = 16  # lambda: 16 for Kumar/CPM-17, 8 for PanNuke
     num_classes: int = 1  # C; the heads predict C + 1 (last = background)
@@ -115,7 +115,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train: list[str] = field(default_factory=list)  # dataset folders (see models.data.open_dataset)
-    val_names: list[str] = field(default_factory=list)  # images held out of `train` for validation
+    val_names: list[str] = field(default_factory=list)  # images (or shell patterns: train_8_*) held out of `train` for validation
     val: list[str] = field(default_factory=list)  # extra validation folders
     crop_size: int = 256
     mpp: float | None = None  # resample every image to this many um/px when it differs (None: as stored)

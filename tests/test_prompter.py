@@ -124,3 +124,28 @@ def test_a_prompter_warm_starts_from_a_model_file_and_refuses_another_shape(tmp_
     other = Prompter(PrompterConfig(backbone="resnet18", fpn_channels=64))
     with pytest.raises(CheckpointError, match="does not fit this config"):
         warm_start_prompter(other, BUNDLED_WEIGHTS)
+
+
+def test_a_one_class_prompter_seeds_a_typed_one_with_the_same_prompts():
+    """Warm-starting four classes from the bundled one-class prompter: every tensor but the class
+    head is loaded as it is, and at step 0 the typed prompter keeps exactly the same anchors
+    (argmax not background), each now a tie between the four classes."""
+    from dataclasses import replace
+
+    from promptnucseg.models.predictor import BUNDLED_WEIGHTS, _load_bundle
+    from promptnucseg.models.prompter.postprocess import candidate_prompts
+    from promptnucseg.models.prompter.warm_start import warm_start_prompter
+
+    shipped, _, config, _ = _load_bundle(BUNDLED_WEIGHTS)
+    typed = Prompter(replace(config.prompter, num_classes=4))
+    warm_start_prompter(typed, BUNDLED_WEIGHTS)
+    shipped.eval()
+    typed.eval()
+    torch.manual_seed(0)
+    x = shipped.normalize(torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8))
+    with torch.no_grad():
+        a, b = shipped(x), typed(x)
+    assert b.logits.shape[-1] == 5
+    assert torch.allclose(b.logits[..., :4], a.logits[..., :1].expand(-1, -1, 4)) and torch.equal(b.logits[..., 4], a.logits[..., 1])
+    pa, pb = (candidate_prompts(o.points[0], o.logits[0], o.mask_logits[0, 0], (128, 128)) for o in (a, b))
+    assert len(pa.points) > 0 and np.array_equal(pa.points, pb.points)

@@ -106,3 +106,47 @@ def test_a_one_class_prompter_trains_on_a_typed_data_set():
     losses = task.batch_loss(np.random.default_rng(0), torch.device("cpu"))
     assert torch.isfinite(losses["loss"])
     assert 0.0 <= task.validate(task.model.eval(), torch.device("cpu"))["det_f1"] <= 1.0
+
+
+def test_a_typed_prompter_is_validated_per_class():
+    """A four-class prompter's validation reports HoVer-Net's per-class F1 and is scored by the
+    mean of detection F1 and mean class F1."""
+    import torch
+
+    from promptnucseg.models.config import ExperimentConfig, PrompterConfig
+    from promptnucseg.models.data.datasets import open_dataset
+    from promptnucseg.models.prompter import Prompter
+    from promptnucseg.models.training.tasks import PrompterTask
+
+    consep = DATA / "consep-patches" / "train"
+    if not consep.is_dir():
+        pytest.skip(f"needs {consep} (../shared/data beside the repo)")
+    sample = open_dataset(consep)[0]
+    cfg = ExperimentConfig()
+    cfg.model.prompter = PrompterConfig(backbone="resnet18", fpn_channels=32, num_classes=4)
+    task = PrompterTask(Prompter(cfg.model.prompter), cfg, [sample], [sample])
+    record = task.validate(task.model.eval(), torch.device("cpu"))
+    assert {"class0_f1", "class1_f1", "class2_f1", "class3_f1", "class_f1", "det_f1"} <= set(record)
+    if not np.isnan(record["class_f1"]):
+        assert record["score"] == pytest.approx((record["det_f1"] + record["class_f1"]) / 2)
+
+
+def test_validation_holds_out_whole_source_images_by_pattern(tmp_path):
+    """`val_names: [train_8_*]` holds out every patch of source image 8 and no other; a pattern
+    that matches nothing is named in the error."""
+    from promptnucseg.models.config import DataConfig
+    from promptnucseg.models.training.data import load_split
+
+    root = tmp_path / "patches"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for name in ("train_8_000", "train_8_001", "train_80_000", "train_9_000"):
+        Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(root / "images" / f"{name}.png")
+        labels = np.zeros((32, 32), np.int32)
+        labels[10:20, 10:20] = 1
+        tifffile.imwrite(root / "labels" / f"{name}.tif", labels)
+    train, val = load_split(DataConfig(train=[str(root)], val_names=["train_8_*"]))
+    assert sorted(s.name for s in val) == ["train_8_000", "train_8_001"]
+    assert sorted(s.name for s in train) == ["train_80_000", "train_9_000"]
+    with pytest.raises(ValueError, match="train_7_"):
+        load_split(DataConfig(train=[str(root)], val_names=["train_7_*"]))

@@ -2,12 +2,17 @@
 
 `prompter.init_checkpoint` names a promptnucseg `model` bundle or `prompter` checkpoint (for
 example the bundled model, to fine-tune it on more data), or a PromptNucSeg release prompter
-(with `layout: release`). The architecture must match exactly: every tensor is loaded.
+(with `layout: release`). The architecture must match exactly: every tensor is loaded, with
+one exception: a one-class prompter may seed a typed one (C > 1). Its nucleus row of the class
+head is copied to every class, so at step 0 an anchor's argmax is a nucleus class exactly
+where it was before (the prompts are the one-class prompter's) and training only has to learn
+to tell the classes apart.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..checkpoints import CheckpointError, float_state, read_checkpoint
@@ -24,7 +29,22 @@ def warm_start_prompter(model: nn.Module, path: str | Path) -> None:
         state = float_state(ckpt["prompter"] if ckpt["kind"] == "model" else ckpt["state_dict"])
     else:
         raise CheckpointError(path, "is neither a promptnucseg model/prompter file nor a PromptNucSeg release prompter", "pass the bundled model, a train-prompter best.pt, or the release's best.pth")
+    state = _expand_class_head(model, state)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(path, f"its prompter does not fit this config ({str(err).splitlines()[0][:200]})", "warm-start from a prompter of the same backbone, width and classes") from err
+
+
+CLASS_HEAD = "class_head.3"  # the class head's last Linear (models/prompter/network.py `mlp`)
+
+
+def _expand_class_head(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A one-class state's class head (2 rows: nucleus, background) widened to the model's C + 1."""
+    weight, bias = state.get(f"{CLASS_HEAD}.weight"), state.get(f"{CLASS_HEAD}.bias")
+    want = model.state_dict().get(f"{CLASS_HEAD}.weight")
+    if weight is None or bias is None or want is None or weight.shape == want.shape or weight.shape[0] != 2 or weight.shape[1:] != want.shape[1:]:
+        return state
+    classes = want.shape[0] - 1
+    nucleus_w, nucleus_b = weight[:1].expand(classes, -1), bias[:1].expand(classes)
+    return {**state, f"{CLASS_HEAD}.weight": torch.cat([nucleus_w, weight[1:]]), f"{CLASS_HEAD}.bias": torch.cat([nucleus_b, bias[1:]])}

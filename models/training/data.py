@@ -2,6 +2,7 @@
 config's microns per pixel (`data.mpp`) when it asks for one."""
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +36,22 @@ def resample(sample: NucleusSample, from_mpp: float, to_mpp: float) -> NucleusSa
 
 
 def load_split(data: DataConfig) -> tuple[list[NucleusSample], list[NucleusSample]]:
-    """Train = every image of `data.train` not named in `val_names`; val = those + all of `data.val`."""
+    """Train = every image of `data.train` not named in `val_names`; val = those + all of `data.val`.
+
+    A `val_names` entry may be a shell pattern (`train_8_*`): patches of one source image are
+    near-duplicates, so a patch data set is held out by source image, never patch by patch."""
     if not data.train:
         raise ValueError("config data.train lists no dataset folder. Fix: add one, or pass --data DIR")
-    held_out = set(data.val_names)
+    patterns = list(data.val_names)
     per_image = read_image_mpp(data.image_mpp)
     train: list[NucleusSample] = []
     val: list[NucleusSample] = []
-    seen: set[str] = set()
+    matched: set[str] = set()
+
+    def held_out(name: str) -> bool:
+        hits = [p for p in patterns if fnmatchcase(name, p)]
+        matched.update(hits)
+        return bool(hits)
 
     def at_mpp(ds, i: int) -> NucleusSample:
         sample = ds[i]
@@ -55,14 +64,13 @@ def load_split(data: DataConfig) -> tuple[list[NucleusSample], list[NucleusSampl
 
     for root in data.train:
         ds = open_dataset(root)
-        seen.update(ds.names)
         for i, name in enumerate(ds.names):
-            (val if name in held_out else train).append(at_mpp(ds, i))
-    if held_out - seen:
-        raise ValueError(f"val_names not found in {data.train}: {sorted(held_out - seen)}")
+            (val if held_out(name) else train).append(at_mpp(ds, i))
+    if set(patterns) - matched:
+        raise ValueError(f"val_names not found in {data.train}: {sorted(set(patterns) - matched)}")
     for root in data.val:
         ds = open_dataset(root)
         val.extend(at_mpp(ds, i) for i in range(len(ds)))
     if not train:
-        raise ValueError(f"no training images left in {data.train} after holding out {sorted(held_out)}")
+        raise ValueError(f"no training images left in {data.train} after holding out {sorted(patterns)}")
     return train, val

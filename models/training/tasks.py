@@ -51,20 +51,28 @@ class PrompterTask:
 
     @torch.no_grad()
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        """Detection F1 (12 px) of prompts vs GT centroids over the validation images."""
-        from ..evaluation.metrics import detection_scores
+        """Detection F1 (12 px) of prompts vs GT centroids over the validation images; a typed
+        prompter also gets per-class F1 (HoVer-Net's F_t) and is scored by the mean of the
+        detection F1 and the mean class F1, so the best epoch is good at both."""
+        from ..evaluation.metrics import DetectionCounts, class_f1_scores, detection_scores
 
-        tp = fp = fn = 0
+        total = DetectionCounts()
         for s in self.val_samples:
             h, w = s.instances.shape
             out = model(model.normalize(_to_tensor_images([s.image], device)))
             prompts = select_prompts(out.points[0], out.logits[0], out.mask_logits[0, 0] if model.config.mask_filter else None, (h, w), model.config.nms_distance)
             ids, gt = instance_points(s.instances)
             gt_cls = self._classes(np.array([(s.instance_classes or {}).get(int(i), 0) for i in ids], np.int64))
-            counts = detection_scores(gt, gt_cls, prompts.points, prompts.classes, prompts.scores, radius=12.0)
-            tp, fp, fn = tp + counts.tp, fp + counts.fp, fn + counts.fn
+            total = total + detection_scores(gt, gt_cls, prompts.points, prompts.classes, prompts.scores, radius=12.0)
+        tp, fp, fn = total.tp, total.fp, total.fn
         f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-        return {"score": f1, "det_f1": f1, "det_precision": tp / max(tp + fp, 1), "det_recall": tp / max(tp + fn, 1)}
+        record = {"score": f1, "det_f1": f1, "det_precision": tp / max(tp + fp, 1), "det_recall": tp / max(tp + fn, 1)}
+        if model.config.num_classes > 1:
+            mean_f1, per_class = class_f1_scores(total, range(model.config.num_classes))
+            record.update({f"class{c}_f1": v for c, v in per_class.items()})
+            record["class_f1"] = mean_f1
+            record["score"] = f1 if np.isnan(mean_f1) else (f1 + mean_f1) / 2
+        return record
 
 
 @dataclass
