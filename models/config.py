@@ -156,6 +156,9 @@ class TrainConfig:
     seed: int = 0
     val_every: int = 1
     max_minutes: float | None = None  # stop cleanly (and checkpoint) after this wall time
+    # parameter-name prefixes to train (e.g. [class_head]); the rest is frozen and kept in eval
+    # mode (its BatchNorm statistics and dropout as the warm start left them). () = everything
+    trainable: tuple[str, ...] = ()
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -149,3 +149,25 @@ def test_a_one_class_prompter_seeds_a_typed_one_with_the_same_prompts():
     assert torch.allclose(b.logits[..., :4], a.logits[..., :1].expand(-1, -1, 4)) and torch.equal(b.logits[..., 4], a.logits[..., 1])
     pa, pb = (candidate_prompts(o.points[0], o.logits[0], o.mask_logits[0, 0], (128, 128)) for o in (a, b))
     assert len(pa.points) > 0 and np.array_equal(pa.points, pb.points)
+
+
+def test_a_head_only_run_freezes_the_rest_in_eval_mode():
+    """`train.trainable: [class_head]`: only the class head gets gradients, BatchNorm elsewhere
+    keeps its statistics (eval mode) while the head's dropout still trains; a prefix that names
+    nothing is refused."""
+    from promptnucseg.models.training.loop import freeze_all_but
+
+    model = Prompter(PrompterConfig(backbone="resnet18", fpn_channels=32, num_classes=4)).train()
+    freeze_all_but(model, ["class_head"])
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"class_head"}
+    assert model.class_head.training and model.class_head[2].training
+    assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = [m.running_mean.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    out = model(model.normalize(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)))
+    out.logits.sum().backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("class_head"))
+    assert model.class_head[3].weight.grad is not None
+    after = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    with pytest.raises(ValueError, match="names no parameter"):
+        freeze_all_but(model, ["classifier"])

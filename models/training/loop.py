@@ -37,6 +37,26 @@ class TrainingTask(Protocol):
         ...
 
 
+def freeze_all_but(model: nn.Module, prefixes: tuple[str, ...] | list[str]) -> None:
+    """Train only the parameters under `prefixes`: the others stop needing gradients (so backward
+    stops at the first trainable layer, which is what makes a head-only run cheap) and the
+    modules holding only them go to eval mode. Call again after every `model.train()`."""
+    if not prefixes:
+        return
+
+    def under(name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+    names = [n for n, _ in model.named_parameters()]
+    if not any(under(n) for n in names):
+        raise ValueError(f"train.trainable {list(prefixes)} names no parameter of the {type(model).__name__} (its parameters start with {sorted({n.split('.')[0] for n in names})})")
+    for name, param in model.named_parameters():
+        param.requires_grad_(under(name))
+    for name, module in model.named_modules():
+        if name and not under(name) and not any(p.startswith(name + ".") for p in prefixes):
+            module.eval()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -75,6 +95,7 @@ def train(task: TrainingTask, config: ExperimentConfig, out_dir: str | Path, dev
     tc = config.train
     seed_everything(tc.seed)
     model = task.model.to(device)
+    freeze_all_but(model, tc.trainable)
     lr = tc.lr * tc.batch_size / 8
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(tc.lr_drop_epochs), gamma=0.1)
@@ -101,6 +122,7 @@ def train(task: TrainingTask, config: ExperimentConfig, out_dir: str | Path, dev
     started = time.monotonic()
     for epoch in range(start_epoch, tc.epochs):
         model.train()
+        freeze_all_but(model, tc.trainable)
         sums: dict[str, float] = {}
         bar = tqdm(range(tc.steps_per_epoch), desc=f"{task.kind} epoch {epoch + 1}/{tc.epochs}", disable=not progress, leave=False)
         for _ in bar:
