@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from ..errors import PipelineInputError
 from ..exporters.atomic import atomic_file
-from .run_reader import REPORT_SUFFIX, SlideEntry, find_slides, pictures_up_to_date
+from ..outputs import REPORT_SUFFIX
+from .run_reader import SlideEntry, find_slides, pictures_up_to_date
 from .slide import render_slide_report
 
 TEMPLATES = Path(__file__).parent / "templates"

@@ -7,7 +7,6 @@ the per-nucleus class and area columns (6 bytes a nucleus) are held whole.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,10 +14,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import PipelineInputError
+from ..outputs import ZarrColumns as C
+from ..outputs import SlideOutputs
 
 RENDERER_VERSION = 1
-REPORT_SUFFIX = "_report.json"
-PICTURES_SUFFIX = "_pictures.json"
 FALLBACK_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127))
 
 
@@ -28,7 +27,7 @@ FALLBACK_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
 class NucleusColumns:
     """Read-only view of a `<stem>.zarr` nuclei store; rows are read in chunk-sized slices."""
 
-    REQUIRED = ("centroid", "class", "polygon_offsets", "polygon_coords")
+    REQUIRED = (C.CENTROID, C.CLASS, C.POLYGON_OFFSETS, C.POLYGON_COORDS)
 
     def __init__(self, path: Path) -> None:
         import zarr
@@ -42,25 +41,25 @@ class NucleusColumns:
         if missing:
             raise PipelineInputError(self.path, f"nuclei store lacks the arrays {', '.join(missing)}", "rerun the slide with `promptnucseg segment --overwrite`")
         self.attrs: dict[str, Any] = dict(self.root.attrs)
-        self.n = int(self.root["class"].shape[0])
-        self.chunk_rows = max(1, int(self.root["class"].chunks[0]))
+        self.n = int(self.root[C.CLASS].shape[0])
+        self.chunk_rows = max(1, int(self.root[C.CLASS].chunks[0]))
 
     def row_slices(self) -> Iterator[slice]:
         for a in range(0, self.n, self.chunk_rows):
             yield slice(a, min(a + self.chunk_rows, self.n))
 
     def centroids(self, rows: slice) -> np.ndarray:
-        return np.asarray(self.root["centroid"][rows], np.float64).reshape(-1, 2)
+        return np.asarray(self.root[C.CENTROID][rows], np.float64).reshape(-1, 2)
 
     def classes(self) -> np.ndarray:
-        return np.concatenate([np.asarray(self.root["class"][s], np.int64) for s in self.row_slices()]) if self.n else np.zeros(0, np.int64)
+        return np.concatenate([np.asarray(self.root[C.CLASS][s], np.int64) for s in self.row_slices()]) if self.n else np.zeros(0, np.int64)
 
     def areas_um2(self) -> np.ndarray | None:
         if self.n == 0:
             return np.zeros(0)
-        if "measurements" not in self.root or "area_um2" not in self.root["measurements"]:
+        if C.MEASUREMENTS not in self.root or "area_um2" not in self.root[C.MEASUREMENTS]:
             return None
-        arr = self.root["measurements"]["area_um2"]
+        arr = self.root[C.MEASUREMENTS]["area_um2"]
         return np.concatenate([np.asarray(arr[s], np.float64) for s in self.row_slices()]) if self.n else np.zeros(0)
 
     def rings(self, rows: slice, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,8 +69,8 @@ class NucleusColumns:
         if not len(local):
             return local, np.zeros(1, np.int64), np.zeros((0, 2))
         lo, hi = int(local.min()), int(local.max())
-        o = np.asarray(self.root["polygon_offsets"][rows.start + lo : rows.start + hi + 2], np.int64)
-        coords = np.asarray(self.root["polygon_coords"][int(o[0]) : int(o[-1])], np.float64).reshape(-1, 2)
+        o = np.asarray(self.root[C.POLYGON_OFFSETS][rows.start + lo : rows.start + hi + 2], np.int64)
+        coords = np.asarray(self.root[C.POLYGON_COORDS][int(o[0]) : int(o[-1])], np.float64).reshape(-1, 2)
         starts, ends = o[local - lo] - o[0], o[local - lo + 1] - o[0]
         if keep is None:
             return local + rows.start, o - o[0], coords
@@ -111,39 +110,6 @@ def _hex(color: tuple[int, int, int]) -> str:
 # ----- one slide folder -------------------------------------------------------------------
 
 
-def stem_of(report_path: Path) -> str:
-    return report_path.name[: -len(REPORT_SUFFIX)]
-
-
-def find_report(folder: Path) -> Path | None:
-    """`<folder>/<folder name>_report.json`, else the folder's only `*_report.json`."""
-    own = folder / f"{folder.name}{REPORT_SUFFIX}"
-    if own.is_file():
-        return own
-    found = sorted(folder.glob(f"*{REPORT_SUFFIX}"))
-    return found[0] if found else None
-
-
-def picture_paths(folder: Path, stem: str) -> dict[str, Path]:
-    return {
-        "overlay": folder / f"{stem}_overlay.png",
-        "zoom": folder / f"{stem}_overlay_zoom.png",
-        "density": folder / f"{stem}_density.png",
-        "areas": folder / f"{stem}_areas.png",
-        "class_counts": folder / f"{stem}_class_counts.csv",
-        "pictures": folder / f"{stem}{PICTURES_SUFFIX}",
-    }
-
-
-def _zarr_path(folder: Path, stem: str, report: dict[str, Any]) -> Path:
-    """The store named in the report's outputs, looked up beside the report (the run's
-    folder may have been moved or opened from another machine)."""
-    named = (report.get("outputs") or {}).get("zarr")
-    if named and (folder / Path(named).name).exists():
-        return folder / Path(named).name
-    return folder / f"{stem}.zarr"
-
-
 def _stamp(path: Path) -> list[int] | None:
     try:
         st = path.stat()
@@ -168,29 +134,17 @@ def load_json(path: Path) -> dict[str, Any]:
 
 def pictures_up_to_date(folder: Path, max_side: int = 2048) -> bool:
     """True when the pictures exist and were rendered from the current report and store."""
-    report_path = find_report(folder)
-    if report_path is None:
+    outputs = SlideOutputs.find(folder)
+    if outputs is None:
         return False
-    stem = stem_of(report_path)
-    paths = picture_paths(folder, stem)
     try:
-        done = json.loads(paths["pictures"].read_text())
-        report = json.loads(report_path.read_text())
+        done = json.loads(outputs.pictures()["pictures"].read_text())
+        report = json.loads(outputs.report.read_text())
     except (OSError, ValueError):
         return False
-    if done.get("inputs") != _inputs(report_path, _zarr_path(folder, stem, report), max_side):
+    if done.get("inputs") != _inputs(outputs.report, outputs.named(report, "zarr"), max_side):
         return False
     return all((folder / name).is_file() for name in (done.get("files") or {}).values())
-
-
-def _mpp(report: dict[str, Any], attrs: dict[str, Any]) -> float | None:
-    for value in (report.get("mpp_used"), attrs.get("slide_mpp"), (report.get("slide_facts") or {}).get("mpp")):
-        try:
-            if value is not None and float(value) > 0 and math.isfinite(float(value)):
-                return float(value)
-        except (TypeError, ValueError):
-            continue
-    return None
 
 
 def _region(report: dict[str, Any], attrs: dict[str, Any], dims: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -223,14 +177,14 @@ def find_slides(out_dir: Path) -> list[SlideEntry]:
     entries: list[SlideEntry] = []
     folders = [out_dir] + sorted(p for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".zarr"))
     for folder in folders:
-        report_path = find_report(folder)
+        outputs = SlideOutputs.find(folder)
         journal = Journal(folder)
-        if report_path is None:
+        if outputs is None:
             if journal.work.is_dir():
                 n = len(journal.done())
                 entries.append(SlideEntry(folder, folder.name, "unfinished", problem=f"{n} batch{'es' if n != 1 else ''} of tiles done so far; run the same `promptnucseg segment` command again to resume"))
             continue
-        stem = stem_of(report_path)
+        stem, report_path = outputs.stem, outputs.report
         try:
             report = load_json(report_path)
         except PipelineInputError as err:

@@ -27,7 +27,8 @@ from ..errors import PipelineInputError
 from ..exporters.atomic import atomic_file
 from ..geometry import signed_areas
 from .drawing import DENSITY_BIN_UM, _save_png, _with_legend, draw_areas, draw_density, draw_outlines, draw_scale_bar, legend_strip, nucleus_density, paint_dots
-from .run_reader import REPORT_SUFFIX, ClassInfo, NucleusColumns, _hex, _inputs, _mpp, _region, _zarr_path, find_report, load_json, picture_paths, pictures_up_to_date, stem_of
+from ..outputs import REPORT_SUFFIX, SlideOutputs, slide_mpp_of
+from .run_reader import ClassInfo, NucleusColumns, _hex, _inputs, _region, load_json, pictures_up_to_date
 
 OUTLINE_MIN_DIAMETER_PX = 3.0  # median nucleus narrower than this on the thumbnail: dots + zoom crop
 ZOOM_DIAMETER_PX = 16.0  # median nucleus diameter in the zoom crop
@@ -122,18 +123,18 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
     returns the existing files untouched when they match the current report and store.
     """
     folder = Path(slide_folder)
-    report_path = find_report(folder)
-    if report_path is None:
+    outputs = SlideOutputs.find(folder)
+    if outputs is None:
         raise PipelineInputError(folder, f"has no *{REPORT_SUFFIX}", "pass the folder of a slide that `promptnucseg segment` finished")
-    stem = stem_of(report_path)
-    paths = picture_paths(folder, stem)
+    stem, report_path = outputs.stem, outputs.report
+    paths = outputs.pictures()
     if skip_up_to_date and pictures_up_to_date(folder, max_side):
         done = json.loads(paths["pictures"].read_text())
         return {k: folder / v for k, v in done["files"].items()} | {"pictures": paths["pictures"]}
     report = load_json(report_path)
     if report.get("status", "complete") != "complete":
         raise PipelineInputError(report_path, f"slide is not finished (status {report.get('status')!r})", "rerun the slide with `promptnucseg segment`")
-    zarr_path = _zarr_path(folder, stem, report)
+    zarr_path = outputs.named(report, "zarr")
     if not zarr_path.exists():
         raise PipelineInputError(zarr_path, "nuclei store not found; the pictures are drawn from it", "rerun the slide with --formats including zarr")
     inputs = _inputs(report_path, zarr_path, max_side)
@@ -161,7 +162,7 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
         thumb_w, thumb_h = max(1, math.ceil(dims[0] / scale)), max(1, math.ceil(dims[1] / scale))
         thumb = reader.read_downsampled(scale) if reader is not None else np.full((thumb_h, thumb_w, 3), 255, np.uint8)
         region = _region(report, columns.attrs, dims)
-        mpp = _mpp(report, columns.attrs)
+        mpp = slide_mpp_of(report, columns.attrs)
 
         # -- outlines or dots
         areas = columns.areas_um2()
