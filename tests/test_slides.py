@@ -13,7 +13,8 @@ from PIL import Image
 from scipy import ndimage
 
 from promptnucseg.wsi_pipeline.errors import PipelineInputError
-from promptnucseg.wsi_pipeline.slides import open_slide, resolve_mpp, to_rgb_uint8
+from promptnucseg.models.interface import to_rgb_uint8
+from promptnucseg.wsi_pipeline.slides import open_slide, resolve_mpp
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SLIDES = DATA / "slides"
@@ -307,10 +308,27 @@ def test_to_rgb_uint8_rules():
     assert to_rgb_uint8(np.ones((2, 2), bool)).tolist() == [[[255] * 3] * 2] * 2
     assert to_rgb_uint8(np.full((1, 1, 2), [0, 0], np.uint8)).tolist() == [[[255, 255, 255]]]  # transparent gray
     assert to_rgb_uint8(np.full((1, 1, 3), 0.5, np.float32)).tolist() == [[[128, 128, 128]]]
+    # partial alpha on white (dropping it would give [0, 100, 200]): training and slides alike
+    assert to_rgb_uint8(np.full((1, 1, 4), [0, 100, 200, 128], np.uint8)).tolist() == [[[127, 177, 227]]]
+    assert to_rgb_uint8(np.full((1, 1, 3), 255.0), float_max=255.0).tolist() == [[[255, 255, 255]]]  # PanNuke's 0..255 floats, declared
     with pytest.raises(ValueError, match="0..1"):
         to_rgb_uint8(np.full((1, 1, 3), 200.0))
     with pytest.raises(ValueError, match="shape"):
         to_rgb_uint8(np.zeros((2, 2, 5), np.uint8))
+
+
+def test_a_png_reaches_the_model_alike_as_training_image_and_as_slide(tmp_path):
+    """One pixel rule (models/pixels.py): partial alpha, gray+alpha and 16-bit alike."""
+    from promptnucseg.models.data.formats import read_rgb
+
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (20, 30, 4), dtype=np.uint8)  # alpha anywhere in 0..255
+    cases = {"rgba.png": Image.fromarray(rgba), "la.png": Image.fromarray(np.ascontiguousarray(rgba[..., 2:])), "gray16.png": Image.fromarray(rgba[..., 0].astype(np.uint16) * 250)}
+    for name, img in cases.items():
+        img.save(tmp_path / name)
+        with open_slide(tmp_path / name, mpp_override=0.25) as r:
+            on_slide = r.read_region((0, 0), 0, (30, 20))
+        assert np.array_equal(read_rgb(tmp_path / name), on_slide), name
 
 
 # ----- bad input ----------------------------------------------------------------------------

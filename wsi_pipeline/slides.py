@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from promptnucseg.models.interface import to_rgb_uint8
 from .errors import PipelineInputError
 
 MPP_MIN = 0.05  # um/px; finer than any light microscope can resolve
@@ -38,51 +39,6 @@ SUPPORTED_EXTENSIONS = tuple(sorted(set(OPENSLIDE_EXTENSIONS + TIFF_EXTENSIONS +
 TIFF_BASED_EXTENSIONS = (".svs", ".ndpi", ".scn", ".bif", ".svslide") + TIFF_EXTENSIONS
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 BACKENDS = ("auto", "openslide", "tifffile", "pillow", "tiatoolbox")
-
-
-def to_rgb_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Any (H, W), (H, W, 1|2|3|4) pixel array -> contiguous uint8 (H, W, 3) RGB.
-
-    Integers are scaled by their dtype's full range (uint16 / 257), never by a tile's own
-    min/max, so neighbouring tiles of one slide stay consistent. Floats must lie in 0..1.
-    Alpha is composited on white, the colour of empty glass.
-    """
-    a = np.asarray(pixels)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(f"expected (H, W) or (H, W, 1-4) pixels, got shape {a.shape}")
-    a = _scale_to_uint8(a)
-    channels = a.shape[2]
-    if channels in (2, 4):  # gray+alpha or RGBA
-        a = _composite_on_white(a[:, :, : channels - 1], a[:, :, channels - 1 :])
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    return np.ascontiguousarray(a)
-
-
-def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
-    if a.dtype == np.uint8:
-        return a
-    if a.dtype == bool:
-        return a.astype(np.uint8) * 255
-    if np.issubdtype(a.dtype, np.integer):
-        top = float(np.iinfo(a.dtype).max)
-        return (np.clip(a.astype(np.float64), 0, top) * (255.0 / top) + 0.5).astype(np.uint8)
-    if np.issubdtype(a.dtype, np.floating):
-        lo, hi = (float(np.nanmin(a)), float(np.nanmax(a))) if a.size else (0.0, 1.0)
-        if lo < -1e-6 or hi > 1 + 1e-6:
-            raise ValueError(f"floating-point pixels must lie in 0..1, found {lo:g}..{hi:g}")
-        return (np.nan_to_num(np.clip(a, 0, 1), nan=1.0) * 255 + 0.5).astype(np.uint8)
-    raise ValueError(f"unsupported pixel type {a.dtype}")
-
-
-def _composite_on_white(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    if alpha.min() == 255:
-        return color
-    c = color.astype(np.uint32)
-    al = alpha.astype(np.uint32)
-    return ((c * al + 255 * (255 - al) + 127) // 255).astype(np.uint8)
 
 
 def mpp_from_resolution(resolution: float, unit: str) -> float | None:
@@ -275,10 +231,10 @@ class SlideReader(ABC):
         cx0, cy0 = max(ix, 0), max(iy, 0)
         cx1, cy1 = min(ix + w, lw), min(iy + h, lh)
         if cx0 == ix and cy0 == iy and cx1 == ix + w and cy1 == iy + h:
-            return to_rgb_uint8(self._read_inside(level, ix, iy, w, h))
+            return to_rgb_uint8(self._read_inside(level, ix, iy, w, h), self.path)
         out = np.full((h, w, 3), 255, np.uint8)
         if cx1 > cx0 and cy1 > cy0:
-            inside = to_rgb_uint8(self._read_inside(level, cx0, cy0, cx1 - cx0, cy1 - cy0))
+            inside = to_rgb_uint8(self._read_inside(level, cx0, cy0, cx1 - cx0, cy1 - cy0), self.path)
             out[cy0 - iy : cy1 - iy, cx0 - ix : cx1 - ix] = inside
         return out
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .folders import files_by_stem
+from ..pixels import to_rgb_uint8
 from .formats import (
     CONSEP_MERGE,
     IMAGE_SUFFIXES,
@@ -28,7 +29,6 @@ from .formats import (
     read_cpm_ascii,
     read_mat,
     read_rgb,
-    to_rgb_uint8,
 )
 from .label_maps import LABEL_SUFFIXES, read_label_map
 
@@ -429,7 +429,7 @@ class PanNukeDataset(NucleusDataset):
 
     def _read(self, name: str) -> NucleusSample:
         i = int(name)
-        image = to_rgb_uint8(np.asarray(self._images_arr[i]), f"{self._paths[0]}[{i}]")
+        image = to_rgb_uint8(np.asarray(self._images_arr[i]), f"{self._paths[0]}[{i}]", float_max=255.0)  # PanNuke stores 0..255 floats
         instances, classes = merge_pannuke_mask(np.asarray(self._masks_arr[i]), f"{self._paths[1]}[{i}]")
         return NucleusSample(name, image, instances, classes)
 
