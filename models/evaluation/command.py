@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from promptnucseg.errors import FixableError
+
 from ..data.folders import files_by_stem
 from ..data.label_maps import LABEL_SUFFIXES, LabelMapError, read_label_map
 from .metrics import IMAGE_METRICS, DetectionCounts, MatchCounts, class_f1_scores, detection_scores, score_label_maps
@@ -27,7 +29,7 @@ CONVENTIONS = (
 DETECTION_RADIUS_PX = 12.0
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(FixableError, ValueError):
     """Folders or options that cannot be evaluated as given; the message says the fix."""
 
 
@@ -50,13 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.data and (args.pred or args.gt):
-            raise EvaluationInputError("--data and --pred/--gt both given. Fix: pass either --data (run a model) or --pred and --gt (score label maps), not both")
+            raise EvaluationInputError(None, "--data and --pred/--gt both given", "pass either --data (run a model) or --pred and --gt (score label maps), not both")
         if args.data:
             report = _evaluate_model(args)
         elif args.pred and args.gt:
             report = _evaluate_folders(Path(args.pred), Path(args.gt))
         else:
-            raise EvaluationInputError("nothing to evaluate. Fix: pass --pred DIR --gt DIR, or --data DATASET_DIR [--weights CKPT]")
+            raise EvaluationInputError(None, "nothing to evaluate", "pass --pred DIR --gt DIR, or --data DATASET_DIR [--weights CKPT]")
     except (ValueError, FileNotFoundError, RuntimeError) as err:  # LabelMapError, CheckpointError, bad device
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -75,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
 def label_files(folder: Path) -> dict[str, Path]:
     """Label-map files of a folder by stem; two files with one stem are an error."""
     if not folder.is_dir():
-        raise EvaluationInputError(f"{folder}: not a folder. Fix: pass the folder that holds the label maps")
+        raise EvaluationInputError(folder, "not a folder", "pass the folder that holds the label maps")
     found = files_by_stem(folder, LABEL_SUFFIXES, "label maps")
     if not found:
-        raise EvaluationInputError(f"{folder}: no label maps ({'/'.join(LABEL_SUFFIXES)}). Fix: point to the folder that holds them")
+        raise EvaluationInputError(folder, f"no label maps ({'/'.join(LABEL_SUFFIXES)})", "point to the folder that holds them")
     return found
 
 
@@ -90,7 +92,7 @@ def pair_label_files(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             where = pred_dir if side == "prediction" else gt_dir
-            raise EvaluationInputError(f"{where}: no {side} for {shown}. Fix: add the missing file(s) or remove their counterparts")
+            raise EvaluationInputError(where, f"no {side} for {shown}", "add the missing file(s) or remove their counterparts")
     return [(stem, gts[stem], preds[stem]) for stem in sorted(gts)]
 
 
@@ -122,7 +124,7 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
         unknown = [n for n in wanted if n not in names]
         if unknown:
             more = " ..." if len(names) > 10 else ""
-            raise EvaluationInputError(f"{args.data}: no image named {', '.join(unknown)}. Fix: pick from {', '.join(names[:10])}{more}")
+            raise EvaluationInputError(args.data, f"no image named {', '.join(unknown)}", f"pick from {', '.join(names[:10])}{more}")
         chosen = [names.index(n) for n in wanted]
     predictor = load_predictor(weights=args.weights or None, device=args.device, prompter_weights=args.prompter_weights, preset=args.preset, tta=args.tta)
     if dataset.mpp and abs(dataset.mpp / predictor.mpp - 1) > 0.1:
