@@ -24,7 +24,7 @@ from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.wsi_pipeline.exporters import write_anndata, write_geojson, write_label_raster, write_label_tiff, write_table, write_zarr
 from promptnucseg.wsi_pipeline.exporters.label_tiff import paint_labels
 from promptnucseg.wsi_pipeline.morphometrics import MEASUREMENT_UNITS, MEASUREMENTS
-from promptnucseg.wsi_pipeline.records import SlideNuclei
+from promptnucseg.wsi_pipeline.nuclei import SlideNuclei
 from test_records import synthetic_slide_nuclei
 
 CLASS_NAMES = ("Neoplastic", "Inflammatory", "Connective")

@@ -23,7 +23,7 @@ import zarr
 from PIL import Image
 
 from promptnucseg.cli import main
-from promptnucseg.wsi_pipeline.runner import SegmentSettings
+from promptnucseg.wsi_pipeline.plan import SegmentSettings
 from promptnucseg.wsi_pipeline.segment import segment_slide
 from conftest import need
 

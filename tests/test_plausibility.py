@@ -54,7 +54,7 @@ def test_missing_mpp_and_no_tissue_are_refused_without_loading_the_model(tmp_pat
 def test_a_wrong_mpp_on_a_real_slide_warns_and_a_right_one_does_not(tmp_path):
     from promptnucseg.models.interface import load_predictor
     from promptnucseg.models.predictor import BUNDLED_WEIGHTS
-    from promptnucseg.wsi_pipeline.runner import SegmentSettings
+    from promptnucseg.wsi_pipeline.plan import SegmentSettings
     from promptnucseg.wsi_pipeline.segment import segment_slide
 
     if not BUNDLED_WEIGHTS.is_file():

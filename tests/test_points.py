@@ -20,7 +20,7 @@ from benchmarks.given_points import interior_points
 from promptnucseg.cli import main
 from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.wsi_pipeline.points import PlanPoints, check_points, read_points
-from promptnucseg.wsi_pipeline.runner import SegmentSettings
+from promptnucseg.wsi_pipeline.plan import SegmentSettings
 from promptnucseg.wsi_pipeline.segment import segment_slide
 from conftest import need
 

@@ -10,10 +10,11 @@ import shapely
 from skimage import draw
 
 from promptnucseg.models.interface import TileNuclei
-from promptnucseg.wsi_pipeline import records
+from promptnucseg.wsi_pipeline import nuclei as records
 from promptnucseg.wsi_pipeline.geometry import polygon_rows_cols
 from promptnucseg.wsi_pipeline.morphometrics import MEASUREMENTS
-from promptnucseg.wsi_pipeline.records import SlideNuclei, from_tile_nuclei, load_part, nucleus_id, save_part
+from promptnucseg.wsi_pipeline.nuclei import SlideNuclei, load_part, nucleus_id, save_part
+from promptnucseg.wsi_pipeline.stitch import from_tile_nuclei
 
 HAEMATOXYLIN_RGB = (77, 70, 149)  # 255 * 10**(-0.8 * skimage's haematoxylin OD vector)
 BACKGROUND_RGB = (235, 200, 220)

@@ -23,7 +23,8 @@ from promptnucseg.models.interface import TileNuclei
 from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.wsi_pipeline.exporters import write_geojson, write_table, write_zarr
 from promptnucseg.wsi_pipeline.journal import Journal
-from promptnucseg.wsi_pipeline.records import SlideNuclei, from_tile_nuclei, save_part
+from promptnucseg.wsi_pipeline.nuclei import SlideNuclei, save_part
+from promptnucseg.wsi_pipeline.stitch import from_tile_nuclei
 from promptnucseg.wsi_pipeline.report import NucleusColumns, nucleus_density, render_run_report, render_slide_report
 from conftest import need
 

@@ -91,7 +91,7 @@ def test_real_nuclei_read_plausible_h_and_e_with_more_haematoxylin_than_stroma()
 def test_sample_slide_stains_are_fitted_from_the_slide():
     if not CMU.is_file():
         pytest.skip(f"needs {CMU} (../shared/data beside the repo)")
-    from promptnucseg.wsi_pipeline.runner import SegmentSettings, plan_slide
+    from promptnucseg.wsi_pipeline.plan import SegmentSettings, plan_slide
     from promptnucseg.wsi_pipeline.slides import open_slide
 
     with open_slide(CMU) as reader:

@@ -45,7 +45,8 @@ from .interrupts import Interrupted
 from .journal import Journal
 from .locking import FolderLock
 from .preflight import disk_full_explained
-from .runner import SegmentSettings, SlidePlan, peak_rss_mb, run_batches
+from .plan import SegmentSettings, SlidePlan
+from .runner import peak_rss_mb, run_batches
 from .segment import ModelFacts, SlideJob, SlideResult, describe_failure, failed_result, finish_slide, lock_slide_folder, prepare_slide
 from .slides import open_slide
 

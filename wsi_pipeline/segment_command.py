@@ -114,7 +114,7 @@ def _refuse_locked(slides: list[Path], out: Path) -> list["SlideResult"]:
 def _refuse_unusable(slides: list[Path], settings: "SegmentSettings") -> list["SlideResult"]:
     """Slides that cannot run (unreadable, no or implausible mpp, bad region, black, no tissue,
     grayscale), refused one line each before the model loads; the rest go on."""
-    from .runner import check_slide
+    from .plan import check_slide
     from .segment import failed_result
     from .slides import open_slide
 
@@ -132,8 +132,8 @@ def _refuse_unusable(slides: list[Path], settings: "SegmentSettings") -> list["S
 def _run(args: argparse.Namespace) -> int:
     from promptnucseg.models.interface import load_predictor
     from .errors import PipelineInputError
-    from .runner import FORMATS, SegmentSettings
-    from .exporters.atomic import ensure_output_folder
+    from .plan import FORMATS, SegmentSettings
+    from .atomic import ensure_output_folder
     from .segment import SlideResult, failed_result, segment_slide
     from .slides import parse_roi
 
