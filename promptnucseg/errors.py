@@ -1,7 +1,7 @@
 """The one shape of an error a user can act on: which file, what is wrong, what to do.
 
 `wsi_pipeline.errors.PipelineInputError`, `models.checkpoints.CheckpointError`,
-`models.data.label_maps.LabelMapError` and `models.evaluation.command.EvaluationInputError`
+`models.data.label_maps.LabelMapError` and `models.evaluation.cli_evaluate.EvaluationInputError`
 derive from `FixableError`. It lives at the package root so that `models/` and
 `wsi_pipeline/` share it without importing each other. The message is one line, printed by
 the CLI without a traceback; the error pickles from its three parts, so it crosses from a

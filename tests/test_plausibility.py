@@ -1,5 +1,5 @@
 """A result that cannot be right says so (plausibility.py), and slides that cannot run are
-refused before the model loads (segment_command._refuse_unusable), on the real shared slides."""
+refused before the model loads (cli_segment._refuse_unusable), on the real shared slides."""
 from __future__ import annotations
 
 from pathlib import Path
