@@ -458,3 +458,14 @@ def test_reader_pickles_by_reopening(pyramid):
             assert np.array_equal(clone.read_region((10, 20), 1, (40, 30)), reader.read_region((10, 20), 1, (40, 30)))
         finally:
             clone.close()
+
+
+def test_the_reader_modules_form_no_import_cycle():
+    """slides -> slide_backends -> slide_reader: the backends and the interface load without slides.py."""
+    import subprocess
+    import sys
+
+    code = "import sys, promptnucseg.wsi_pipeline.slide_backends; print('promptnucseg.wsi_pipeline.slides' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

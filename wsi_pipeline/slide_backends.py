@@ -19,7 +19,7 @@ from PIL import Image
 
 from .errors import PipelineInputError
 from promptnucseg.models.interface import to_rgb_uint8
-from .slides import CORRUPT_FIX, SlideReader, mpp_from_resolution
+from .slide_reader import CORRUPT_FIX, SlideReader, mpp_from_resolution
 
 NOT_AN_IMAGE_FIX = "check that you passed the slide or image file itself, and that it opens in an image viewer"
 
