@@ -296,7 +296,9 @@ def test_many_small_batches_give_the_same_files_as_one_batch(tmp_path: Path, nuc
         assert np.array_equal(za[name][:], zb[name][:], equal_nan=za[name].dtype.kind == "f"), name
     assert pq.ParquetFile(a / "s.parquet").metadata.num_row_groups == 10
     # chunk-aligned buffering: every chunk file of the streamed store written once, same set
-    files = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    def files(root: Path) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
     assert files(a / "s.zarr") == files(b / "s.zarr")
 
 

@@ -2,7 +2,6 @@
 refused before the model loads (cli_segment._refuse_unusable), on the real shared slides."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +9,9 @@ from PIL import Image
 
 from promptnucseg.cli import main
 from promptnucseg.wsi_pipeline.plausibility import NucleusRanges, result_warnings
-from conftest import need
+from conftest import SHARED_DATA, need
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 TCGA = DATA / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
 KUMAR_VAL = DATA / "kumar" / "train" / "images" / "TCGA-18-5592-01Z-00-DX1.png"
 

@@ -6,7 +6,6 @@ with their outputs on a real tile of the sample slide. Our loaders must reproduc
 """
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,9 +19,10 @@ from promptnucseg.models import release
 from promptnucseg.models.checkpoints import CheckpointError, read_checkpoint
 from promptnucseg.models.predictor import load_predictor
 from promptnucseg.models.prompter import Prompter, select_prompts
+from conftest import SHARED_DATA
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = SHARED_DATA.parent
 EXPECTED = torch.load(FIXTURE / "expected.pt", weights_only=True)
 MANIFEST = json.loads((FIXTURE / "manifest.json").read_text())
 

@@ -15,8 +15,9 @@ from scipy import ndimage
 from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.models.interface import to_rgb_uint8
 from promptnucseg.wsi_pipeline.slides import open_slide, resolve_mpp
+from conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 SLIDES = DATA / "slides"
 CMU = SLIDES / "cmu_small_region.svs"
 TCGA = SLIDES / "tcga-cr-7395-01a-01-ts1.svs"
@@ -54,7 +55,6 @@ def pyramid(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
 
 # ----- real slides -------------------------------------------------------------------------
 @needs_slides
-@pytest.mark.shared_data
 @pytest.mark.parametrize(
     "path, backend, dims, levels, mpp",
     [
@@ -83,7 +83,6 @@ def test_real_slide_geometry_and_mpp(path, backend, dims, levels, mpp):
 
 
 @needs_slides
-@pytest.mark.shared_data
 def test_svs_same_pixels_through_openslide_and_tifffile():
     for path, level in ((CMU, 0), (TCGA, 0)):
         with open_slide(path, backend="openslide") as a, open_slide(path, backend="tifffile") as b:
@@ -96,7 +95,6 @@ def test_svs_same_pixels_through_openslide_and_tifffile():
 
 
 @needs_slides
-@pytest.mark.shared_data
 def test_flat_tiff_equals_png_of_same_pixels(tmp_path):
     pixels = tifffile.imread(KIDNEY)
     png = tmp_path / "kidney.png"
@@ -119,7 +117,6 @@ def test_flat_tiff_equals_png_of_same_pixels(tmp_path):
 
 
 @needs_slides
-@pytest.mark.shared_data
 def test_transparent_outside_scan_area_becomes_white():
     import openslide
 
@@ -136,7 +133,6 @@ def test_transparent_outside_scan_area_becomes_white():
 
 
 @needs_slides
-@pytest.mark.shared_data
 def test_missing_mpp_is_refused_and_override_is_recorded():
     with open_slide(TCGA) as reader:
         assert reader.mpp is None
@@ -161,7 +157,6 @@ def test_missing_mpp_is_refused_and_override_is_recorded():
 
 
 @needs_slides
-@pytest.mark.shared_data
 def test_read_at_mpp_sizes_and_level_choice():
     with open_slide(CMU) as reader:
         rgb, scale = reader.read_at_mpp(100, 200, 300, 500, 0.998)
@@ -375,7 +370,6 @@ def test_tiatoolbox_backend_says_how_to_install(pyramid):
 
 
 @needs_slides
-@pytest.mark.shared_data
 @pytest.mark.parametrize("source, fraction", [(CMU, 0.5), (CMU, 0.97), (TCGA, 0.5), (TCGA, 0.95), (KIDNEY, 0.5), (KIDNEY, 0.999)])
 def test_truncated_real_slides_fail_at_open(tmp_path, source, fraction):
     data = source.read_bytes()

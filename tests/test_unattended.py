@@ -27,9 +27,9 @@ from promptnucseg.wsi_pipeline.locking import LOCK_NAME, FolderLock, LockOwner
 from promptnucseg.wsi_pipeline.plan import SegmentSettings
 from promptnucseg.wsi_pipeline.segment import segment_slide
 from promptnucseg.wsi_pipeline.slides import open_slide, resolve_mpp
-from conftest import need
+from conftest import SHARED_DATA, need
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 CMU = DATA / "slides" / "cmu_small_region.svs"
 ROI = ("--roi", "600,900,400,400", "--tile-size", "256", "--overlap", "64", "--batch-size", "1", "--workers", "1")
 REPO = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 One failing slide is reported in one line and the others go on; the exit status is
 non-zero if any slide failed. Each slide gets its own folder with the outputs and a JSON
 run report; a killed run resumes where it stopped when run again with the same --out.
-With --scheduler or --cluster the batches run on dask workers (see distributed.py) and the
+With --scheduler or --cluster the batches run on dask workers (see distributed/) and the
 outputs are the same bytes as a single-process run's.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from . import flags
 EXIT_LOCKED = 75  # EX_TEMPFAIL: only slides held by another run were refused; retry later
 
 if TYPE_CHECKING:
+    from .plan import SegmentSettings
     from .segment import SlideResult
 
 

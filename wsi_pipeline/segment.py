@@ -1,7 +1,7 @@
 """`segment_slide`: plan, run (resuming), export, report — for one slide into its own folder.
 
 `prepare_slide` (plan + journal) and `finish_slide` (exports + report) are shared with the
-distributed run (`distributed.py`), which runs the batches in between on dask workers.
+distributed run (`distributed/`), which runs the batches in between on dask workers.
 """
 from __future__ import annotations
 
