@@ -178,6 +178,6 @@ def load_predictor(weights: str | None = None, device: str = "auto", **options: 
 
     Imported lazily so that `wsi_pipeline` can import this module without torch.
     """
-    from .predictor import load_predictor as _load
+    from .loading import load_predictor as _load
 
     return _load(weights=weights, device=device, **options)

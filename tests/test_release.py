@@ -17,7 +17,7 @@ import torch
 
 from promptnucseg.models import release
 from promptnucseg.models.checkpoints import CheckpointError, read_checkpoint
-from promptnucseg.models.predictor import load_predictor
+from promptnucseg.models.loading import load_predictor
 from promptnucseg.models.prompter import Prompter, select_prompts
 from conftest import SHARED_DATA
 
@@ -130,7 +130,7 @@ def test_prompter_reproduces_the_release(layout, file, tile):
 @pytest.mark.parametrize("k", ["k0", "k1"])
 def test_segmentor_reproduces_the_release(k):
     rgb = _tile("tile")
-    from promptnucseg.models.predictor import _load_segmentor
+    from promptnucseg.models.loading import _load_segmentor
 
     path = FIXTURE / "kumar_segmentor.pth"
     segmentor, fields, is_release = _load_segmentor(path, read_checkpoint(path))
