@@ -26,6 +26,7 @@ from .points import TilePoints
 from .stains import StainModel
 from .tiling import Tile
 
+
 def owns_points(plan: SlidePlan, tile: Tile, points: np.ndarray, origin: tuple[float, float], scale: float) -> np.ndarray:
     """Which tile-pixel points lie in this tile's core (region model-pixel frame)."""
     level0 = mask_pixel_to_level0(points, origin, scale)
@@ -43,6 +44,9 @@ def stitch_batch(
     plan: SlidePlan, settings: SegmentSettings, journal: Journal, batch_index: int,
     results: list[tuple[Tile, np.ndarray, tuple[float, float], float, TileNuclei, TilePoints | None]],
 ) -> int:
+    """One finished batch: each tile's owned nuclei as slide records, fragments dropped (a
+    person's points kept however small), saved as the batch's part and journaled; returns
+    the nuclei kept."""
     parts = []
     facts: dict[str, Any] = {"points_missing": [], "points_deleted": 0} if plan.points is not None else {}
     small = 0
