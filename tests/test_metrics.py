@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +24,9 @@ from promptnucseg.models.evaluation.metrics import (
     split_count,
     tissue_average,
 )
+from conftest import SHARED_DATA
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = SHARED_DATA
 
 
 def box(shape, *rects):

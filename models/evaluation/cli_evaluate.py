@@ -3,7 +3,9 @@
 Two modes, one scorer (`metrics.score_label_maps`):
   --pred DIR --gt DIR          label maps paired by file stem (.npy/.png/.tif/.tiff)
   --data DATASET [--weights]   run the model (bundled one by default) over a dataset
-Both print one row per image plus the mean, and `--json OUT` writes the same numbers.
+Both print one row per image plus the mean, and `--json OUT` writes the same numbers. On a
+PanNuke fold (`types.npy` names each image's tissue) `--data` adds PanNuke's own numbers:
+bPQ and mPQ per image, averaged within each tissue, then over tissues.
 """
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from promptnucseg.errors import FixableError
+
 from ..data.folders import files_by_stem
 from ..data.label_maps import LABEL_SUFFIXES, LabelMapError, read_label_map
-from .metrics import IMAGE_METRICS, DetectionCounts, MatchCounts, class_f1_scores, detection_scores, score_label_maps
+from .metrics import IMAGE_METRICS, DetectionCounts, MatchCounts, class_f1_scores, detection_scores, pannuke_bpq, pannuke_mpq, per_tissue_means, score_label_maps, tissue_average
 
 CONVENTIONS = (
     "HoVer-Net conventions: AJI is MoNuSeg's (not AJI+); PQ pairs are unique at IoU > 0.5; "
@@ -27,7 +31,7 @@ CONVENTIONS = (
 DETECTION_RADIUS_PX = 12.0
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(FixableError, ValueError):
     """Folders or options that cannot be evaluated as given; the message says the fix."""
 
 
@@ -50,13 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.data and (args.pred or args.gt):
-            raise EvaluationInputError("--data and --pred/--gt both given. Fix: pass either --data (run a model) or --pred and --gt (score label maps), not both")
+            raise EvaluationInputError(None, "--data and --pred/--gt both given", "pass either --data (run a model) or --pred and --gt (score label maps), not both")
         if args.data:
             report = _evaluate_model(args)
         elif args.pred and args.gt:
             report = _evaluate_folders(Path(args.pred), Path(args.gt))
         else:
-            raise EvaluationInputError("nothing to evaluate. Fix: pass --pred DIR --gt DIR, or --data DATASET_DIR [--weights CKPT]")
+            raise EvaluationInputError(None, "nothing to evaluate", "pass --pred DIR --gt DIR, or --data DATASET_DIR [--weights CKPT]")
     except (ValueError, FileNotFoundError, RuntimeError) as err:  # LabelMapError, CheckpointError, bad device
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -75,10 +79,10 @@ def run(args: argparse.Namespace) -> int:
 def label_files(folder: Path) -> dict[str, Path]:
     """Label-map files of a folder by stem; two files with one stem are an error."""
     if not folder.is_dir():
-        raise EvaluationInputError(f"{folder}: not a folder. Fix: pass the folder that holds the label maps")
+        raise EvaluationInputError(folder, "not a folder", "pass the folder that holds the label maps")
     found = files_by_stem(folder, LABEL_SUFFIXES, "label maps")
     if not found:
-        raise EvaluationInputError(f"{folder}: no label maps ({'/'.join(LABEL_SUFFIXES)}). Fix: point to the folder that holds them")
+        raise EvaluationInputError(folder, f"no label maps ({'/'.join(LABEL_SUFFIXES)})", "point to the folder that holds them")
     return found
 
 
@@ -90,7 +94,7 @@ def pair_label_files(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             where = pred_dir if side == "prediction" else gt_dir
-            raise EvaluationInputError(f"{where}: no {side} for {shown}. Fix: add the missing file(s) or remove their counterparts")
+            raise EvaluationInputError(where, f"no {side} for {shown}", "add the missing file(s) or remove their counterparts")
     return [(stem, gts[stem], preds[stem]) for stem in sorted(gts)]
 
 
@@ -122,7 +126,7 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
         unknown = [n for n in wanted if n not in names]
         if unknown:
             more = " ..." if len(names) > 10 else ""
-            raise EvaluationInputError(f"{args.data}: no image named {', '.join(unknown)}. Fix: pick from {', '.join(names[:10])}{more}")
+            raise EvaluationInputError(args.data, f"no image named {', '.join(unknown)}", f"pick from {', '.join(names[:10])}{more}")
         chosen = [names.index(n) for n in wanted]
     predictor = load_predictor(weights=args.weights or None, device=args.device, prompter_weights=args.prompter_weights, preset=args.preset, tta=args.tta)
     if dataset.mpp and abs(dataset.mpp / predictor.mpp - 1) > 0.1:
@@ -135,11 +139,13 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
 
     detection = DetectionCounts()
     pairs = []
+    tissues = getattr(dataset, "tissues", None)  # PanNuke: its own convention too (tissue-averaged bPQ, mPQ)
+    pannuke: list[tuple[str, float, float]] = []
     for i in chosen:
         sample = dataset[i]
         h, w = sample.instances.shape
         nuclei = predictor.predict([sample.image])[0]
-        inst, _ = nuclei.label_maps((h, w))
+        inst, pred_types = nuclei.label_maps((h, w))
         if save_dir:
             import tifffile
 
@@ -151,6 +157,11 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
             pred_cls = nuclei.classes.astype(np.int64)
         detection = detection + detection_scores(true_points, true_cls, nuclei.points, pred_cls, nuclei.class_scores, radius=DETECTION_RADIUS_PX)
         pairs.append((sample.name, sample.instances, inst))
+        if tissues:
+            mpq = float("nan")
+            if with_classes and sample.instance_classes is not None:
+                mpq = pannuke_mpq(sample.instances, _type_map(sample.instances, sample.instance_classes), inst, pred_types, len(dataset.class_names))
+            pannuke.append((tissues[sample.name], pannuke_bpq(sample.instances, inst), mpq))
         print(f"{sample.name}: {len(nuclei)} nuclei found, {len(ids)} in the ground truth", file=sys.stderr)
     scores = score_label_maps(pairs)
     report: dict[str, Any] = {"mode": "model", "data": str(args.data), "model": predictor.describe(), "conventions": CONVENTIONS, **scores}
@@ -170,7 +181,25 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
             dataset.class_names[c]: {**vars(detection.per_class.get(c, MatchCounts())), "f1": f1} for c, f1 in per.items()
         }
         report["detection"]["mean_class_f1"] = mean_f1
+    if pannuke:
+        names = [t for t, _, _ in pannuke]
+        bpq, mpq = [b for _, b, _ in pannuke], [m for _, _, m in pannuke]
+        report["pannuke"] = {
+            "convention": "PanNuke's script: per image (bPQ ignores classes; mPQ averages the classes the image has), mean within each tissue, then over tissues",
+            "bpq": tissue_average(bpq, names),
+            "mpq": tissue_average(mpq, names),
+            "per_tissue": {t: {"bpq": b, "mpq": m} for (t, b), m in zip(per_tissue_means(bpq, names).items(), per_tissue_means(mpq, names).values())},
+        }
     return report
+
+
+def _type_map(instances: np.ndarray, instance_classes: dict[int, int]) -> np.ndarray:
+    """Class index + 1 per pixel (0: background or an unclassed nucleus), as `label_maps` paints."""
+    lut = np.zeros(int(instances.max()) + 1, np.int64)
+    for k, c in instance_classes.items():
+        if 0 < int(k) < len(lut) and int(c) >= 0:
+            lut[int(k)] = int(c) + 1
+    return lut[instances]
 
 
 # --- output ------------------------------------------------------------------------------
@@ -198,6 +227,9 @@ def format_table(report: dict[str, Any]) -> str:
         if "mean_class_f1" in det:
             per = "  ".join(f"{name} {_fmt(c['f1'])}" for name, c in det["per_class"].items())
             lines.append(f"class F1: mean {_fmt(det['mean_class_f1'])}  ({per})")
+    if report.get("pannuke"):
+        p = report["pannuke"]
+        lines.append(f"PanNuke (mean over {len(p['per_tissue'])} tissues): bPQ {_fmt(p['bpq'])}  mPQ {_fmt(p['mpq'])}")
     return "\n".join(lines)
 
 
