@@ -134,7 +134,8 @@ def test_a_one_class_prompter_seeds_a_typed_one_with_the_same_prompts():
     (argmax not background), each now a tie between the four classes."""
     from dataclasses import replace
 
-    from promptnucseg.models.predictor import BUNDLED_WEIGHTS, _load_bundle
+    from promptnucseg.models.loading import _load_bundle
+    from promptnucseg.models.predictor import BUNDLED_WEIGHTS
     from promptnucseg.models.prompter.postprocess import candidate_prompts
     from promptnucseg.models.prompter.warm_start import warm_start_prompter
 
