@@ -263,7 +263,15 @@ def test_model_mode_scores_what_it_predicts(tiny_model_file, dataset_folder, tmp
     assert sum(c["tp"] + c["fp"] for c in per.values()) == det["tp"] + det["fp"]
     f1s = [c["f1"] for c in per.values() if c["f1"] is not None]
     assert det["mean_class_f1"] == pytest.approx(sum(f1s) / len(f1s))
-    assert "class F1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "class F1" in printed and "HoVer-Net F_d" in printed and "PanNuke mPQ" in printed
+    # HoVer-Net's type scores: every GT nucleus is paired or unpaired once, every prediction too
+    types = report["types"]
+    assert types["paired"] + types["unpaired_true"] == sum(n_true)
+    assert types["paired"] + types["unpaired_pred"] == sum(im["n_pred"] for im in report["images"])
+    assert sum(map(sum, types["confusion"]["counts"])) == types["paired"]
+    assert list(types["f_t"]) == list(types["class_pq"]) == ["tumour", "immune"]
+    assert types["mpq"] is None or 0 <= types["mpq"] <= 1
 
     # the saved predictions, scored as label-map folders, give the very same numbers
     again = tmp_path / "files.json"
@@ -280,6 +288,26 @@ def test_model_mode_image_subset_and_unknown_names(tiny_model_file, dataset_fold
     assert main(["evaluate", "--weights", str(tiny_model_file), "--data", str(dataset_folder), "--images", "beta,gamma", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "no image named gamma" in err and "alpha" in err
+
+
+def test_image_patterns_and_the_majority_class_baseline(tiny_model_file, dataset_folder, tmp_path, capsys):
+    """--images takes patterns; the baseline gives every detected nucleus the training split's
+    most frequent class, counted over the images not scored (here alpha: 3 tumour, 3 immune
+    -> the first, tumour, by argmax), and changes the types only."""
+    model_json, base_json = tmp_path / "model.json", tmp_path / "base.json"
+    common = ["evaluate", "--model", str(tiny_model_file), "--data", str(dataset_folder), "--images", "b*", "--device", "cpu"]
+    assert main([*common, "--json", str(model_json)]) == 0
+    assert main([*common, "--type-baseline", "majority", "--json", str(base_json)]) == 0
+    model, base = json.loads(model_json.read_text()), json.loads(base_json.read_text())
+    assert [im["name"] for im in base["images"]] == ["beta"]
+    assert base["type_baseline"]["class"] == "tumour" and base["type_baseline"]["training_class_counts"] == {"tumour": 3, "immune": 3}
+    assert base["images"] == model["images"] and base["detection"]["f1"] == model["detection"]["f1"]  # same nuclei
+    assert all(row[1] == 0 for row in base["types"]["confusion"]["counts"])  # nothing predicted immune
+    assert base["types"]["f_t"]["immune"] == 0.0
+    assert "baseline 'majority'" in capsys.readouterr().out
+    # without a training split (every image scored) the baseline cannot be formed
+    assert main(["evaluate", "--model", str(tiny_model_file), "--data", str(dataset_folder), "--device", "cpu", "--type-baseline", "majority"]) == 2
+    assert "needs a training split" in capsys.readouterr().err
 
 
 def test_model_mode_bad_weights_file_is_named(dataset_folder, tmp_path, capsys):
