@@ -35,6 +35,7 @@ def test_wheel_ships_the_bundled_model_and_configs(tmp_path):
     for cfg in (REPO / "configs").glob("*.yaml"):
         assert f"promptnucseg/configs/{cfg.name}" in names
     assert "promptnucseg/cli.py" in names and "promptnucseg/wsi_pipeline/segment.py" in names
+    assert "promptnucseg/wsi_pipeline/report/templates/run_report.html.j2" in names  # the run page's markup, a plain folder
     # nothing generic at the top of site-packages: every module sits under promptnucseg/
     tops = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith((".dist-info", ".data"))}
     assert tops == {"promptnucseg"}, tops

@@ -1,6 +1,6 @@
 """Per-slide progress journal: what a killed run already finished, so a rerun resumes there.
 
-Layout under a slide's output folder:
+Layout under a slide's output folder (names from outputs.py):
     .work/manifest.json   the run's fingerprint (slide, model, settings); a rerun with other
                           settings is refused rather than mixed into the same outputs
     .work/parts/NNNNNN.*  one file per finished batch of tiles, written atomically
@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import PipelineInputError
 from .exporters.atomic import atomic_write_text
+from .outputs import JOURNAL_MANIFEST, JOURNAL_PARTS, JOURNAL_PROGRESS, WORK_DIR
 
 
 def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
@@ -47,22 +48,22 @@ class Journal:
 
     @property
     def work(self) -> Path:
-        return self.folder / ".work"
+        return self.folder / WORK_DIR
 
     @property
     def parts_dir(self) -> Path:
-        return self.work / "parts"
+        return self.work / JOURNAL_PARTS
 
     @property
     def progress_path(self) -> Path:
-        return self.work / "progress.jsonl"
+        return self.work / JOURNAL_PROGRESS
 
     def part_path(self, batch: int, suffix: str = ".npz") -> Path:
         return self.parts_dir / f"{batch:06d}{suffix}"
 
     def start(self, fingerprint: dict[str, Any]) -> bool:
         """Create or reopen the journal; True if earlier progress is being resumed."""
-        manifest = self.work / "manifest.json"
+        manifest = self.work / JOURNAL_MANIFEST
         digest = fingerprint_hash(fingerprint)
         if manifest.is_file():
             old = json.loads(manifest.read_text())

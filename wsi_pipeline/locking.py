@@ -33,8 +33,8 @@ from typing import Any, Callable
 
 from .errors import PipelineInputError
 from .exporters.atomic import _pid_alive  # the one rule for "is this pid running" (partials use it too)
+from .outputs import LOCK_NAME
 
-LOCK_NAME = ".promptnucseg.lock"
 BREAK_SUFFIX = ".break"
 
 

@@ -21,7 +21,8 @@ from .errors import PipelineInputError
 from .exporters.atomic import atomic_write_text, ensure_output_folder
 from .interrupts import Interrupted
 from .journal import Journal, fingerprint_hash
-from .locking import LOCK_NAME, FolderLock, FolderLocked
+from .locking import FolderLock, FolderLocked
+from .outputs import REPORT_SLIDE_MPP, ZARR_SLIDE_MPP, SlideOutputs, slide_folder
 from .plausibility import ranges_for, result_warnings
 from .points import output_classes, points_report
 from .preflight import check_free_space, disk_full_explained, plan_summary
@@ -40,21 +41,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def output_paths(folder: Path, stem: str, settings: SegmentSettings) -> dict[str, Path]:
-    paths = {"report": folder / f"{stem}_report.json"}
-    if "geojson" in settings.formats:
-        paths["geojson"] = folder / (f"{stem}.geojson.gz" if settings.gzip else f"{stem}.geojson")
-    if "zarr" in settings.formats:
-        paths["zarr"] = folder / f"{stem}.zarr"
-    if "table" in settings.formats:
-        paths["table"] = folder / f"{stem}_nuclei.parquet"
-    if "anndata" in settings.formats:
-        paths["anndata"] = folder / f"{stem}.h5ad"
-    if settings.label_map:
-        paths["label_map"] = folder / f"{stem}_labels.tif"
-    return paths
 
 
 @dataclass(frozen=True)
@@ -125,15 +111,10 @@ def failed_result(slide: str | Path, err: BaseException) -> SlideResult:
     return SlideResult(str(slide), False, {}, describe_failure(slide, err), locked=isinstance(err, FolderLocked))
 
 
-def slide_folder(out_root: str | Path, path: str | Path) -> Path:
-    """Where a slide's outputs, journal and lock live: one sub-folder per slide stem."""
-    return Path(out_root) / Path(path).stem
-
-
 def lock_slide_folder(out_root: str | Path, path: str | Path, settings: SegmentSettings, log: Callable[[str], None] = print) -> FolderLock:
     """Hold the slide's folder for this run (see locking.py); the caller releases it."""
     folder = slide_folder(out_root, path)
-    ensure_output_folder(folder / LOCK_NAME)
+    ensure_output_folder(SlideOutputs(folder, Path(path).stem).lock)
     lock = FolderLock(folder).acquire(wait=settings.wait_for_lock, log=log)
     if lock.took_over is not None:
         log(f"{folder}: took over the lock of a run that is gone ({lock.took_over.describe()})")
@@ -169,8 +150,9 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
     plan = plan_slide(reader, settings, model.mpp, window_grid=model.window_grid, class_names=model.class_names)
     plan.min_nucleus_um2 = ranges_for(model.describe()).min_nucleus_um2 if settings.min_nucleus_um2 is None else settings.min_nucleus_um2
     folder = slide_folder(out_root, plan.path)
-    ensure_output_folder(folder / f"{plan.stem}_report.json")
-    paths = output_paths(folder, plan.stem, settings)
+    outputs = SlideOutputs(folder, plan.stem)
+    ensure_output_folder(outputs.report)
+    paths = outputs.written(settings.formats, settings.gzip, settings.label_map)
     journal = Journal(folder)
     fp = fingerprint(plan, model, settings)
     job = SlideJob(plan, folder, paths, journal, fp, started=started)
@@ -271,7 +253,7 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
     small = sum(int(rec.get("small_dropped", 0)) for rec in journal.done().values())
     meta = {
         "slide": str(plan.path),
-        "slide_mpp": plan.slide_mpp,
+        ZARR_SLIDE_MPP: plan.slide_mpp,
         "mpp_source": plan.mpp_source,
         "model_mpp": plan.model_mpp,
         "roi": list(plan.roi),
@@ -315,7 +297,7 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         "plausible_ranges": asdict(ranges),
         "warnings": result_warnings(total, plan.tissue_mm2, median_area, plan.slide_mpp, plan.mpp_source, ranges),
         "stains": plan.stains.describe(),
-        "mpp_used": plan.slide_mpp,
+        REPORT_SLIDE_MPP: plan.slide_mpp,
         "mpp_source": plan.mpp_source,
         "model_mpp": plan.model_mpp,
         "resampling": f"level-0 px per model px = {plan.scale:.4f}; tiles read from the level nearest to {plan.model_mpp} um/px and resampled",

@@ -98,7 +98,8 @@ def _refuse_locked(slides: list[Path], out: Path) -> list["SlideResult"]:
     """Slides whose folders a live run holds, refused (one line each) before the model loads;
     the others still take their lock properly when their turn comes."""
     from .locking import FolderLock
-    from .segment import failed_result, slide_folder
+    from .outputs import slide_folder
+    from .segment import failed_result
 
     refused = []
     for slide in slides:

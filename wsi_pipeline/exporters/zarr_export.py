@@ -27,6 +27,7 @@ import shapely
 
 from ..geometry import polygon_rows_cols
 from ..morphometrics import MEASUREMENTS
+from ..outputs import ZarrColumns as C
 from .appender import ChunkAppender
 from .atomic import atomic_folder, ensure_output_folder, fsync_folder, partial_name
 
@@ -109,20 +110,20 @@ def write_zarr(
             chunks = (chunk,) if width is None else (chunk, width)
             return ChunkAppender(group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=None if dtype is str else 0))
 
-        cols["id"] = column("id", str)
-        cols["point"] = column("point", "float64", 2)
-        cols["centroid"] = column("centroid", "float64", 2)
-        cols["class"] = column("class", "int16")
-        cols["class_score"] = column("class_score", "float32")
-        cols["mask_score"] = column("mask_score", "float32")
-        cols["polygon_offsets"] = column("polygon_offsets", "int64")
-        cols["polygon_coords"] = column("polygon_coords", "float64", 2, chunk=4 * chunk_rows)
-        cols["polygon_offsets"].add(np.zeros(1, np.int64))
-        mgroup = root.create_group("measurements")
+        cols[C.ID] = column(C.ID, str)
+        cols[C.POINT] = column(C.POINT, "float64", 2)
+        cols[C.CENTROID] = column(C.CENTROID, "float64", 2)
+        cols[C.CLASS] = column(C.CLASS, "int16")
+        cols[C.CLASS_SCORE] = column(C.CLASS_SCORE, "float32")
+        cols[C.MASK_SCORE] = column(C.MASK_SCORE, "float32")
+        cols[C.POLYGON_OFFSETS] = column(C.POLYGON_OFFSETS, "int64")
+        cols[C.POLYGON_COORDS] = column(C.POLYGON_COORDS, "float64", 2, chunk=4 * chunk_rows)
+        cols[C.POLYGON_OFFSETS].add(np.zeros(1, np.int64))
+        mgroup = root.create_group(C.MEASUREMENTS)
         measurement_keys: list[str] | None = None
         painter = None
         if label_raster is not None:
-            painter = _LabelPainter(_create_label_array(root, "labels", label_raster[0], 1024), label_raster[1])
+            painter = _LabelPainter(_create_label_array(root, C.LABELS, label_raster[0], 1024), label_raster[1])
 
         n_nuclei, n_coords = 0, 0
         per_class: dict[int, int] = {}
@@ -131,22 +132,22 @@ def write_zarr(
             if measurement_keys is None:
                 measurement_keys = keys
                 for k in keys:
-                    cols[f"measurements/{k}"] = column(k, "float32", group=mgroup)
+                    cols[f"{C.MEASUREMENTS}/{k}"] = column(k, "float32", group=mgroup)
             elif keys != measurement_keys:
                 raise ValueError(f"batch measurements {keys} differ from the first batch's {measurement_keys}")
             if not len(batch):
                 continue
             offsets, coords = batch.polygon_arrays()
-            cols["id"].add(np.asarray(batch.ids, dtype=str))
-            cols["point"].add(batch.points)
-            cols["centroid"].add(batch.centroids)
-            cols["class"].add(batch.classes)
-            cols["class_score"].add(batch.class_scores)
-            cols["mask_score"].add(batch.mask_scores)
-            cols["polygon_offsets"].add(offsets[1:] + n_coords)
-            cols["polygon_coords"].add(coords)
+            cols[C.ID].add(np.asarray(batch.ids, dtype=str))
+            cols[C.POINT].add(batch.points)
+            cols[C.CENTROID].add(batch.centroids)
+            cols[C.CLASS].add(batch.classes)
+            cols[C.CLASS_SCORE].add(batch.class_scores)
+            cols[C.MASK_SCORE].add(batch.mask_scores)
+            cols[C.POLYGON_OFFSETS].add(offsets[1:] + n_coords)
+            cols[C.POLYGON_COORDS].add(coords)
             for k in measurement_keys:
-                cols[f"measurements/{k}"].add(np.asarray(batch.measurements[k], np.float32))
+                cols[f"{C.MEASUREMENTS}/{k}"].add(np.asarray(batch.measurements[k], np.float32))
             if painter is not None:
                 painter.paint(batch.polygons, n_nuclei + 1)
             for c, k in zip(*np.unique(batch.classes, return_counts=True)):
@@ -166,7 +167,7 @@ def write_zarr(
             "counts": {"nuclei": n_nuclei, "polygon_vertices": n_coords, "per_class": named},
         })
         if label_raster is not None:
-            attrs["labels"] = {"downsample": float(label_raster[1]), "shape": [int(v) for v in label_raster[0]], "ids": "row index + 1; 0 = background"}
+            attrs[C.LABELS] = {"downsample": float(label_raster[1]), "shape": [int(v) for v in label_raster[0]], "ids": "row index + 1; 0 = background"}
         root.attrs.update(attrs)
     return path
 
@@ -176,7 +177,7 @@ def write_label_raster(
     shape_at_level: tuple[int, int],
     downsample: float,
     batches: Iterable["SlideNuclei"],
-    name: str = "labels",
+    name: str = C.LABELS,
     chunk: int = 1024,
 ) -> Path:
     """Paint an instance label raster (uint32, id = row index + 1) into an existing local

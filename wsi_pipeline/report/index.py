@@ -1,0 +1,220 @@
+"""The run's HTML page (`report.html`): a summary, a link per slide, one section per slide.
+
+The markup lives in `templates/run_report.html.j2`, rendered by Jinja2 with autoescape on,
+so every value from a report (slide names, errors, paths) reaches the page as text. This
+module only gathers the values: rows of (label, value, small print), class counts, links.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import PipelineInputError
+from ..exporters.atomic import atomic_file
+from ..outputs import REPORT_SUFFIX
+from .run_reader import SlideEntry, find_slides, pictures_up_to_date
+from .slide import render_slide_report
+
+TEMPLATES = Path(__file__).parent / "templates"
+Row = tuple[str, str, "str | None"]  # label, value, small print after the value
+
+
+def render_run_report(out_dir: Path, max_side: int = 2048, *, force: bool = False, log: Callable[[str], None] | None = None) -> Path:
+    """Render every finished slide's pictures (skipping up-to-date ones unless `force`),
+    then write `out_dir/report.html` and return its path. A slide whose pictures fail is
+    listed with the reason; the others go on."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise PipelineInputError(out_dir, "is not a folder", "pass the --out folder of a `promptnucseg segment` run")
+    entries = find_slides(out_dir)
+    if not any(e.state == "finished" for e in entries):
+        raise PipelineInputError(out_dir, f"has no finished slide (no <stem>/<stem>{REPORT_SUFFIX} with status complete)", "pass the --out folder of a `promptnucseg segment` run, or wait until a slide has finished")
+    for e in entries:
+        if e.state != "finished":
+            continue
+        try:
+            started = time.monotonic()
+            fresh = not force and pictures_up_to_date(e.folder, max_side)
+            files = render_slide_report(e.folder, max_side, skip_up_to_date=not force)
+            e.pictures = json.loads(files["pictures"].read_text())
+            if log:
+                log(f"{e.stem}: pictures {'up to date' if fresh else f'rendered in {time.monotonic() - started:.1f} s'}")
+        except Exception as err:  # one broken store must not hide the other slides
+            e.problem = f"pictures could not be drawn: {err}"
+            if log:
+                log(f"{e.stem}: {e.problem}")
+    path = out_dir / "report.html"
+    with atomic_file(path) as tmp:
+        tmp.write_text(run_report_html(out_dir, entries), encoding="utf-8")
+    return path
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    try:
+        return f"{float(value):,.{digits}f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _duration(seconds: Any) -> str:
+    if seconds is None:
+        return "—"
+    s = float(seconds)
+    if s < 120:
+        return f"{s:.1f} s"
+    h, rest = divmod(int(round(s)), 3600)
+    return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def _model_name(report: dict[str, Any]) -> str:
+    model = report.get("model")
+    if not isinstance(model, dict):
+        return str(model) if model else "—"
+    name = str(model.get("model") or "—")
+    weights = model.get("weights")
+    return f"{name} ({Path(str(weights)).name})" if weights else name
+
+
+def _rel(path: Path, base: Path) -> str:
+    return os.path.relpath(path, base).replace(os.sep, "/")
+
+
+# Weights licences by model-name prefix (the bundle does not carry one yet; see models/weights/MODEL_CARD.md)
+LICENCES = {"promptnucseg-light-kumar": "CC BY-NC-SA 4.0: non-commercial use only, share-alike (trained on MoNuSeg)"}
+
+
+def weights_licence(model_name: str) -> str:
+    """The licence of a model's weights, for every version of a named model (v1, -v2, ...)."""
+    return next((text for prefix, text in LICENCES.items() if model_name.startswith(prefix)), "see the model file's documentation")
+
+
+def _accuracy(r: dict[str, Any]) -> Row:
+    """The model's own validation figures, as the model file records them."""
+    metrics = (r.get("model") or {}).get("metrics") if isinstance(r.get("model"), dict) else None
+    if not isinstance(metrics, dict):
+        return ("model accuracy", "—", None)
+    parts = []
+    val = metrics.get("validation") or {}
+    if val.get("pq") is not None and val.get("aji") is not None:  # the model's whole-image scores, when its file has them
+        parts.append(f"PQ {float(val['pq']):.2f}, AJI {float(val['aji']):.2f}")
+    f1 = val.get("det_f1", (metrics.get("prompter") or {}).get("val_det_f1"))
+    iou = (metrics.get("segmentor") or {}).get("val_oracle_miou")
+    if f1 is not None:
+        parts.append(f"detection F1 {float(f1):.2f}")
+    if iou is not None:
+        parts.append(f"mask IoU {float(iou):.2f} (given the right point)")
+    return ("model accuracy", ", ".join(parts), "on held-out training-set images; see the model card") if parts else ("model accuracy", "—", None)
+
+
+def _figures(entry: SlideEntry) -> tuple[list[Row], list[Row]]:
+    """What the tissue holds first; then the run's engineering figures (a details box)."""
+    r = entry.report
+    pics = entry.pictures or {}
+    dims = (r.get("slide_facts") or {}).get("dimensions")
+    model = r.get("model") if isinstance(r.get("model"), dict) else {}
+    rows: list[Row] = [
+        ("slide file", str(r.get("slide", "—")), None),
+        ("tissue", f"{_num(r.get('tissue_mm2'), 2)} mm²" if r.get("tissue_mm2") is not None else "—", None),
+        ("nuclei", _num(r.get("nuclei")), f"({_num(r['small_masks_dropped'])} fragments below {_num(r.get('min_nucleus_um2'), 1)} µm² left out)" if r.get("small_masks_dropped") else None),
+        ("nuclei per mm² of tissue", _num(r.get("nuclei_per_mm2_tissue")), None),
+        ("median nucleus area", f"{_num(r.get('median_area_um2'), 1)} µm²" if r.get("median_area_um2") is not None else "—", None),
+        ("µm per pixel", _num(r.get("mpp_used"), 4), f"from {r.get('mpp_source', '—')}"),
+        ("model", _model_name(r), f"at {_num(r.get('model_mpp'), 3)} µm/px" if r.get("model_mpp") else None),
+        _accuracy(r),
+        ("weights licence", weights_licence(str(model.get("model"))), None),
+    ]
+    if (r.get("settings") or {}).get("roi"):
+        rows.append(("region", "level-0 x, y, w, h = " + ", ".join(str(v) for v in r["settings"]["roi"]), None))
+    if (pics.get("density") or {}).get("max_per_mm2") is not None:
+        d = pics["density"]
+        rows.append(("density", f"peak {_num(d['max_per_mm2'])} / mm², median {_num(d['median_nonempty_per_mm2'])} / mm²", f"(non-empty {_num(d['bin_um'])} µm bins)"))
+    details: list[Row] = [
+        ("level-0 size", f"{dims[0]:,} × {dims[1]:,} px" if isinstance(dims, list) and len(dims) == 2 else "—", None),
+        ("tiles", _num(r.get("tiles")), f"of {_num(r.get('tiles_in_grid'))} in the grid; tissue {100 * float(r['tissue_fraction']):.0f}% of the slide" if r.get("tissue_fraction") is not None else None),
+        ("wall time", _duration(r.get("wall_seconds")), "(resumed)" if r.get("resumed") else None),
+        ("tiles / s", _num(r.get("tiles_per_second"), 2), None),
+        ("nuclei / s", _num(r.get("nuclei_per_second"), 1), None),
+        ("peak RAM", f"{_num(r.get('peak_rss_mb'))} MB" if r.get("peak_rss_mb") is not None else "—", None),
+        ("stain vectors", str((r.get("stains") or {}).get("source", "—")), None),
+    ]
+    return rows, details
+
+
+def _classes(entry: SlideEntry) -> list[dict[str, Any]]:
+    counts = (entry.pictures or {}).get("class_counts")
+    if counts is None:  # pictures missing: fall back to the report's own counts
+        counts = [{"class": k, "count": int(v), "color": None} for k, v in (entry.report.get("class_counts") or {}).items()]
+    total = sum(c["count"] for c in counts) or 1
+    return [{"name": str(c["class"]), "count": int(c["count"]), "color": c.get("color"), "percent": f"{100 * c['count'] / total:.1f}"} for c in counts]
+
+
+def _files(entry: SlideEntry, base: Path) -> list[tuple[str, str, str]]:
+    """(href, name, kind) of each output the report names that is still there."""
+    links = []
+    for kind, named in (entry.report.get("outputs") or {}).items():
+        p = entry.folder / Path(str(named)).name
+        if p.exists():
+            links.append((_rel(p, base), p.name, str(kind)))
+    csv_name = ((entry.pictures or {}).get("files") or {}).get("class_counts")
+    if csv_name:
+        links.append((_rel(entry.folder / csv_name, base), csv_name, "class counts"))
+    return links
+
+
+def _pictures(entry: SlideEntry, base: Path) -> list[tuple[str, str, bool]]:
+    """(src, caption, wide) of each picture drawn."""
+    pics = entry.pictures or {}
+    mode = (pics.get("overlay") or {}).get("mode")
+    overlay_caption = "Slide thumbnail with every nucleus outlined in its class colour" if mode == "outlines" else "Slide thumbnail with every nucleus as a dot in its class colour; the box marks the zoomed crop"
+    wanted = (
+        ("overlay", overlay_caption, True),
+        ("zoom", "Densest region at a resolution where outlines are visible (scale bar in µm)", True),
+        ("density", "Nuclei per mm² on 100 µm bins", False),
+        ("areas", "Nuclear areas (µm²)", False),
+    )
+    names = pics.get("files") or {}
+    return [(_rel(entry.folder / names[kind], base), caption, wide) for kind, caption, wide in wanted if names.get(kind)]
+
+
+def _section(entry: SlideEntry, base: Path) -> dict[str, Any]:
+    """The values of one slide's section of the page."""
+    view: dict[str, Any] = {"stem": entry.stem, "state": entry.state, "problem": entry.problem or entry.state, "folder": str(entry.folder)}
+    if entry.state != "finished":
+        return view
+    pics = entry.pictures or {}
+    notes = [str(n) for n in pics.get("notes", [])]
+    if entry.problem:
+        notes.append(entry.problem)
+    notes += ["Check this result: " + w for w in entry.report.get("warnings") or []]
+    figures, details = _figures(entry)
+    classes = _classes(entry)
+    geojson = (entry.report.get("outputs") or {}).get("geojson")
+    view.update(
+        notes=notes, figures=figures, details=details, classes=classes, class_total=sum(c["count"] for c in classes),
+        geojson=Path(str(geojson)).name if geojson else None, files=_files(entry, base), pictures=_pictures(entry, base),
+    )
+    return view
+
+
+def _template() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    return env.get_template("run_report.html.j2")
+
+
+def run_report_html(out_dir: Path, entries: list[SlideEntry]) -> str:
+    """The page: a run summary, a link per slide, then one section per slide."""
+    done = [e for e in entries if e.state == "finished"]
+    nuclei = sum(int(e.report.get("nuclei") or 0) for e in done)
+    wall = sum(float(e.report.get("wall_seconds") or 0) for e in done)
+    states = {s: sum(e.state == s for e in entries) for s in ("finished", "failed", "unfinished")}
+    counts = ", ".join(f"{n} {s}" for s, n in states.items() if n)
+    summary = f"{len(entries)} slide{'s' if len(entries) != 1 else ''}: {counts} · {nuclei:,} nuclei · {_duration(wall)} of segmentation · page made {time.strftime('%Y-%m-%d %H:%M')}"
+    title = f"promptnucseg run: {out_dir.resolve().name}"
+    return _template().render(title=title, folder=str(out_dir.resolve()), summary=summary, sections=[_section(e, out_dir) for e in entries])
