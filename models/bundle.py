@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     )
     parser.add_argument("--out", required=True, help="output model file (.pt)")
     parser.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16)")
-    parser.add_argument("--metrics", help="JSON file of validation metrics to record in the bundle")
+    parser.add_argument("--metrics", help="JSON file of validation metrics to record in the bundle; an `evaluate --json` report is recorded as the model's validation")
     parser.add_argument("--config", help="YAML config whose model name and inference settings the bundle takes (default: the prompter checkpoint's)")
 
 
@@ -95,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError
 
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+    if isinstance(metrics, dict) and metrics.get("mode") == "model":  # evaluate's report: its figures, not its per-image detail
+        from .evaluation.command import validation_summary
+
+        metrics = {"validation": validation_summary(metrics)}
     try:
         out = bundle_model(args.prompter, args.segmentor, args.out, half=not args.fp32, metrics=metrics, run_config=args.config, share_segmentor=args.share_segmentor)
     except (CheckpointError, FileNotFoundError, ValueError) as err:

@@ -72,6 +72,16 @@ def card_facts(card: Path) -> dict[str, Any]:
     return facts if isinstance(facts, dict) else {}
 
 
+def bundled_facts(name: str) -> dict[str, Any]:
+    """A bundled model's card facts and the card's file name, for run reports (a missing or
+    unreadable card gives none: the model still runs)."""
+    card = BUNDLED[name].card_path
+    try:
+        return {**card_facts(card), "card": card.name} if card.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def describe_bundled(model: BundledModel) -> dict[str, Any]:
     """What `promptnucseg models` shows of one bundled model, read from its file and card."""
     from .checkpoints import CheckpointError, read_checkpoint

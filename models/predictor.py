@@ -31,7 +31,7 @@ from .checkpoints import CheckpointError, expect_kind, file_sha256, float_state,
 from .devices import resolve_device
 from .duplicate_prompts import close_prompts, duplicate_prompts, touching_pairs
 from .config import ModelConfig, SegmentorConfig, from_dict, to_dict
-from .bundled import DEFAULT_WEIGHTS as BUNDLED_WEIGHTS, resolve_model
+from .bundled import DEFAULT_WEIGHTS as BUNDLED_WEIGHTS, bundled_facts, resolve_model
 from .interface import GivenPrompts, TileNuclei, span_shares, span_starts
 from .prompter import Prompter, select_prompts
 from .prompter.postprocess import Prompts, candidate_prompts, concat_prompts, nms_prompts
@@ -492,6 +492,7 @@ def load_predictor(
     source: dict[str, Any] = {"weights": str(path), "weights_sha256": file_sha256(path)}
     if bundled_name:
         source["bundled_model"] = bundled_name
+        source.update({k: v for k, v in bundled_facts(bundled_name).items() if k in ("licence", "card")})
     if ckpt.get("format") == "promptnucseg" and ckpt.get("kind") == "model":
         prompter, segmentor, config, metrics = _load_bundle(path, ckpt)
         source["metrics"] = metrics

@@ -269,6 +269,29 @@ def _type_report(types: TypeCounts, class_pq: np.ndarray, class_names: tuple[str
     }
 
 
+def _r4(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 4)
+
+
+def validation_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures of an `evaluate --data` report that a model file records as its validation
+    (`export-model --metrics REPORT.json`), under the keys `promptnucseg models` and the run
+    report's page read: whole-image means, detection, and the type scores when there are any."""
+    det = report.get("detection") or {}
+    out: dict[str, Any] = {"data": report.get("data"), "images": [im["name"] for im in report.get("images", [])]}
+    out.update({k: _r4(report["mean"][k]) for k in IMAGE_METRICS})
+    out.update(det_f1=_r4(det.get("f1")), det_precision=_r4(det.get("precision")), det_recall=_r4(det.get("recall")), n_split=report.get("n_split"))
+    types = report.get("types")
+    if types:
+        out.update(
+            mean_f_t=_r4(types["mean_f_t"]), mpq=_r4(types["mpq"]), type_accuracy=_r4(types["accuracy"]), f_d=_r4(types["f_d"]),
+            f_t={k: _r4(v) for k, v in types["f_t"].items()}, class_pq={k: _r4(v) for k, v in types["class_pq"].items()},
+        )
+    if report.get("type_baseline"):
+        out["type_baseline"] = report["type_baseline"]["name"]
+    return out
+
+
 # --- output ------------------------------------------------------------------------------
 
 
