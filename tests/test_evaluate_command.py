@@ -315,3 +315,46 @@ def test_model_mode_bad_weights_file_is_named(dataset_folder, tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert main(["evaluate", "--weights", str(bad), "--data", str(dataset_folder), "--device", "cpu"]) == 2
     assert str(bad) in capsys.readouterr().err
+
+
+def _two_kinds(rng, n_big: int, n_small: int):
+    """An image of big dark-blue round nuclei (class 0) and small pink elongated ones (class 1)."""
+    h = w = 128
+    image = np.full((h, w, 3), (235, 220, 225), np.uint8)
+    inst = np.zeros((h, w), np.int32)
+    yy, xx = np.mgrid[:h, :w]
+    classes, k = {}, 0
+    for cls, n in ((0, n_big), (1, n_small)):
+        for _ in range(n):
+            cy, cx = rng.integers(10, h - 10, 2)
+            shape = (yy - cy) ** 2 + (xx - cx) ** 2 <= 36 if cls == 0 else ((yy - cy) / 1.5) ** 2 + ((xx - cx) / 5) ** 2 <= 1
+            free = shape & (inst == 0)
+            if free.sum() < 5:
+                continue
+            k += 1
+            inst[free] = k
+            image[free] = (60, 40, 140) if cls == 0 else (200, 110, 150)
+            classes[k] = cls
+    return image, inst, classes
+
+
+def test_knn_baseline_learns_size_and_colour_from_the_training_split_only(tmp_path):
+    from promptnucseg.models.data.datasets import NucleusSample
+    from promptnucseg.models.evaluation.baselines import BaselineInputError, fit_baseline
+
+    rng = np.random.default_rng(0)
+    samples = [NucleusSample(f"im{i}", *_two_kinds(rng, 6, 12)) for i in range(4)]
+
+    class Samples(list):  # a data set's sequence interface, over samples built here
+        root, class_names = tmp_path, ("big", "small")
+
+    data = Samples(samples)
+    knn = fit_baseline("knn", data, held_out=[3])
+    image, inst, truth = samples[3].image, samples[3].instances, samples[3].instance_classes
+    got = knn.classify(image, inst, int(inst.max()))
+    assert got.tolist() == [truth[k] for k in range(1, int(inst.max()) + 1)]  # the two kinds are told apart
+    majority = fit_baseline("majority", data, held_out=[3])
+    assert set(majority.classify(image, inst, int(inst.max())).tolist()) == {1}  # more small ones in training
+    assert majority.describe(data.class_names)["class"] == "small" and "k" in knn.describe(data.class_names)
+    with pytest.raises(BaselineInputError, match="needs a training split"):
+        fit_baseline("knn", data, held_out=[0, 1, 2, 3])

@@ -49,9 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     model.add_argument("--preset", choices=("kumar", "cpm17", "pannuke"), help="the PromptNucSeg release's settings for this data set (default: read from release files)")
     model.add_argument("--images", metavar="A,B", help="only these image names (comma-separated stems; shell-style patterns such as train_1_* allowed)")
     model.add_argument(
-        "--type-baseline", choices=("majority",),
-        help="score a baseline instead of the model's types: our detected nuclei all get the most frequent class of the "
-        "training split (the data set's images not chosen by --images); for a typed model on a data set with classes/",
+        "--type-baseline", choices=("majority", "knn"),
+        help="score a baseline instead of the model's types, learnt from the training split (the data set's images not chosen by --images): "
+        "majority gives every detected nucleus the most frequent class, knn the class of its 15 nearest training nuclei in size, shape and "
+        "colour (models/evaluation/baselines.py); for a typed model on a data set with classes/",
     )
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     model.add_argument("--save-pred", metavar="DIR", help="also write each predicted instance map as DIR/<name>.tif")
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             report = _evaluate_folders(Path(args.pred), Path(args.gt))
         else:
             raise EvaluationInputError("nothing to evaluate. Fix: pass --pred DIR --gt DIR, or --data DATASET_DIR [--weights CKPT]")
-    except (ValueError, FileNotFoundError, RuntimeError) as err:  # LabelMapError, CheckpointError, bad device
+    except (ValueError, FileNotFoundError, RuntimeError) as err:  # LabelMapError, CheckpointError, BaselineInputError, bad device
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(report))
@@ -149,18 +150,6 @@ def same_classes(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return len(a) == len(b) > 1 and all(key(x) == key(y) for x, y in zip(a, b))
 
 
-def majority_training_class(dataset: Any, held_out: list[int]) -> tuple[int, list[int]]:
-    """The most frequent GT class over the data set's images outside `held_out`, and the counts."""
-    rest = sorted(set(range(len(dataset))) - set(held_out))
-    if not rest:
-        raise EvaluationInputError(f"{dataset.root}: --type-baseline needs a training split. Fix: choose the held-out images with --images; the others are the training split")
-    counts = np.zeros(len(dataset.class_names), np.int64)
-    for i in rest:
-        classes = dataset[i].instance_classes or {}
-        np.add.at(counts, [c for c in classes.values() if c >= 0], 1)
-    return int(np.argmax(counts)), counts.tolist()
-
-
 def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     from ..data.datasets import instance_points, open_dataset
     from ..interface import load_predictor
@@ -178,16 +167,13 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
             f"warning: {args.data} has classes {', '.join(dataset.class_names)} but the model {', '.join(predictor.class_names)}; types are not scored "
             "(fix: a typed model with the data set's classes, e.g. --model typed on CoNSeP)", file=sys.stderr,
         )
-    baseline: dict[str, Any] | None = None
+    baseline = None
     if args.type_baseline:
+        from .baselines import fit_baseline
+
         if not with_classes:
             raise EvaluationInputError(f"{args.data}: --type-baseline scores types, which need a data set with classes/ and a model with the same classes. Fix: --model typed on a typed data set")
-        cls, counts = majority_training_class(dataset, chosen)
-        baseline = {
-            "name": "majority",
-            "rule": "every detected nucleus gets the most frequent GT class of the training split (the images not scored); detection and masks are the model's",
-            "class": predictor.class_names[cls], "training_class_counts": dict(zip(predictor.class_names, counts)),
-        }
+        baseline = fit_baseline(args.type_baseline, dataset, chosen)
     n_classes = len(predictor.class_names)
     save_dir = Path(args.save_pred) if args.save_pred else None
     if save_dir:
@@ -201,9 +187,10 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
         sample = dataset[i]
         h, w = sample.instances.shape
         nuclei = predictor.predict([sample.image])[0]
-        if baseline is not None:
-            nuclei.classes[:] = predictor.class_names.index(baseline["class"])
         inst, pred_types = nuclei.label_maps((h, w))
+        if baseline is not None:  # the same nuclei, the baseline's types
+            nuclei.classes[:] = baseline.classify(sample.image, inst, len(nuclei))
+            inst, pred_types = nuclei.label_maps((h, w))
         if save_dir:
             import tifffile
 
@@ -221,7 +208,7 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     scores = score_label_maps(pairs)
     report: dict[str, Any] = {"mode": "model", "data": str(args.data), "model": predictor.describe(), "conventions": CONVENTIONS, **scores}
     if baseline is not None:
-        report["type_baseline"] = baseline
+        report["type_baseline"] = baseline.describe(predictor.class_names)
     report["detection"] = {
         "radius_px": DETECTION_RADIUS_PX,
         "matching": "greedy in descending class score to the nearest unmatched GT centroid; counts pooled over images",
@@ -320,7 +307,8 @@ def format_table(report: dict[str, Any]) -> str:
     types = report.get("types")
     if types:
         if report.get("type_baseline"):
-            lines.append(f"types of the baseline '{report['type_baseline']['name']}' (all {report['type_baseline']['class']}), not the model's:")
+            b = report["type_baseline"]
+            lines.append(f"types of the baseline '{b['name']}'" + (f" (all {b['class']})" if "class" in b else "") + ", not the model's:")
         per = "  ".join(f"{name} {_fmt(v)}" for name, v in types["f_t"].items())
         lines.append(f"HoVer-Net F_d {_fmt(types['f_d'])}  accuracy {_fmt(types['accuracy'])}  F_t: mean {_fmt(types['mean_f_t'])}  ({per})")
         per = "  ".join(f"{name} {_fmt(v)}" for name, v in types["class_pq"].items())
