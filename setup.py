@@ -4,7 +4,7 @@ The repo keeps `models/`, `wsi_pipeline/` and `configs/` at the top level (the d
 but installs them as `promptnucseg.models`, `promptnucseg.wsi_pipeline` and
 `promptnucseg.configs`, so that a generic name like `models` never lands in site-packages.
 A plain checkout gets the same names from the finder in `promptnucseg/__init__.py`
-(ARCHITECTURE.md, "Layout and imports").
+(ARCHITECTURE.md, "Layout").
 """
 from setuptools import find_packages, setup
 

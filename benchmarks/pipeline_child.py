@@ -37,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     from promptnucseg.models.interface import load_predictor
-    from promptnucseg.wsi_pipeline.runner import SegmentSettings, peak_rss_mb
+    from promptnucseg.wsi_pipeline.plan import SegmentSettings
+    from promptnucseg.wsi_pipeline.runner import peak_rss_mb
     from promptnucseg.wsi_pipeline.segment import segment_slide
     from promptnucseg.wsi_pipeline.slides import parse_roi
 

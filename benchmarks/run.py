@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from promptnucseg.models.devices import resolve_device
     from promptnucseg.wsi_pipeline.errors import PipelineInputError
-    from promptnucseg.wsi_pipeline.exporters.atomic import atomic_write_text
+    from promptnucseg.wsi_pipeline.atomic import atomic_write_text
 
     from . import inputs
     from .pipeline_bench import PipelineOptions, bench_memory, run_child

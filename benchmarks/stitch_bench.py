@@ -2,10 +2,10 @@
 
 Real nuclei (the model's output on a few real tiles) are laid out again over a growing grid
 of overlapping tiles, each copy at its own tile origin, and pushed through the pipeline's own
-steps, each timed on its own: ownership (`runner._owned`: keep the nuclei whose prompt lies
-in the tile's core), records (`records.from_tile_nuclei`: outlines, morphometrics, level-0
+steps, each timed on its own: ownership (`stitch.owned_nuclei`: keep the nuclei whose prompt lies
+in the tile's core), records (`stitch.from_tile_nuclei`: outlines, morphometrics, level-0
 coordinates, ids), parts (concatenate a batch and journal it with `save_part`, as
-`runner._postprocess` does), then reading the parts back and each exporter streaming them.
+`stitch.stitch_batch` does), then reading the parts back and each exporter streaming them.
 Every stage must cost the same per nucleus at 1x and 10x (linear), and the memory a size
 needs must not grow with it (the exporters stream).
 """
@@ -67,8 +67,10 @@ def stitch_size(
     model's scale (one level-0 pixel per model pixel)."""
     from promptnucseg.wsi_pipeline.exporters import write_geojson, write_table, write_zarr
     from promptnucseg.wsi_pipeline.journal import Journal
-    from promptnucseg.wsi_pipeline.records import SlideNuclei, from_tile_nuclei, save_part
-    from promptnucseg.wsi_pipeline.runner import SlidePlan, _owned, iter_parts
+    from promptnucseg.wsi_pipeline.nuclei import SlideNuclei, save_part
+    from promptnucseg.wsi_pipeline.plan import SlidePlan
+    from promptnucseg.wsi_pipeline.runner import iter_parts
+    from promptnucseg.wsi_pipeline.stitch import from_tile_nuclei, owned_nuclei
     from promptnucseg.wsi_pipeline.tiling import TileGrid
 
     tile = sources[0][0].shape[0]
@@ -98,7 +100,7 @@ def stitch_size(
                 origin = (float(t.x), float(t.y))
                 nuclei_in += len(found)
                 t0 = time.perf_counter()
-                owned = _owned(plan, t, found, origin, plan.scale)
+                owned = owned_nuclei(plan, t, found, origin, plan.scale)
                 t1 = time.perf_counter()
                 parts.append(from_tile_nuclei(owned, origin_level0=origin, scale=plan.scale, slide_key=plan.slide_key, rgb_tile=rgb, model_mpp=model_mpp))
                 t2 = time.perf_counter()

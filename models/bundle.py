@@ -7,7 +7,7 @@ records the validation metrics the caller measured, for the model card.
 `--share-segmentor` writes a file that holds the prompter and *refers* to the segmentor of
 another, self-contained model file in the same folder (by file name and sha256) instead of
 copying it: the bundled typed model shares the default model's segmentor, so the package
-ships those 24 MB once. The predictor resolves the reference (`predictor._load_bundle`).
+ships those 24 MB once. The loader resolves the reference (`loading.shared_segmentor`).
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     if isinstance(metrics, dict) and metrics.get("mode") == "model":  # evaluate's report: its figures, not its per-image detail
-        from .evaluation.command import validation_summary
+        from .evaluation.cli_evaluate import validation_summary
 
         metrics = {"validation": validation_summary(metrics)}
     try:

@@ -16,20 +16,14 @@ from typing import Any
 
 import torch
 
+from promptnucseg.errors import FixableError
+
 FORMAT = "promptnucseg"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FixableError, ValueError):
     """A weights file that is missing, unreadable, or for another model."""
-
-    def __init__(self, path: str | Path, problem: str, fix: str) -> None:
-        self.path, self.problem, self.fix = str(path), problem, fix
-        super().__init__(f"{path}: {problem}. Fix: {fix}")
-
-    def __reduce__(self) -> tuple:
-        # rebuilt from its three parts, so it survives pickling from a dask worker
-        return (type(self), (self.path, self.problem, self.fix))
 
 
 def _safe_globals() -> list:

@@ -3,6 +3,8 @@
 `wsi_pipeline` imports nothing from `models` but this module. It knows that a predictor
 wants uint8 RGB tiles at `predictor.mpp` microns per pixel and answers with a
 `TileNuclei` per tile; everything about prompters, SAM and checkpoints stays behind it.
+The pixel rule that makes such tiles (`to_rgb_uint8`, in `pixels.py`) is the one training
+images follow too.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from .pixels import to_rgb_uint8  # noqa: F401  (the one pixel rule, for wsi_pipeline's readers)
 
 
 @dataclass
@@ -175,6 +179,6 @@ def load_predictor(weights: str | None = None, device: str = "auto", **options: 
 
     Imported lazily so that `wsi_pipeline` can import this module without torch.
     """
-    from .predictor import load_predictor as _load
+    from .loading import load_predictor as _load
 
     return _load(weights=weights, device=device, **options)

@@ -15,7 +15,7 @@ from pathlib import Path
 def import_release(prompter: str | Path, segmentor: str | Path, out: str | Path, preset: str | None = None, half: bool = False) -> Path:
     from .checkpoints import file_sha256, half_state, save_checkpoint
     from .config import to_dict
-    from .predictor import load_predictor
+    from .loading import load_predictor
 
     predictor = load_predictor(segmentor, device="cpu", prompter_weights=prompter, preset=preset)
     if "release_preset" not in predictor.source:

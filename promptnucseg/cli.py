@@ -15,14 +15,14 @@ from . import __version__
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "segment": ("promptnucseg.wsi_pipeline.segment_command", "segment every nucleus in slides or images"),
-    "train-prompter": ("promptnucseg.models.training.commands", "train the point prompter from a YAML config"),
-    "train-segmentor": ("promptnucseg.models.training.commands", "fine-tune the SAM segmentor from a YAML config"),
+    "segment": ("promptnucseg.wsi_pipeline.cli_segment", "segment every nucleus in slides or images"),
+    "train-prompter": ("promptnucseg.models.training.cli_train", "train the point prompter from a YAML config"),
+    "train-segmentor": ("promptnucseg.models.training.cli_train", "fine-tune the SAM segmentor from a YAML config"),
     "export-model": ("promptnucseg.models.bundle", "bundle a trained prompter + segmentor into one model file"),
     "import-release": ("promptnucseg.models.release_import", "one model file from the PromptNucSeg authors' released prompter + segmentor"),
     "models": ("promptnucseg.models.bundled", "list the bundled models (--model NAME): classes, training data, licence, validation"),
-    "evaluate": ("promptnucseg.models.evaluation.command", "score a checkpoint on a dataset, or two label-map folders"),
-    "report": ("promptnucseg.wsi_pipeline.report_command", "render an HTML page with pictures for a finished run"),
+    "evaluate": ("promptnucseg.models.evaluation.cli_evaluate", "score a checkpoint on a dataset, or two label-map folders"),
+    "report": ("promptnucseg.wsi_pipeline.cli_report", "render an HTML page with pictures for a finished run"),
 }
 
 

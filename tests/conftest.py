@@ -1,9 +1,26 @@
-"""What several test modules share: the skip for missing ../shared data, and the bundled model."""
+"""What several test modules share: where ../shared/data is, the skip when it is absent, the
+`shared_data` mark, and the bundled model.
+
+`SHARED_DATA` is the one place the shared data is found (`PROMPTNUCSEG_SHARED_DATA`
+overrides it). A test is marked `shared_data` when its code reaches that folder: its body,
+the fixtures it uses, or the module's helpers and constants it names mention `SHARED_DATA`
+(read from the source at collection), so `-m "not shared_data"` runs exactly the tests that
+need nothing beside the repo.
+"""
 from __future__ import annotations
 
+import ast
+import inspect
+import os
+import sys
+import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+SHARED_DATA = Path(os.environ.get("PROMPTNUCSEG_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+_MARKER_NAME = "SHARED_DATA"
 
 
 def need(path: Path) -> Path:
@@ -22,3 +39,65 @@ def predictor():
     if not BUNDLED_WEIGHTS.is_file():
         pytest.skip(f"the bundled model {BUNDLED_WEIGHTS} is not in this checkout")
     return load_predictor(device="cpu")
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+
+
+class _ModuleReach:
+    """Which module-level names of one test module lead to SHARED_DATA."""
+
+    def __init__(self, module: Any) -> None:
+        try:
+            tree = ast.parse(inspect.getsource(module))
+        except (OSError, TypeError, SyntaxError):
+            tree = ast.Module(body=[], type_ignores=[])
+        self.uses: dict[str, set[str]] = {}
+        for stmt in tree.body:
+            targets: list[str] = []
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                targets = [stmt.name]
+            elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+                for t in stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]:
+                    targets += [n.id for n in ast.walk(t) if isinstance(n, ast.Name)]
+            for name in targets:
+                self.uses.setdefault(name, set()).update(_names(stmt))
+        self.reaching: set[str] = {_MARKER_NAME}
+        changed = True
+        while changed:
+            changed = False
+            for name, used in self.uses.items():
+                if name not in self.reaching and used & self.reaching:
+                    self.reaching.add(name)
+                    changed = True
+
+    def reaches(self, func: Any) -> bool:
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+        except (OSError, TypeError, SyntaxError):
+            return False
+        return bool(_names(tree) & self.reaching)
+
+
+_reach_cache: dict[str, _ModuleReach] = {}
+
+
+def _reach(module: Any) -> _ModuleReach:
+    if module.__name__ not in _reach_cache:
+        _reach_cache[module.__name__] = _ModuleReach(module)
+    return _reach_cache[module.__name__]
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        func = getattr(item, "function", None)
+        if func is None:
+            continue
+        funcs = [func]
+        info = getattr(item, "_fixtureinfo", None)
+        for defs in (info.name2fixturedefs.values() if info is not None else ()):
+            funcs += [d.func for d in defs]
+        if any(_reach(sys.modules[f.__module__]).reaches(f) for f in funcs if f.__module__ in sys.modules):
+            item.add_marker(pytest.mark.shared_data)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 KUMAR = DATA / "kumar" / "train" / "images"
 if str(REPO) not in sys.path:  # `benchmarks/` is a folder of the repo, not an installed package
     sys.path.insert(0, str(REPO))
@@ -40,7 +41,6 @@ def test_doubled_roi_is_twice_the_area_inside_the_slide():
 
 
 @pytest.mark.slow
-@pytest.mark.shared_data
 def test_quick_stitch_run_writes_complete_json(tmp_path):
     from promptnucseg.models.predictor import BUNDLED_WEIGHTS
 

@@ -7,7 +7,6 @@ here while a retrained model of the same quality passes.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,9 @@ from PIL import Image
 from promptnucseg.models.evaluation import aji, pq
 from promptnucseg.models.interface import load_predictor
 from promptnucseg.models.predictor import BUNDLED_WEIGHTS
+from conftest import SHARED_DATA
 
-KUMAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kumar" / "train"
+KUMAR = SHARED_DATA / "kumar" / "train"
 HELD_OUT = "TCGA-A7-A13E-01Z-00-DX1"
 CROP = (slice(250, 762), slice(250, 762))
 # the shipped model (v2) measured PQ 0.484, AJI 0.482 on this crop (v1: 0.455 / 0.479;

@@ -14,7 +14,7 @@ from promptnucseg.models import bundled
 from promptnucseg.models.bundle import bundle_model
 from promptnucseg.models.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 from promptnucseg.models.config import ModelConfig, PrompterConfig, SegmentorConfig, to_dict
-from promptnucseg.models.predictor import load_predictor
+from promptnucseg.models.loading import load_predictor
 from promptnucseg.models.prompter import Prompter
 from promptnucseg.models.segmentor import build_segmentor
 
@@ -108,7 +108,7 @@ def test_model_names_work_on_the_command_lines(tmp_path, capsys):
     assert load_predictor("default", device="cpu").describe()["bundled_model"] == "default"
     assert main(["evaluate", "--model", "no-such-model", "--pred", str(tmp_path), "--gt", str(tmp_path)]) == 2  # --model parses for evaluate
     capsys.readouterr()
-    from promptnucseg.wsi_pipeline.segment_command import add_arguments
+    from promptnucseg.wsi_pipeline.cli_segment import add_arguments
     import argparse
 
     parser = argparse.ArgumentParser()

@@ -29,8 +29,9 @@ from PIL import Image
 
 from promptnucseg.cli import main
 from promptnucseg.wsi_pipeline.distributed import WorkerLayout, dask_client, split_ranges, worker_index
+from conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 KUMAR = DATA / "kumar" / "train" / "images" / "TCGA-18-5592-01Z-00-DX1.png"
 
 pytestmark = pytest.mark.slow
@@ -115,9 +116,9 @@ def test_killed_worker_run_writes_what_one_process_writes(tmp_path, inputs, clus
     out, err = capsys.readouterr()
     # the slide that is no slide fails alone, in one line; the others finish
     assert code == 1, err
-    errors = [l for l in err.splitlines() if l.startswith("error:")]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "notes.svs" in errors[0] and "Fix:" in errors[0], err
-    assert sorted(json.loads(l)["slide"] for l in out.splitlines()) == [str(inputs["a"]), str(inputs["b"])]
+    assert sorted(json.loads(line)["slide"] for line in out.splitlines()) == [str(inputs["a"]), str(inputs["b"])]
 
     # a worker really died mid-run, and dask replaced it
     assert killer.killed is not None, "no worker was killed: the run finished before any batch was journaled?"
@@ -182,7 +183,7 @@ def test_bad_cluster_options_give_one_line_with_a_fix(tmp_path, inputs, capsys, 
     started = time.monotonic()
     code = main(_args(inputs, tmp_path, inputs["a"]) + extra)
     err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and words in lines[0] and "Fix:" in lines[0], err
     assert time.monotonic() - started < 15  # refused up front, not after a connect timeout
 

@@ -2,6 +2,7 @@
 import numpy as np
 
 from promptnucseg.models.duplicate_prompts import close_prompts, duplicate_prompts
+from conftest import SHARED_DATA
 
 
 def _disc(cx: float, cy: float, r: float, size: int = 64) -> np.ndarray:
@@ -37,7 +38,6 @@ def test_a_chain_of_three_keeps_one_and_close_prompts_are_the_candidates():
 
 def test_two_prompts_on_a_real_large_nucleus_give_one_whole_nucleus():
     """A 1,560 px² nucleus of a held-out Kumar image with a prompt at each end of its long axis."""
-    from pathlib import Path
 
     import pytest
     import torch
@@ -46,7 +46,7 @@ def test_two_prompts_on_a_real_large_nucleus_give_one_whole_nucleus():
     from promptnucseg.models.interface import load_predictor
     from promptnucseg.models.prompter.postprocess import Prompts
 
-    kumar = Path(__file__).resolve().parents[2] / "shared" / "data" / "kumar" / "train"
+    kumar = SHARED_DATA / "kumar" / "train"
     if not kumar.is_dir():
         pytest.skip(f"needs {kumar} (../shared/data beside the repo)")
     ds = open_dataset(kumar)

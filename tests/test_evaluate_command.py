@@ -358,3 +358,38 @@ def test_knn_baseline_learns_size_and_colour_from_the_training_split_only(tmp_pa
     assert majority.describe(data.class_names)["class"] == "small" and "k" in knn.describe(data.class_names)
     with pytest.raises(BaselineInputError, match="needs a training split"):
         fit_baseline("knn", data, held_out=[0, 1, 2, 3])
+
+
+def test_model_mode_on_pannuke_adds_its_tissue_averaged_bpq(tiny_model_file, tmp_path, capsys):
+    """A PanNuke-layout fold (images.npy 0..255 floats, masks.npy, types.npy): the report adds
+    PanNuke's own numbers, per image, then per tissue, then over tissues."""
+    from promptnucseg.models.data.datasets import open_dataset
+    from promptnucseg.models.evaluation import pannuke_bpq, tissue_average
+
+    root = tmp_path / "fold1"
+    root.mkdir()
+    n, size = 3, 64
+    images = np.full((n, size, size, 3), [230.0, 180.0, 200.0])
+    masks = np.zeros((n, size, size, 6))
+    yy, xx = np.mgrid[:size, :size]
+    rng = np.random.default_rng(5)
+    for i in range(n):
+        for k in range(2 + i):
+            cy, cx = rng.integers(8, size - 8, 2)
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 25
+            masks[i, disc, k % 5] = k + 1
+            images[i, disc] = [70.0, 40.0, 120.0]
+    masks[..., 5] = (masks[..., :5].sum(-1) == 0)
+    np.save(root / "images.npy", images)
+    np.save(root / "masks.npy", masks)
+    np.save(root / "types.npy", np.array(["Breast", "Colon", "Breast"]))
+    saved, out = tmp_path / "pred", tmp_path / "pannuke.json"
+    assert main(["evaluate", "--weights", str(tiny_model_file), "--data", str(root), "--device", "cpu", "--save-pred", str(saved), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    p = report["pannuke"]
+    assert set(p["per_tissue"]) == {"Breast", "Colon"} and p["mpq"] is None  # the tiny model's classes are not PanNuke's
+    ds = open_dataset(root)
+    bpq = [pannuke_bpq(ds[i].instances, tifffile.imread(saved / f"{ds.names[i]}.tif")) for i in range(n)]
+    assert p["bpq"] == pytest.approx(tissue_average(bpq, ["Breast", "Colon", "Breast"]))
+    assert p["per_tissue"]["Colon"]["bpq"] == pytest.approx(bpq[1])
+    assert "PanNuke (mean over 2 tissues): bPQ" in capsys.readouterr().out

@@ -24,7 +24,7 @@ from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.wsi_pipeline.exporters import write_anndata, write_geojson, write_label_raster, write_label_tiff, write_table, write_zarr
 from promptnucseg.wsi_pipeline.exporters.label_tiff import paint_labels
 from promptnucseg.wsi_pipeline.morphometrics import MEASUREMENT_UNITS, MEASUREMENTS
-from promptnucseg.wsi_pipeline.records import SlideNuclei
+from promptnucseg.wsi_pipeline.nuclei import SlideNuclei
 from test_records import synthetic_slide_nuclei
 
 CLASS_NAMES = ("Neoplastic", "Inflammatory", "Connective")
@@ -296,7 +296,9 @@ def test_many_small_batches_give_the_same_files_as_one_batch(tmp_path: Path, nuc
         assert np.array_equal(za[name][:], zb[name][:], equal_nan=za[name].dtype.kind == "f"), name
     assert pq.ParquetFile(a / "s.parquet").metadata.num_row_groups == 10
     # chunk-aligned buffering: every chunk file of the streamed store written once, same set
-    files = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    def files(root: Path) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
     assert files(a / "s.zarr") == files(b / "s.zarr")
 
 

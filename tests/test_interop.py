@@ -22,8 +22,9 @@ import zarr
 from promptnucseg.cli import main
 from promptnucseg.wsi_pipeline.exporters.geojson_export import SCORE_MEASUREMENTS
 from promptnucseg.wsi_pipeline.morphometrics import MEASUREMENT_UNITS, MEASUREMENTS
+from conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 CMU = DATA / "slides" / "cmu_small_region.svs"
 ROI = "800,1000,512,512"
 

@@ -56,3 +56,13 @@ def test_a_readme_without_the_section_is_refused():
         module.two_commands("# title\n\nno commands here\n")
     with pytest.raises(SystemExit, match="expected 2 commands"):
         module.two_commands("## Two commands\n\n```bash\npip install .\n```\n\n## Next\n")
+
+
+def test_ci_lints_the_python_code_with_a_pinned_ruff_before_the_readme_commands():
+    import re
+
+    pins = (REPO / ".ci" / "requirements-lint.txt").read_text()
+    assert re.search(r"^ruff==[\d.]+", pins, re.M)
+    ci = (REPO / ".ci" / "run").read_text()
+    assert '"$LINT_VENV/bin/ruff" check .' in ci and ci.index('ruff" check') < ci.index("python .ci/readme_commands.py")
+    assert "[tool.ruff.lint]" in (REPO / "pyproject.toml").read_text()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,8 +29,9 @@ from promptnucseg.models.evaluation.metrics import (
     type_counts,
     type_map,
 )
+from conftest import SHARED_DATA
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = SHARED_DATA
 
 
 def box(shape, *rects):

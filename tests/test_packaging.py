@@ -7,6 +7,7 @@ fails on its first run. Build the wheel for real and look inside.
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import zipfile
@@ -43,3 +44,20 @@ def test_wheel_ships_the_bundled_model_and_configs(tmp_path):
     # nothing generic at the top of site-packages: every module sits under promptnucseg/
     tops = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith((".dist-info", ".data"))}
     assert tops == {"promptnucseg"}, tops
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "CC BY-NC-SA 4.0" in metadata and "Apache-2.0" in metadata  # the weights' licence, not only the code's
+
+    # every module of the installed wheel imports on its own (a fresh install, not the checkout)
+    site = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    code = (
+        "import importlib, pkgutil, promptnucseg, sys\n"
+        "assert promptnucseg.__file__.startswith(sys.argv[1]), promptnucseg.__file__\n"
+        "names = [m.name for m in pkgutil.walk_packages(promptnucseg.__path__, 'promptnucseg.')]\n"
+        "for name in names: name.endswith('__main__') or importlib.import_module(name)  # __main__ would run the CLI\n"
+        "print(len(names))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(site)], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) > 80

@@ -23,11 +23,11 @@ import zarr
 from PIL import Image
 
 from promptnucseg.cli import main
-from promptnucseg.wsi_pipeline.runner import SegmentSettings
+from promptnucseg.wsi_pipeline.plan import SegmentSettings
 from promptnucseg.wsi_pipeline.segment import segment_slide
-from conftest import need
+from conftest import SHARED_DATA, need
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 KUMAR_VAL = DATA / "kumar" / "train" / "images" / "TCGA-18-5592-01Z-00-DX1.png"
 CMU = DATA / "slides" / "cmu_small_region.svs"
 TCGA = DATA / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
@@ -243,10 +243,10 @@ def test_bad_files_each_give_one_line_and_keep_finished_work(tmp_path, predictor
     Image.fromarray(np.full((600, 600, 3), 245, np.uint8)).save(blank)
     code, err = run_cli(["segment", str(notslide), str(truncated), str(gray), str(blank), str(kumar_crop), "--out", str(out), "--mpp", "0.25", "--device", "cpu", "--no-progress", "--tile-size", "256", "--overlap", "64"], capsys)
     assert code == 1
-    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 4, err
     for bad, word in ((notslide, "notes.svs"), (truncated, "truncated.svs"), (gray, "grayscale"), (blank, "no tissue")):
-        assert any(word in l and "Fix:" in l for l in lines), (word, err)
+        assert any(word in line and "Fix:" in line for line in lines), (word, err)
     assert "already complete" in err  # the finished image was not redone...
     assert finished.read_bytes() == before  # ...nor touched
 

@@ -1,8 +1,7 @@
 """A result that cannot be right says so (plausibility.py), and slides that cannot run are
-refused before the model loads (segment_command._refuse_unusable), on the real shared slides."""
+refused before the model loads (cli_segment._refuse_unusable), on the real shared slides."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +9,9 @@ from PIL import Image
 
 from promptnucseg.cli import main
 from promptnucseg.wsi_pipeline.plausibility import NucleusRanges, result_warnings
-from conftest import need
+from conftest import SHARED_DATA, need
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 TCGA = DATA / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
 KUMAR_VAL = DATA / "kumar" / "train" / "images" / "TCGA-18-5592-01Z-00-DX1.png"
 
@@ -54,7 +53,7 @@ def test_missing_mpp_and_no_tissue_are_refused_without_loading_the_model(tmp_pat
 def test_a_wrong_mpp_on_a_real_slide_warns_and_a_right_one_does_not(tmp_path):
     from promptnucseg.models.interface import load_predictor
     from promptnucseg.models.predictor import BUNDLED_WEIGHTS
-    from promptnucseg.wsi_pipeline.runner import SegmentSettings
+    from promptnucseg.wsi_pipeline.plan import SegmentSettings
     from promptnucseg.wsi_pipeline.segment import segment_slide
 
     if not BUNDLED_WEIGHTS.is_file():

@@ -20,11 +20,11 @@ from benchmarks.given_points import interior_points
 from promptnucseg.cli import main
 from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.wsi_pipeline.points import PlanPoints, check_points, read_points
-from promptnucseg.wsi_pipeline.runner import SegmentSettings
+from promptnucseg.wsi_pipeline.plan import SegmentSettings
 from promptnucseg.wsi_pipeline.segment import segment_slide
-from conftest import need
+from conftest import SHARED_DATA, need
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 KUMAR = "TCGA-18-5592-01Z-00-DX1"  # held out of training (configs/kumar_light.yaml)
 CMU = DATA / "slides" / "cmu_small_region.svs"
 EDGE = 16  # px: nuclei cut by the image edge may be outlined beside the point

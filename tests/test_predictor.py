@@ -6,7 +6,8 @@ import torch
 from promptnucseg.models.checkpoints import CheckpointError, save_checkpoint
 from promptnucseg.models.config import ModelConfig, PrompterConfig, SegmentorConfig, to_dict
 from promptnucseg.models.interface import NucleusPredictor, TileNuclei, span_starts
-from promptnucseg.models.predictor import PromptNucSegPredictor, check_tile, exclusive_masks, load_predictor
+from promptnucseg.models.loading import load_predictor
+from promptnucseg.models.predictor import PromptNucSegPredictor, check_tile, exclusive_masks
 from promptnucseg.models.prompter import Prompter
 from promptnucseg.models.segmentor import build_segmentor
 from promptnucseg.models.bundle import bundle_model

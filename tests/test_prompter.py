@@ -103,7 +103,8 @@ def test_unknown_stride_is_refused():
 def test_parameter_order_is_that_of_the_saved_models():
     """Optimizer states (a resumed run's last.pt) are indexed by parameter order: a refactor
     that registers modules in another order breaks every resume, so pin it to the bundled file."""
-    from promptnucseg.models.predictor import BUNDLED_WEIGHTS, _load_bundle
+    from promptnucseg.models.loading import _load_bundle
+    from promptnucseg.models.predictor import BUNDLED_WEIGHTS
 
     prompter, segmentor, _, _ = _load_bundle(BUNDLED_WEIGHTS)
     saved = torch.load(BUNDLED_WEIGHTS, map_location="cpu", weights_only=True)
@@ -114,7 +115,8 @@ def test_parameter_order_is_that_of_the_saved_models():
 
 def test_a_prompter_warm_starts_from_a_model_file_and_refuses_another_shape(tmp_path):
     from promptnucseg.models.checkpoints import CheckpointError
-    from promptnucseg.models.predictor import BUNDLED_WEIGHTS, _load_bundle
+    from promptnucseg.models.loading import _load_bundle
+    from promptnucseg.models.predictor import BUNDLED_WEIGHTS
     from promptnucseg.models.prompter.warm_start import warm_start_prompter
 
     shipped, _, config, _ = _load_bundle(BUNDLED_WEIGHTS)

@@ -10,10 +10,12 @@ import shapely
 from skimage import draw
 
 from promptnucseg.models.interface import TileNuclei
-from promptnucseg.wsi_pipeline import records
+from promptnucseg.wsi_pipeline import nuclei as records
 from promptnucseg.wsi_pipeline.geometry import polygon_rows_cols
 from promptnucseg.wsi_pipeline.morphometrics import MEASUREMENTS
-from promptnucseg.wsi_pipeline.records import SlideNuclei, from_tile_nuclei, load_part, nucleus_id, save_part
+from promptnucseg.wsi_pipeline.nuclei import SlideNuclei, load_part, nucleus_id, save_part
+from promptnucseg.wsi_pipeline.stitch import from_tile_nuclei
+from conftest import SHARED_DATA
 
 HAEMATOXYLIN_RGB = (77, 70, 149)  # 255 * 10**(-0.8 * skimage's haematoxylin OD vector)
 BACKGROUND_RGB = (235, 200, 220)
@@ -190,7 +192,7 @@ def test_real_kumar_nuclei_round_trip_to_the_same_label_map():
 
     from promptnucseg.wsi_pipeline.exporters.label_tiff import paint_labels
 
-    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "kumar" / "train"
+    root = SHARED_DATA / "kumar" / "train"
     if not root.is_dir():
         pytest.skip(f"real data not found at {root} (see /work/shared/data/README.md)")
     image = sorted((root / "images").iterdir())[0]

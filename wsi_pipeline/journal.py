@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PipelineInputError
-from .exporters.atomic import atomic_write_text
+from .atomic import atomic_write_text
 from .outputs import JOURNAL_MANIFEST, JOURNAL_PARTS, JOURNAL_PROGRESS, WORK_DIR
 
 

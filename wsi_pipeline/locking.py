@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import PipelineInputError
-from .exporters.atomic import _pid_alive  # the one rule for "is this pid running" (partials use it too)
+from .atomic import _pid_alive  # the one rule for "is this pid running" (partials use it too)
 from .outputs import LOCK_NAME
 
 BREAK_SUFFIX = ".break"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 from .errors import PipelineInputError
 
 if TYPE_CHECKING:
-    from .runner import SegmentSettings, SlidePlan
+    from .plan import SegmentSettings, SlidePlan
 
 # Memory: each tile in flight holds its RGB (3 B/px) in the read-ahead queue, the model's float
 # copies and masks, then post-processing; 48 B per tile pixel per batch slot covers a 1024-px

@@ -1,7 +1,7 @@
 """`segment_slide`: plan, run (resuming), export, report — for one slide into its own folder.
 
 `prepare_slide` (plan + journal) and `finish_slide` (exports + report) are shared with the
-distributed run (`distributed.py`), which runs the batches in between on dask workers.
+distributed run (`distributed/`), which runs the batches in between on dask workers.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from promptnucseg.models.interface import NucleusPredictor
 from .errors import PipelineInputError
-from .exporters.atomic import atomic_write_text, ensure_output_folder
+from .atomic import atomic_write_text, ensure_output_folder
 from .interrupts import Interrupted
 from .journal import Journal, fingerprint_hash
 from .locking import FolderLock, FolderLocked
@@ -27,7 +27,8 @@ from .plausibility import ranges_for, result_warnings
 from .points import output_classes, points_report
 from .preflight import check_free_space, disk_full_explained, plan_summary
 from .progress import SlideProgress
-from .runner import SegmentSettings, SlidePlan, iter_parts, peak_rss_mb, plan_slide, run_batches
+from .plan import SegmentSettings, SlidePlan, plan_slide
+from .runner import iter_parts, peak_rss_mb, run_batches
 from .slides import SlideReader, open_slide
 
 PACKAGES = ("promptnucseg", "torch", "segment-anything", "timm", "openslide-python", "openslide-bin", "tifffile", "zarr", "shapely", "numpy", "dask", "distributed")

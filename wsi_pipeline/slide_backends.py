@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import PipelineInputError
-from .slides import CORRUPT_FIX, SlideReader, mpp_from_resolution, to_rgb_uint8
+from promptnucseg.models.interface import to_rgb_uint8
+from .slide_reader import CORRUPT_FIX, SlideReader, mpp_from_resolution
 
 NOT_AN_IMAGE_FIX = "check that you passed the slide or image file itself, and that it opens in an image viewer"
 
@@ -67,7 +68,7 @@ class OpenSlideReader(SlideReader):
     def _read_at(self, level: int, loc_x: int, loc_y: int, w: int, h: int) -> np.ndarray:
         # OpenSlide pads outside the slide with transparent pixels; to_rgb_uint8 makes them white.
         region = self._slide.read_region((loc_x, loc_y), level, (w, h))
-        return to_rgb_uint8(np.asarray(region))
+        return to_rgb_uint8(np.asarray(region), self.path)
 
     def close(self) -> None:
         self._slide.close()
@@ -189,7 +190,7 @@ class PillowReader(SlideReader):
                 img.load()
                 self.vendor = (img.format or "image").lower()
                 dpi = img.info.get("dpi")
-                self._pixels = to_rgb_uint8(_pil_pixels(img))
+                self._pixels = to_rgb_uint8(_pil_pixels(img), self.path)
         except Image.DecompressionBombError as exc:
             raise PipelineInputError(self.path, "too large to load as one PNG/JPEG",
                                      "convert it to a tiled pyramidal TIFF, e.g. vips tiffsave in.png out.tif --tile --pyramid") from exc
@@ -238,7 +239,7 @@ class TiatoolboxReader(SlideReader):
         with self._lock:
             rgb = self._wsi.read_rect((loc_x, loc_y), (w, h), resolution=level, units="level",
                                       pad_mode="constant", pad_constant_values=255)
-        return to_rgb_uint8(rgb)
+        return to_rgb_uint8(rgb, self.path)
 
     def _location_for(self, level: int, ix: int) -> int:
         return round(ix * self.level_downsamples[level])

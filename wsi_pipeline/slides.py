@@ -6,29 +6,26 @@ run (CellViT#76, tiatoolbox#508/#534, instanseg#38, hover_net#270). Readers ther
 where their mpp came from, refuse absurd values, and always hand out uint8 RGB.
 
 Backends (OpenSlide, tifffile + zarr, Pillow, optional TIAToolbox) live in
-`slide_backends.py`; `open_slide` picks one. Coordinates are level-0 pixels, x right, y down.
+`slide_backends.py`, the interface they implement in `slide_reader.py`; `open_slide` here
+picks one. Coordinates are level-0 pixels, x right, y down.
 """
 from __future__ import annotations
 
-import math
 import re
-import warnings
-from abc import ABC
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
-from PIL import Image
+from typing import Sequence
 
 from .errors import PipelineInputError
+from .slide_backends import BACKEND_CLASSES
+from .slide_reader import CORRUPT_FIX, LEVEL_TOLERANCE, MPP_FIX, SlideReader, _missing_mpp_error, mpp_from_resolution, mpp_hint, opened
+
+__all__ = [  # the reader interface, re-exported: callers open and type slides through this module
+    "BACKENDS", "CORRUPT_FIX", "LEVEL_TOLERANCE", "MPP_FIX", "MPP_MAX", "MPP_MIN", "SUPPORTED_EXTENSIONS", "SlideReader",
+    "implausible_mpp", "mpp_from_resolution", "mpp_hint", "open_slide", "parse_roi", "resolve_mpp",
+]
 
 MPP_MIN = 0.05  # um/px; finer than any light microscope can resolve
 MPP_MAX = 10.0  # um/px; coarser than any slide a nucleus model can use
-MPP_FIX = "pass --mpp, e.g. --mpp 0.25 for 40x, 0.5 for 20x"
-CORRUPT_FIX = "the file is truncated or corrupt: copy it again or re-export it from the scanner software"
-# A pyramid level may be up to this much coarser than asked for and still be used (OpenSlide
-# reports 2.0005 for a "2x" level; reading level 0 instead would cost 4x the I/O).
-LEVEL_TOLERANCE = 0.01
 
 OPENSLIDE_EXTENSIONS = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff")
 TIFF_EXTENSIONS = (".tif", ".tiff", ".btf")
@@ -38,317 +35,6 @@ SUPPORTED_EXTENSIONS = tuple(sorted(set(OPENSLIDE_EXTENSIONS + TIFF_EXTENSIONS +
 TIFF_BASED_EXTENSIONS = (".svs", ".ndpi", ".scn", ".bif", ".svslide") + TIFF_EXTENSIONS
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 BACKENDS = ("auto", "openslide", "tifffile", "pillow", "tiatoolbox")
-
-
-def to_rgb_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Any (H, W), (H, W, 1|2|3|4) pixel array -> contiguous uint8 (H, W, 3) RGB.
-
-    Integers are scaled by their dtype's full range (uint16 / 257), never by a tile's own
-    min/max, so neighbouring tiles of one slide stay consistent. Floats must lie in 0..1.
-    Alpha is composited on white, the colour of empty glass.
-    """
-    a = np.asarray(pixels)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(f"expected (H, W) or (H, W, 1-4) pixels, got shape {a.shape}")
-    a = _scale_to_uint8(a)
-    channels = a.shape[2]
-    if channels in (2, 4):  # gray+alpha or RGBA
-        a = _composite_on_white(a[:, :, : channels - 1], a[:, :, channels - 1 :])
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    return np.ascontiguousarray(a)
-
-
-def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
-    if a.dtype == np.uint8:
-        return a
-    if a.dtype == bool:
-        return a.astype(np.uint8) * 255
-    if np.issubdtype(a.dtype, np.integer):
-        top = float(np.iinfo(a.dtype).max)
-        return (np.clip(a.astype(np.float64), 0, top) * (255.0 / top) + 0.5).astype(np.uint8)
-    if np.issubdtype(a.dtype, np.floating):
-        lo, hi = (float(np.nanmin(a)), float(np.nanmax(a))) if a.size else (0.0, 1.0)
-        if lo < -1e-6 or hi > 1 + 1e-6:
-            raise ValueError(f"floating-point pixels must lie in 0..1, found {lo:g}..{hi:g}")
-        return (np.nan_to_num(np.clip(a, 0, 1), nan=1.0) * 255 + 0.5).astype(np.uint8)
-    raise ValueError(f"unsupported pixel type {a.dtype}")
-
-
-def _composite_on_white(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    if alpha.min() == 255:
-        return color
-    c = color.astype(np.uint32)
-    al = alpha.astype(np.uint32)
-    return ((c * al + 255 * (255 - al) + 127) // 255).astype(np.uint8)
-
-
-def mpp_from_resolution(resolution: float, unit: str) -> float | None:
-    """TIFF-style pixels-per-unit -> um/px; None when the unit is "none" or the value is unusable."""
-    um_per_unit = {"inch": 25400.0, "centimeter": 1e4, "cm": 1e4, "millimeter": 1e3, "mm": 1e3,
-                   "micrometer": 1.0, "um": 1.0}.get(str(unit).lower())
-    if um_per_unit is None or not resolution or not math.isfinite(resolution) or resolution <= 0:
-        return None
-    return um_per_unit / float(resolution)
-
-
-class SlideReader(ABC):
-    """A slide (or plain image) opened for reading, whatever the file format.
-
-    Subclasses fill in the geometry and metadata in `__init__` and implement either
-    `_read_inside` (array-like levels, addressed in level pixels) or `_read_at` (readers
-    addressed by level-0 location, like OpenSlide, whose windows may start at a fractional
-    level pixel: `_origin_of` says where). Reads are safe to run from several threads at once.
-    """
-
-    backend: str = "abstract"
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.level_dimensions: tuple[tuple[int, int], ...] = ()
-        self.level_downsamples: tuple[float, ...] = ()
-        self.vendor: str = "unknown"
-        self.objective_power: float | None = None
-        self.mpp: float | None = None
-        self.mpp_source: str = "none"
-        self.metadata_mpp: float | None = None
-        self.metadata_mpp_source: str = "none"
-        self._mpp_override: float | None = None
-
-    # ----- geometry ------------------------------------------------------------------
-    @property
-    def dimensions(self) -> tuple[int, int]:
-        """Level-0 (width, height)."""
-        return self.level_dimensions[0]
-
-    @property
-    def level_count(self) -> int:
-        return len(self.level_dimensions)
-
-    def best_level_for_downsample(self, downsample: float) -> int:
-        """The coarsest level not coarser than `downsample` (within LEVEL_TOLERANCE); 0 if none."""
-        best = 0
-        for level, ds in enumerate(self.level_downsamples):
-            if ds <= downsample * (1 + LEVEL_TOLERANCE) and ds > self.level_downsamples[best]:
-                best = level
-        return best
-
-    # ----- microns per pixel -----------------------------------------------------------
-    def _set_metadata_mpp(self, mpp: float | None, source: str) -> None:
-        if mpp is not None and (not math.isfinite(mpp) or mpp <= 0):
-            mpp = None
-        self.metadata_mpp = None if mpp is None else float(mpp)
-        self.metadata_mpp_source = source if mpp is not None else "none"
-        if self._mpp_override is None:
-            self.mpp, self.mpp_source = self.metadata_mpp, self.metadata_mpp_source
-
-    def apply_mpp_override(self, mpp: float) -> None:
-        """Use the user's mpp instead of the file's (the file's value stays in `metadata_mpp`)."""
-        try:
-            value = float(mpp)
-        except (TypeError, ValueError):
-            value = float("nan")
-        if not math.isfinite(value) or value <= 0:
-            raise PipelineInputError(self.path, f"--mpp {mpp!r} is not a positive number of microns per pixel", MPP_FIX)
-        self._mpp_override = value
-        self.mpp, self.mpp_source = value, "override"
-
-    # ----- pixel access ----------------------------------------------------------------
-    def read_region(self, location: Sequence[int], level: int, size: Sequence[int]) -> np.ndarray:
-        """uint8 (h, w, 3) RGB of `size` level pixels whose top-left is level-0 `location`.
-
-        Parts outside the slide come back white.
-        """
-        x, y = (int(v) for v in location)
-        w, h = (int(v) for v in size)
-        self._check_level(level)
-        if w <= 0 or h <= 0:
-            raise ValueError(f"region size must be positive, got {(w, h)}")
-        return self._read_at_checked(level, x, y, w, h)
-
-    def read_scaled(self, x0: float, y0: float, out_w: int, out_h: int, scale: float) -> np.ndarray:
-        """uint8 (out_h, out_w, 3); output pixel (i, j) covers level-0 [x0 + i*scale, x0 + (i+1)*scale) x (same in y).
-
-        The mapping is exact (one float `scale` = level-0 px per output px, both axes), so callers
-        can map output pixels back to level 0 without rounding drift. Reads from the coarsest
-        level that is not coarser than `scale`, then resamples with Pillow: anti-aliased
-        (bilinear with widened support) when shrinking, bicubic when enlarging.
-        """
-        if not (scale > 0 and math.isfinite(scale)):
-            raise ValueError(f"scale must be a positive number, got {scale!r}")
-        out_w, out_h = int(out_w), int(out_h)
-        if out_w <= 0 or out_h <= 0:
-            raise ValueError(f"output size must be positive, got {(out_w, out_h)}")
-        level = self.best_level_for_downsample(scale)
-        ds = self.level_downsamples[level]
-        factor = scale / ds  # level px per output px
-        lx0, ly0 = x0 / ds, y0 / ds  # requested origin in level px
-        if abs(factor - 1.0) < 1e-9 and float(lx0).is_integer() and float(ly0).is_integer():
-            loc_x, loc_y = self._location_for(level, int(lx0)), self._location_for(level, int(ly0))
-            if self._origin_of(level, loc_x) == lx0 and self._origin_of(level, loc_y) == ly0:
-                return self._read_at_checked(level, loc_x, loc_y, out_w, out_h)  # no resampling at all
-        lx1, ly1 = lx0 + out_w * factor, ly0 + out_h * factor
-        margin = int(math.ceil(2 * max(factor, 1.0))) + 1  # the resampling filter's support
-        loc_x = self._location_for(level, math.floor(lx0) - margin)
-        loc_y = self._location_for(level, math.floor(ly0) - margin)
-        ox, oy = self._origin_of(level, loc_x), self._origin_of(level, loc_y)
-        win_w, win_h = math.ceil(lx1 - ox) + margin, math.ceil(ly1 - oy) + margin
-        window = self._read_at_checked(level, loc_x, loc_y, win_w, win_h)
-        box = (lx0 - ox, ly0 - oy, lx1 - ox, ly1 - oy)
-        resample = Image.Resampling.BILINEAR if factor >= 1 else Image.Resampling.BICUBIC
-        resized = Image.fromarray(window).resize((out_w, out_h), resample=resample, box=box)
-        return np.asarray(resized)
-
-    def read_at_mpp(self, x0: int, y0: int, w0: int, h0: int, target_mpp: float) -> tuple[np.ndarray, float]:
-        """The level-0 box (x0, y0, w0, h0) at `target_mpp` um/px -> (rgb, scale).
-
-        rgb is round(w0 * mpp / target_mpp) x round(h0 * ...) pixels; `scale` = target_mpp / mpp
-        level-0 px per output px, exactly: output pixel (i, j) covers level-0
-        [x0 + i*scale, x0 + (i+1)*scale) x [y0 + j*scale, ...), so its centre is at
-        x0 + (i + 0.5) * scale (edge-based coordinates; a point u in the same convention maps
-        to x0 + u * scale). The output may cover up to scale/2 px more or less than w0/h0 at
-        the far edges because its size is rounded.
-        """
-        if not (target_mpp > 0 and math.isfinite(target_mpp)):
-            raise ValueError(f"target_mpp must be a positive number, got {target_mpp!r}")
-        if w0 <= 0 or h0 <= 0:
-            raise ValueError(f"box size must be positive, got {(w0, h0)}")
-        mpp = self.mpp
-        if mpp is None:
-            raise _missing_mpp_error(self)
-        scale = target_mpp / mpp
-        out_w, out_h = max(1, round(w0 / scale)), max(1, round(h0 / scale))
-        return self.read_scaled(x0, y0, out_w, out_h, scale), scale
-
-    def read_downsampled(self, scale: float, max_window_pixels: int = 1 << 24) -> np.ndarray:
-        """The whole slide at `scale` level-0 px per output px, ceil(W/scale) x ceil(H/scale).
-
-        Read in horizontal bands so a flat 50k x 50k TIFF never has to sit in memory at once;
-        the bands join seamlessly because each reads its own filter margin.
-        """
-        width, height = self.dimensions
-        out_w, out_h = max(1, math.ceil(width / scale)), max(1, math.ceil(height / scale))
-        factor = scale / self.level_downsamples[self.best_level_for_downsample(scale)]
-        rows = max(1, int(max_window_pixels / max(1.0, out_w * factor * factor)))
-        out = np.empty((out_h, out_w, 3), np.uint8)
-        for r0 in range(0, out_h, rows):
-            r1 = min(out_h, r0 + rows)
-            out[r0:r1] = self.read_scaled(0.0, r0 * scale, out_w, r1 - r0, scale)
-        return out
-
-    def thumbnail(self, max_side: int = 1024) -> np.ndarray:
-        """The whole slide, longest side at most `max_side` (never enlarged)."""
-        return self.read_downsampled(max(1.0, max(self.dimensions) / max(1, int(max_side))))
-
-    def probe(self) -> None:
-        """Read a few pixels at each level's first and last tile.
-
-        Truncated files often open fine and only fail when their missing tiles are decoded;
-        the last tile of a level is usually the last one written.
-        """
-        for level, (w, h) in enumerate(self.level_dimensions):
-            if w <= 0 or h <= 0:
-                raise PipelineInputError(self.path, f"level {level} has an empty size {w}x{h}", CORRUPT_FIX)
-            for ix, iy in {(0, 0), (max(0, w - 16), max(0, h - 16))}:
-                loc_x, loc_y = self._location_for(level, ix), self._location_for(level, iy)
-                self._read_at_checked(level, loc_x, loc_y, min(16, w), min(16, h))
-
-    # ----- backend hooks ----------------------------------------------------------------
-    def _location_for(self, level: int, ix: int) -> int:
-        """The level-0 coordinate at which a read of `level` starts at level pixel `ix`."""
-        return math.ceil(ix * self.level_downsamples[level] - 1e-9)
-
-    def _origin_of(self, level: int, loc: int) -> float:
-        """The level-pixel coordinate where a read of `level` at level-0 `loc` starts."""
-        return float(math.floor(loc / self.level_downsamples[level] + 1e-9))
-
-    def _read_at(self, level: int, loc_x: int, loc_y: int, w: int, h: int) -> np.ndarray:
-        """uint8 (h, w, 3) of `level` starting at level-0 (loc_x, loc_y); outside the level is white."""
-        ix, iy = int(self._origin_of(level, loc_x)), int(self._origin_of(level, loc_y))
-        return self._read_window(level, ix, iy, w, h)
-
-    def _read_window(self, level: int, ix: int, iy: int, w: int, h: int) -> np.ndarray:
-        """uint8 (h, w, 3) of level pixels [ix, ix+w) x [iy, iy+h); outside the level is white."""
-        lw, lh = self.level_dimensions[level]
-        cx0, cy0 = max(ix, 0), max(iy, 0)
-        cx1, cy1 = min(ix + w, lw), min(iy + h, lh)
-        if cx0 == ix and cy0 == iy and cx1 == ix + w and cy1 == iy + h:
-            return to_rgb_uint8(self._read_inside(level, ix, iy, w, h))
-        out = np.full((h, w, 3), 255, np.uint8)
-        if cx1 > cx0 and cy1 > cy0:
-            inside = to_rgb_uint8(self._read_inside(level, cx0, cy0, cx1 - cx0, cy1 - cy0))
-            out[cy0 - iy : cy1 - iy, cx0 - ix : cx1 - ix] = inside
-        return out
-
-    def _read_inside(self, level: int, ix: int, iy: int, w: int, h: int) -> np.ndarray:
-        """Raw pixels of a window that lies entirely inside the level (any dtype / channels)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _read_inside or _read_at")
-
-    def _read_at_checked(self, level: int, loc_x: int, loc_y: int, w: int, h: int) -> np.ndarray:
-        """`_read_at`, with decoder failures turned into a PipelineInputError naming the file."""
-        try:
-            return self._read_at(level, loc_x, loc_y, w, h)
-        except (PipelineInputError, MemoryError):
-            raise
-        except Exception as exc:  # decoders raise anything from OSError to ValueError on bad data
-            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-            raise PipelineInputError(self.path, f"cannot read pixels at level {level} ({detail})", CORRUPT_FIX) from exc
-
-    def _check_level(self, level: int) -> None:
-        if not 0 <= int(level) < self.level_count:
-            raise ValueError(f"level {level} out of range 0..{self.level_count - 1}")
-
-    # ----- lifecycle and report ----------------------------------------------------------
-    def close(self) -> None:
-        """Release file handles; the reader is unusable afterwards."""
-
-    def __enter__(self) -> "SlideReader":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # File handles cannot be pickled; worker processes (dask) re-open the same file instead.
-        return (open_slide, (str(self.path), self.backend, self._mpp_override))
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready facts about the slide for the run report."""
-        return {
-            "path": str(self.path),
-            "backend": self.backend,
-            "vendor": self.vendor,
-            "dimensions": list(self.dimensions),
-            "level_count": self.level_count,
-            "level_dimensions": [list(d) for d in self.level_dimensions],
-            "level_downsamples": [float(d) for d in self.level_downsamples],
-            "mpp": self.mpp,
-            "mpp_source": self.mpp_source,
-            "metadata_mpp": self.metadata_mpp,
-            "metadata_mpp_source": self.metadata_mpp_source,
-            "objective_power": self.objective_power,
-        }
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.path.name} {self.dimensions} levels={self.level_count} mpp={self.mpp}>"
-
-
-def _missing_mpp_error(reader: SlideReader) -> PipelineInputError:
-    return PipelineInputError(reader.path, "the slide's metadata gives no microns per pixel", mpp_hint(reader.dimensions, reader.objective_power))
-
-
-def mpp_hint(dimensions: tuple[int, int], objective_power: float | None = None) -> str:
-    """How to find the true value, not only a guess: a wrong --mpp runs to the end at the
-    wrong scale (0 nuclei, no error), so the hint gives two independent ways to get it."""
-    width = int(dimensions[0])
-    seen = f"this file says it was scanned at {objective_power:g}x, i.e. ~{10 / objective_power:.2g} um/px; " if objective_power else ""
-    return (
-        f"pass --mpp with the slide's true microns per pixel: {seen}the scanner's objective gives it (e.g. --mpp 0.25 for a 40x scan, "
-        f"0.5 for 20x, 1.0 for 10x; the scan's own report or viewer gives the exact value), or measure: the section's width in mm x 1000 / "
-        f"its width in pixels (this level-0 image is {width:,} px wide, so a section filling it at 15 mm would be {15000 / max(width, 1):.2g} um/px)"
-    )
 
 
 def implausible_mpp(mpp: float, source: str, path: str | Path | None = None) -> PipelineInputError | None:
@@ -458,8 +144,6 @@ def open_slide(path: str | Path, backend: str = "auto", mpp_override: float | No
     file is probe-read, so truncation shows up here rather than hours into a run. Missing mpp
     is not an error here (a thumbnail needs none); `resolve_mpp` decides before tiling.
     """
-    from . import slide_backends
-
     p = Path(path)
     if not p.exists():
         raise PipelineInputError(p, "file not found", "check the path and that the file system holding it is mounted")
@@ -468,14 +152,4 @@ def open_slide(path: str | Path, backend: str = "auto", mpp_override: float | No
     if backend not in BACKENDS:
         raise PipelineInputError(p, f"unknown slide backend {backend!r}", f"use one of: {', '.join(BACKENDS)}")
     chosen = _choose_backend(p) if backend == "auto" else backend
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        reader = slide_backends.BACKEND_CLASSES[chosen](p)
-    try:
-        reader.probe()
-        if mpp_override is not None:
-            reader.apply_mpp_override(mpp_override)
-    except BaseException:
-        reader.close()
-        raise
-    return reader
+    return opened(BACKEND_CLASSES[chosen], p, mpp_override)

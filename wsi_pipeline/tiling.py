@@ -1,4 +1,4 @@
-"""The tile grid over a slide, and the ownership rule that keeps each nucleus once.
+"""The tile grid over a slide, and each tile's core (the box whose prompts it owns).
 
 Everything here is in *model pixels* (the slide resampled to the model's microns per
 pixel), with the origin at the region's top-left corner. Tiles start on multiples of
@@ -15,11 +15,9 @@ holds whole windows of one region-wide window grid; when the tile size fits that
 overlap keeps each core clear of windows the tile cannot see (`seamless`), a tiled run gives
 each nucleus the same windows, hence the same mask, as one pass over the whole region.
 
-Ownership: between two neighbouring tiles, the boundary sits in the middle of their
-overlap. A tile's *core* is the box between its boundaries (open to infinity at the
-region's edges), so the cores partition the plane and a prompt point lies in exactly
-one core: the nucleus belongs to that tile. No pairwise polygon or IoU pass is needed,
-and the cost is linear in the number of nuclei.
+Cores: between two neighbouring tiles, the boundary sits in the middle of their overlap.
+A tile's *core* is the box between its boundaries (open to infinity at the region's edges),
+so the cores partition the plane; `stitch.py` applies the ownership rule on them.
 """
 from __future__ import annotations
 

@@ -10,15 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from promptnucseg.errors import FixableError
+
 LABEL_SUFFIXES = (".npy", ".png", ".tif", ".tiff")
 
 
-class LabelMapError(ValueError):
+class LabelMapError(FixableError, ValueError):
     """A label map that cannot be used; the message names its source and the fix."""
-
-    def __init__(self, path: str | Path, problem: str, fix: str) -> None:
-        self.path = str(path)
-        super().__init__(f"{path}: {problem}. Fix: {fix}")
 
 
 def as_instance_map(arr: np.ndarray, source: str | Path) -> np.ndarray:

@@ -19,10 +19,12 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
+from promptnucseg.errors import FixableError
+
 KNN_K = 15
 
 
-class BaselineInputError(ValueError):
+class BaselineInputError(FixableError, ValueError):
     """A baseline that cannot be formed from the data as given; the message says the fix."""
 
 
@@ -88,7 +90,7 @@ def fit_baseline(name: str, dataset: Any, held_out: Sequence[int]) -> TypeBaseli
     """The baseline `name` learnt from the data set's images outside `held_out`."""
     rest = sorted(set(range(len(dataset))) - set(held_out))
     if not rest:
-        raise BaselineInputError(f"{dataset.root}: --type-baseline needs a training split. Fix: choose the held-out images with --images; the others are the training split")
+        raise BaselineInputError(dataset.root, "--type-baseline needs a training split", "choose the held-out images with --images; the others are the training split")
     n_classes = len(dataset.class_names)
     counts = np.zeros(n_classes, np.int64)
     feats, labels = [], []
@@ -105,7 +107,7 @@ def fit_baseline(name: str, dataset: Any, held_out: Sequence[int]) -> TypeBaseli
     if name == "majority":
         return TypeBaseline(name, "every detected nucleus gets the most frequent GT class of the training split (the images not scored); detection and masks are the model's", majority, counts.tolist())
     if name != "knn":
-        raise BaselineInputError(f"no type baseline named {name!r}. Fix: use majority or knn")
+        raise BaselineInputError(None, f"no type baseline named {name!r}", "use majority or knn")
     x, y = np.concatenate(feats), np.concatenate(labels)
     mean, std = x.mean(0), x.std(0) + 1e-9
     return TypeBaseline(

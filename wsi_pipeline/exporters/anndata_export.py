@@ -28,10 +28,10 @@ import numpy as np
 from ..errors import PipelineInputError
 from ..morphometrics import MEASUREMENT_UNITS, MEASUREMENTS
 from .appender import ChunkAppender
-from .atomic import atomic_file, ensure_output_folder
+from ..atomic import atomic_file, ensure_output_folder
 
 if TYPE_CHECKING:
-    from ..records import SlideNuclei
+    from ..nuclei import SlideNuclei
 
 EXTRA_HINT = 'pip install "promptnucseg[anndata]"'
 SPATIAL_UNITS = "level-0 pixels, x right, y down (multiply by uns['mpp'] for µm)"

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from ..morphometrics import MEASUREMENTS
-from .atomic import atomic_file, ensure_output_folder
+from ..atomic import atomic_file, ensure_output_folder
 
 if TYPE_CHECKING:
-    from ..records import SlideNuclei
+    from ..nuclei import SlideNuclei
 
 SCORE_MEASUREMENTS = {"class_score": "Class score", "mask_score": "Mask score"}
 COORD_DECIMALS = 2

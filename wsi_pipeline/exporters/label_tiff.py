@@ -14,10 +14,10 @@ import numpy as np
 import shapely
 
 from ..geometry import polygon_rows_cols
-from .atomic import atomic_file, ensure_output_folder
+from ..atomic import atomic_file, ensure_output_folder
 
 if TYPE_CHECKING:
-    from ..records import SlideNuclei
+    from ..nuclei import SlideNuclei
 
 
 def paint_labels(shape_hw: tuple[int, int], batches: Iterable["SlideNuclei"], downsample: float = 1.0) -> np.ndarray:

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Iterable, Literal, Sequence
 
 import numpy as np
 
-from .atomic import atomic_file, ensure_output_folder
+from ..atomic import atomic_file, ensure_output_folder
 
 if TYPE_CHECKING:
-    from ..records import SlideNuclei
+    from ..nuclei import SlideNuclei
 
 # column -> parquet type name; measurements follow as float32
 BASE_COLUMNS = {

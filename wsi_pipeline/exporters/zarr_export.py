@@ -29,12 +29,12 @@ from ..geometry import polygon_rows_cols
 from ..morphometrics import MEASUREMENTS
 from ..outputs import ZarrColumns as C
 from .appender import ChunkAppender
-from .atomic import atomic_folder, ensure_output_folder, fsync_folder, partial_name
+from ..atomic import atomic_folder, ensure_output_folder, fsync_folder, partial_name
 
 if TYPE_CHECKING:
     import zarr
 
-    from ..records import SlideNuclei
+    from ..nuclei import SlideNuclei
 
 FORMAT = "promptnucseg-nuclei"
 FORMAT_VERSION = 1

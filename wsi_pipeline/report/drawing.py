@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..exporters.atomic import atomic_file
+from ..atomic import atomic_file
 from .run_reader import ClassInfo, NucleusColumns
 
 DENSITY_BIN_UM = 100.0

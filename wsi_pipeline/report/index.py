@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import PipelineInputError
-from ..exporters.atomic import atomic_file
+from ..atomic import atomic_file
 from ..outputs import REPORT_SUFFIX
 from .run_reader import SlideEntry, find_slides, pictures_up_to_date
 from .slide import render_slide_report

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import PipelineInputError
-from ..exporters.atomic import atomic_file
+from ..atomic import atomic_file
 from ..geometry import signed_areas
 from .drawing import DENSITY_BIN_UM, _save_png, _with_legend, draw_areas, draw_density, draw_outlines, draw_scale_bar, legend_strip, nucleus_density, paint_dots
 from ..outputs import REPORT_SUFFIX, SlideOutputs, slide_mpp_of

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import PipelineInputError
+from .errors import PipelineInputError
 
 
 def ensure_output_folder(path: str | Path) -> Path:

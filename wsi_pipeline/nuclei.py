@@ -1,5 +1,7 @@
 """Nuclei of a slide in level-0 coordinates, column-wise, and their on-disk batch "parts".
 
+(A tile's nuclei become these records in `stitch.from_tile_nuclei`.)
+
 A part is one `.npz` per finished batch of tiles. Why npz: numpy-native (no extra
 dependency, no pickle: `allow_pickle=False`), columnar, deflate-compressed, and it holds
 ragged polygons as plain `polygon_offsets` + `polygon_coords` arrays, so a part round-trips
@@ -21,11 +23,9 @@ from typing import Sequence
 import numpy as np
 import shapely
 
-from promptnucseg.models.interface import TileNuclei
-from .exporters.atomic import atomic_file
-from .geometry import mask_pixel_to_level0, rings_to_polygons, simplify_polygons, to_level0, trace_outlines
-from .morphometrics import DEFAULT_STAINS, empty_measurements, measure_nuclei
-from .stains import StainModel
+from .atomic import atomic_file
+from .geometry import rings_to_polygons
+from .morphometrics import empty_measurements
 
 PART_FORMAT = 1
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://promptnucseg/nucleus")
@@ -190,54 +190,3 @@ def load_part(path: str | Path) -> SlideNuclei:
             polygons=SlideNuclei.polygons_from_arrays(z["polygon_offsets"], z["polygon_coords"]),
             measurements={k: z[f"{_MEASUREMENT_PREFIX}{i}"] for i, k in enumerate(keys)},
         )
-
-
-def from_tile_nuclei(
-    tile: TileNuclei,
-    origin_level0: Sequence[float],
-    scale: float,
-    slide_key: str,
-    rgb_tile: np.ndarray | None = None,
-    model_mpp: float = 0.25,
-    simplify_tolerance_px: float = 0.5,
-    stains: StainModel = DEFAULT_STAINS,
-) -> SlideNuclei:
-    """A tile's nuclei as slide records: outline, morphometrics, level-0 coordinates, ids.
-
-    `origin_level0`: level-0 position of the tile's top-left pixel corner; `scale`: level-0
-    pixels per tile pixel; `rgb_tile`: the uint8 tile the model saw (for stain optical
-    densities); `model_mpp`: microns per tile pixel; `simplify_tolerance_px`: outline
-    simplification in tile pixels; `stains`: the slide's colour deconvolution. Nuclei with an
-    empty mask are dropped.
-    """
-    traced = trace_outlines(tile.masks)
-    if len(traced.index) == 0:
-        return SlideNuclei()
-    box_xy = tile.boxes[traced.index, :2].astype(np.float64)
-    coords = traced.coords + np.repeat(box_xy, np.diff(traced.offsets), axis=0)  # tile pixels
-    offsets = traced.offsets
-    outlines = simplify_polygons(rings_to_polygons(coords, offsets), simplify_tolerance_px)
-    ok = np.array([p is not None for p in outlines], bool)
-    keep, clean = traced.index, traced.masks
-    if not ok.all():  # make_valid found no area left: a degenerate mask
-        lengths = np.diff(offsets)[ok]
-        coords = np.concatenate([coords[offsets[k] : offsets[k + 1]] for k in np.flatnonzero(ok)]) if ok.any() else np.zeros((0, 2))
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        keep, clean, outlines = keep[ok], [m for m, good in zip(clean, ok) if good], outlines[ok]
-        if not len(keep):
-            return SlideNuclei()
-    idx = np.asarray(keep)
-    measurements, centroids_px = measure_nuclei(clean, tile.boxes[idx], coords, offsets, model_mpp, rgb_tile, stains)
-    origin = np.asarray(origin_level0, np.float64).reshape(2)
-    points = mask_pixel_to_level0(tile.points[idx].astype(np.float64), origin, scale)
-    polygons = to_level0(outlines, np.broadcast_to(origin, (len(idx), 2)), scale)
-    return SlideNuclei(
-        ids=[nucleus_id(slide_key, x, y) for x, y in points],
-        points=points,
-        centroids=mask_pixel_to_level0(centroids_px, origin, scale),
-        classes=tile.classes[idx],
-        class_scores=tile.class_scores[idx],
-        mask_scores=tile.mask_scores[idx],
-        polygons=list(polygons),
-        measurements=measurements,
-    )

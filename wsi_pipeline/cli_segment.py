@@ -3,7 +3,7 @@
 One failing slide is reported in one line and the others go on; the exit status is
 non-zero if any slide failed. Each slide gets its own folder with the outputs and a JSON
 run report; a killed run resumes where it stopped when run again with the same --out.
-With --scheduler or --cluster the batches run on dask workers (see distributed.py) and the
+With --scheduler or --cluster the batches run on dask workers (see distributed/) and the
 outputs are the same bytes as a single-process run's.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from . import flags
 EXIT_LOCKED = 75  # EX_TEMPFAIL: only slides held by another run were refused; retry later
 
 if TYPE_CHECKING:
+    from .plan import SegmentSettings
     from .segment import SlideResult
 
 
@@ -114,7 +115,7 @@ def _refuse_locked(slides: list[Path], out: Path) -> list["SlideResult"]:
 def _refuse_unusable(slides: list[Path], settings: "SegmentSettings") -> list["SlideResult"]:
     """Slides that cannot run (unreadable, no or implausible mpp, bad region, black, no tissue,
     grayscale), refused one line each before the model loads; the rest go on."""
-    from .runner import check_slide
+    from .plan import check_slide
     from .segment import failed_result
     from .slides import open_slide
 
@@ -132,8 +133,8 @@ def _refuse_unusable(slides: list[Path], settings: "SegmentSettings") -> list["S
 def _run(args: argparse.Namespace) -> int:
     from promptnucseg.models.interface import load_predictor
     from .errors import PipelineInputError
-    from .runner import FORMATS, SegmentSettings
-    from .exporters.atomic import ensure_output_folder
+    from .plan import FORMATS, SegmentSettings
+    from .atomic import ensure_output_folder
     from .segment import SlideResult, failed_result, segment_slide
     from .slides import parse_roi
 

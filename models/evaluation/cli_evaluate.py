@@ -3,7 +3,9 @@
 Two modes, one scorer (`metrics.score_label_maps`):
   --pred DIR --gt DIR          label maps paired by file stem (.npy/.png/.tif/.tiff)
   --data DATASET [--weights]   run the model (bundled one by default) over a dataset
-Both print one row per image plus the mean, and `--json OUT` writes the same numbers.
+Both print one row per image plus the mean, and `--json OUT` writes the same numbers. On a
+PanNuke fold (`types.npy` names each image's tissue) `--data` adds PanNuke's own numbers:
+bPQ and mPQ per image, averaged within each tissue, then over tissues.
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from promptnucseg.errors import FixableError
+
 from ..data.folders import files_by_stem
 from ..data.label_maps import LABEL_SUFFIXES, LabelMapError, read_label_map
 from .metrics import (
-    IMAGE_METRICS, DetectionCounts, MatchCounts, TypeCounts, class_f1_scores, detection_scores, hovernet_type_scores, pannuke_class_pq, score_label_maps,
-    type_counts, type_map,
+    IMAGE_METRICS, DetectionCounts, MatchCounts, TypeCounts, class_f1_scores, detection_scores, hovernet_type_scores, pannuke_bpq, pannuke_class_pq, pannuke_mpq,
+    per_tissue_means, score_label_maps, tissue_average, type_counts, type_map,
 )
 
 CONVENTIONS = (
@@ -30,7 +34,7 @@ CONVENTIONS = (
 DETECTION_RADIUS_PX = 12.0
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(FixableError, ValueError):
     """Folders or options that cannot be evaluated as given; the message says the fix."""
 
 
@@ -62,13 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.data and (args.pred or args.gt):
-            raise EvaluationInputError("--data and --pred/--gt both given. Fix: pass either --data (run a model) or --pred and --gt (score label maps), not both")
+            raise EvaluationInputError(None, "--data and --pred/--gt both given", "pass either --data (run a model) or --pred and --gt (score label maps), not both")
         if args.data:
             report = _evaluate_model(args)
         elif args.pred and args.gt:
             report = _evaluate_folders(Path(args.pred), Path(args.gt))
         else:
-            raise EvaluationInputError("nothing to evaluate. Fix: pass --pred DIR --gt DIR, or --data DATASET_DIR [--weights CKPT]")
+            raise EvaluationInputError(None, "nothing to evaluate", "pass --pred DIR --gt DIR, or --data DATASET_DIR [--weights CKPT]")
     except (ValueError, FileNotFoundError, RuntimeError) as err:  # LabelMapError, CheckpointError, BaselineInputError, bad device
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -87,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
 def label_files(folder: Path) -> dict[str, Path]:
     """Label-map files of a folder by stem; two files with one stem are an error."""
     if not folder.is_dir():
-        raise EvaluationInputError(f"{folder}: not a folder. Fix: pass the folder that holds the label maps")
+        raise EvaluationInputError(folder, "not a folder", "pass the folder that holds the label maps")
     found = files_by_stem(folder, LABEL_SUFFIXES, "label maps")
     if not found:
-        raise EvaluationInputError(f"{folder}: no label maps ({'/'.join(LABEL_SUFFIXES)}). Fix: point to the folder that holds them")
+        raise EvaluationInputError(folder, f"no label maps ({'/'.join(LABEL_SUFFIXES)})", "point to the folder that holds them")
     return found
 
 
@@ -102,7 +106,7 @@ def pair_label_files(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             where = pred_dir if side == "prediction" else gt_dir
-            raise EvaluationInputError(f"{where}: no {side} for {shown}. Fix: add the missing file(s) or remove their counterparts")
+            raise EvaluationInputError(where, f"no {side} for {shown}", "add the missing file(s) or remove their counterparts")
     return [(stem, gts[stem], preds[stem]) for stem in sorted(gts)]
 
 
@@ -133,7 +137,7 @@ def choose_images(names: list[str], images: str | None, where: str) -> list[int]
         hits = [i for i, n in enumerate(names) if fnmatch.fnmatchcase(n, want)]
         if not hits:
             more = " ..." if len(names) > 10 else ""
-            raise EvaluationInputError(f"{where}: no image named {want}. Fix: pick from {', '.join(names[:10])}{more}")
+            raise EvaluationInputError(where, f"no image named {want}", f"pick from {', '.join(names[:10])}{more}")
         chosen += [i for i in hits if i not in chosen]
     return chosen
 
@@ -172,7 +176,7 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
         from .baselines import fit_baseline
 
         if not with_classes:
-            raise EvaluationInputError(f"{args.data}: --type-baseline scores types, which need a data set with classes/ and a model with the same classes. Fix: --model typed on a typed data set")
+            raise EvaluationInputError(args.data, "--type-baseline scores types, which need a data set with classes/ and a model with the same classes", "--model typed on a typed data set")
         baseline = fit_baseline(args.type_baseline, dataset, chosen)
     n_classes = len(predictor.class_names)
     save_dir = Path(args.save_pred) if args.save_pred else None
@@ -183,6 +187,8 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     types = TypeCounts.empty(n_classes)
     class_pq: list[np.ndarray] = []
     pairs = []
+    tissues = getattr(dataset, "tissues", None)  # PanNuke: its own convention too (tissue-averaged bPQ, mPQ)
+    pannuke: list[tuple[str, float, float]] = []
     for i in chosen:
         sample = dataset[i]
         h, w = sample.instances.shape
@@ -204,6 +210,11 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
             class_pq.append(pannuke_class_pq(sample.instances, type_map(sample.instances, sample.instance_classes), inst, pred_types, n_classes))
         detection = detection + detection_scores(true_points, true_cls, nuclei.points, pred_cls, nuclei.class_scores, radius=DETECTION_RADIUS_PX)
         pairs.append((sample.name, sample.instances, inst))
+        if tissues:
+            mpq = float("nan")
+            if with_classes and sample.instance_classes is not None:
+                mpq = pannuke_mpq(sample.instances, type_map(sample.instances, sample.instance_classes), inst, pred_types, len(dataset.class_names))
+            pannuke.append((tissues[sample.name], pannuke_bpq(sample.instances, inst), mpq))
         print(f"{sample.name}: {len(nuclei)} nuclei found, {len(ids)} in the ground truth", file=sys.stderr)
     scores = score_label_maps(pairs)
     report: dict[str, Any] = {"mode": "model", "data": str(args.data), "model": predictor.describe(), "conventions": CONVENTIONS, **scores}
@@ -227,6 +238,15 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
         report["detection"]["mean_class_f1"] = mean_f1
     if class_pq:
         report["types"] = _type_report(types, np.stack(class_pq), predictor.class_names)
+    if pannuke:
+        names = [t for t, _, _ in pannuke]
+        bpq, mpq = [b for _, b, _ in pannuke], [m for _, _, m in pannuke]
+        report["pannuke"] = {
+            "convention": "PanNuke's script: per image (bPQ ignores classes; mPQ averages the classes the image has), mean within each tissue, then over tissues",
+            "bpq": tissue_average(bpq, names),
+            "mpq": tissue_average(mpq, names),
+            "per_tissue": {t: {"bpq": b, "mpq": m} for (t, b), m in zip(per_tissue_means(bpq, names).items(), per_tissue_means(mpq, names).values())},
+        }
     return report
 
 
@@ -313,6 +333,9 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"HoVer-Net F_d {_fmt(types['f_d'])}  accuracy {_fmt(types['accuracy'])}  F_t: mean {_fmt(types['mean_f_t'])}  ({per})")
         per = "  ".join(f"{name} {_fmt(v)}" for name, v in types["class_pq"].items())
         lines.append(f"PanNuke mPQ {_fmt(types['mpq'])}  (class PQ: {per})")
+    if report.get("pannuke"):
+        p = report["pannuke"]
+        lines.append(f"PanNuke (mean over {len(p['per_tissue'])} tissues): bPQ {_fmt(p['bpq'])}  mPQ {_fmt(p['mpq'])}")
     return "\n".join(lines)
 
 
