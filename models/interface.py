@@ -174,7 +174,8 @@ class NucleusPredictor(Protocol):
 
 
 def load_predictor(weights: str | None = None, device: str = "auto", **options: Any) -> NucleusPredictor:
-    """The bundled model (no `weights`) or a checkpoint file, ready to `predict` tiles.
+    """The bundled default (no `weights`), a bundled model by name (`default`, `typed`) or a
+    checkpoint file, ready to `predict` tiles.
 
     Imported lazily so that `wsi_pipeline` can import this module without torch.
     """

@@ -1,4 +1,4 @@
-"""Model files into a ready predictor: `load_predictor` (the bundled model, our model files,
+"""Model files into a ready predictor: `load_predictor` (the bundled models by name, our model files,
 official SAM or PromptNucSeg release segmentors with a prompter beside them).
 
 Kept apart from `predictor.py`, which is the inference on a tile; this is which file holds
@@ -15,25 +15,52 @@ from . import release
 from .checkpoints import CheckpointError, expect_kind, file_sha256, float_state, read_checkpoint
 from .config import ModelConfig, SegmentorConfig, from_dict, to_dict
 from .devices import resolve_device
-from .predictor import BUNDLED_WEIGHTS, PromptNucSegPredictor
+from .bundled import bundled_facts, resolve_model
+from .predictor import PromptNucSegPredictor
 from .prompter import Prompter
 from .segmentor import Segmentor, build_segmentor
 from .segmentor.official import is_official_sam_state, load_official_sam, official_config
 
 
 def _load_bundle(path: Path, ckpt: dict | None = None) -> tuple[Prompter, Segmentor, ModelConfig, dict]:
-    """Both networks of a `model` file (`ckpt`: the file already read, so it is read once)."""
+    """Both networks of a `model` file (`ckpt`: the file already read, so it is read once).
+
+    A file from `export-model --share-segmentor` holds no segmentor but `segmentor_ref`: the
+    file name and sha256 of a self-contained model file beside it whose segmentor it uses."""
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
     expect_kind(path, ckpt, ("model",))
     config = from_dict(ModelConfig, ckpt["config"])
     prompter = Prompter(config.prompter)
     segmentor = build_segmentor(config.segmentor)
+    seg_state = ckpt["segmentor"] if "segmentor" in ckpt else shared_segmentor(path, ckpt)[0]
     try:
         prompter.load_state_dict(float_state(ckpt["prompter"]))
-        segmentor.load_state_dict(float_state(ckpt["segmentor"]))
+        segmentor.load_state_dict(float_state(seg_state))
     except RuntimeError as err:
         raise CheckpointError(path, f"weights do not fit the config stored with them ({str(err).splitlines()[0]})", "re-export the model with `promptnucseg export-model`") from err
     return prompter, segmentor, config, ckpt.get("metrics", {})
+
+
+def shared_segmentor(path: Path, ckpt: dict) -> tuple[dict, Path]:
+    """The segmentor state a model file refers to (`segmentor_ref`), checked by hash, and its file."""
+    ref = ckpt.get("segmentor_ref")
+    fix = "export a self-contained model file: `promptnucseg export-model` without --share-segmentor"
+    if not isinstance(ref, dict) or not ref.get("file") or not ref.get("sha256"):
+        raise CheckpointError(path, "holds neither a segmentor nor a reference to one", "re-" + fix)
+    target = Path(path).parent / str(ref["file"])
+    if not target.is_file():
+        raise CheckpointError(path, f"uses the segmentor of {ref['file']}, which is not beside it ({target} is missing)", f"put {ref['file']} (sha256 {ref['sha256'][:12]}...) next to it, or {fix}")
+    actual = file_sha256(target)
+    if actual != ref["sha256"]:
+        raise CheckpointError(
+            path, f"uses the segmentor of {target}, which has changed (sha256 {actual[:12]}..., the reference expects {ref['sha256'][:12]}...)",
+            f"put back the {ref['file']} it was exported with, or {fix}",
+        )
+    other = read_checkpoint(target)
+    expect_kind(target, other, ("model",))
+    if "segmentor" not in other:
+        raise CheckpointError(target, "refers to another file's segmentor itself; references are one level deep", "re-export it as a self-contained model file")
+    return other[ref.get("part", "segmentor")], target
 
 
 def load_predictor(
@@ -42,7 +69,7 @@ def load_predictor(
 ) -> PromptNucSegPredictor:
     """A ready predictor.
 
-    - no `weights`: the model bundled in the package;
+    - no `weights`, or a bundled model's name (`default`, `typed`: models/bundled.py): that model;
     - a promptnucseg `model` file (from `export-model` or `import-release`): both networks from it;
     - a segmentor (official SAM sam_vit_b/l/h, a PromptNucSeg release segmentor, or a
       promptnucseg `segmentor` file) with the bundled prompter or `prompter_weights` (a
@@ -51,14 +78,18 @@ def load_predictor(
     (`preset`, else chosen from the files: models/release.py). `tta`: test-time augmentation.
     """
     dev = resolve_device(device)
-    path = Path(weights) if weights is not None else BUNDLED_WEIGHTS
-    if weights is None and not path.is_file():
-        raise CheckpointError(path, "the bundled model is missing from this installation", "reinstall promptnucseg, or pass --weights")
+    path, bundled_name = resolve_model(weights)
     ckpt = read_checkpoint(path)
     source: dict[str, Any] = {"weights": str(path), "weights_sha256": file_sha256(path)}
+    if bundled_name:
+        source["bundled_model"] = bundled_name
+        source.update({k: v for k, v in bundled_facts(bundled_name).items() if k in ("licence", "card")})
     if ckpt.get("format") == "promptnucseg" and ckpt.get("kind") == "model":
         prompter, segmentor, config, metrics = _load_bundle(path, ckpt)
         source["metrics"] = metrics
+        if "segmentor_ref" in ckpt and "segmentor" not in ckpt:
+            ref = ckpt["segmentor_ref"]
+            source["segmentor_weights"] = {"file": str(path.parent / ref["file"]), "sha256": ref["sha256"]}
         if preset:
             config = release.apply_preset(config, release.load_preset(preset, config.segmentor.arch))
             source["release_preset"] = {"name": preset, "reason": "chosen by the user"}
@@ -66,7 +97,7 @@ def load_predictor(
         raise CheckpointError(path, "is a prompter alone", "pass it as --prompter-weights together with --weights SEGMENTOR_OR_SAM.pth, or make one model file with `promptnucseg export-model` / `import-release`")
     else:
         segmentor, seg_fields, seg_is_release = _load_segmentor(path, ckpt)
-        base = Path(prompter_weights) if prompter_weights else BUNDLED_WEIGHTS
+        base = resolve_model(prompter_weights)[0]
         p_ckpt = read_checkpoint(base)
         rel_prompter = release.read_release_prompter(base, p_ckpt, preset)
         if rel_prompter is not None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,13 +26,12 @@ from scipy.spatial import cKDTree
 from torchvision.ops import nms
 
 from .duplicate_prompts import close_prompts, duplicate_prompts, touching_pairs
+from .bundled import DEFAULT_WEIGHTS as BUNDLED_WEIGHTS  # noqa: F401  (the name callers know; models/bundled.py owns it)
 from .config import ModelConfig, to_dict
 from .interface import GivenPrompts, TileNuclei, span_shares, span_starts
 from .prompter import Prompter, select_prompts
 from .prompter.postprocess import Prompts, candidate_prompts, concat_prompts, nms_prompts
 from .segmentor import Segmentor, assemble_prompts, knn_negatives
-
-BUNDLED_WEIGHTS = Path(__file__).parent / "weights" / "promptnucseg_light_kumar.pt"
 
 
 @dataclass

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-segmentor": ("promptnucseg.models.training.cli_train", "fine-tune the SAM segmentor from a YAML config"),
     "export-model": ("promptnucseg.models.bundle", "bundle a trained prompter + segmentor into one model file"),
     "import-release": ("promptnucseg.models.release_import", "one model file from the PromptNucSeg authors' released prompter + segmentor"),
+    "models": ("promptnucseg.models.bundled", "list the bundled models (--model NAME): classes, training data, licence, validation"),
     "evaluate": ("promptnucseg.models.evaluation.cli_evaluate", "score a checkpoint on a dataset, or two label-map folders"),
     "report": ("promptnucseg.wsi_pipeline.cli_report", "render an HTML page with pictures for a finished run"),
 }

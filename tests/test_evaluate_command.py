@@ -263,7 +263,15 @@ def test_model_mode_scores_what_it_predicts(tiny_model_file, dataset_folder, tmp
     assert sum(c["tp"] + c["fp"] for c in per.values()) == det["tp"] + det["fp"]
     f1s = [c["f1"] for c in per.values() if c["f1"] is not None]
     assert det["mean_class_f1"] == pytest.approx(sum(f1s) / len(f1s))
-    assert "class F1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "class F1" in printed and "HoVer-Net F_d" in printed and "PanNuke mPQ" in printed
+    # HoVer-Net's type scores: every GT nucleus is paired or unpaired once, every prediction too
+    types = report["types"]
+    assert types["paired"] + types["unpaired_true"] == sum(n_true)
+    assert types["paired"] + types["unpaired_pred"] == sum(im["n_pred"] for im in report["images"])
+    assert sum(map(sum, types["confusion"]["counts"])) == types["paired"]
+    assert list(types["f_t"]) == list(types["class_pq"]) == ["tumour", "immune"]
+    assert types["mpq"] is None or 0 <= types["mpq"] <= 1
 
     # the saved predictions, scored as label-map folders, give the very same numbers
     again = tmp_path / "files.json"
@@ -282,11 +290,74 @@ def test_model_mode_image_subset_and_unknown_names(tiny_model_file, dataset_fold
     assert "no image named gamma" in err and "alpha" in err
 
 
+def test_image_patterns_and_the_majority_class_baseline(tiny_model_file, dataset_folder, tmp_path, capsys):
+    """--images takes patterns; the baseline gives every detected nucleus the training split's
+    most frequent class, counted over the images not scored (here alpha: 3 tumour, 3 immune
+    -> the first, tumour, by argmax), and changes the types only."""
+    model_json, base_json = tmp_path / "model.json", tmp_path / "base.json"
+    common = ["evaluate", "--model", str(tiny_model_file), "--data", str(dataset_folder), "--images", "b*", "--device", "cpu"]
+    assert main([*common, "--json", str(model_json)]) == 0
+    assert main([*common, "--type-baseline", "majority", "--json", str(base_json)]) == 0
+    model, base = json.loads(model_json.read_text()), json.loads(base_json.read_text())
+    assert [im["name"] for im in base["images"]] == ["beta"]
+    assert base["type_baseline"]["class"] == "tumour" and base["type_baseline"]["training_class_counts"] == {"tumour": 3, "immune": 3}
+    assert base["images"] == model["images"] and base["detection"]["f1"] == model["detection"]["f1"]  # same nuclei
+    assert all(row[1] == 0 for row in base["types"]["confusion"]["counts"])  # nothing predicted immune
+    assert base["types"]["f_t"]["immune"] == 0.0
+    assert "baseline 'majority'" in capsys.readouterr().out
+    # without a training split (every image scored) the baseline cannot be formed
+    assert main(["evaluate", "--model", str(tiny_model_file), "--data", str(dataset_folder), "--device", "cpu", "--type-baseline", "majority"]) == 2
+    assert "needs a training split" in capsys.readouterr().err
+
+
 def test_model_mode_bad_weights_file_is_named(dataset_folder, tmp_path, capsys):
     bad = tmp_path / "weights.pt"
     bad.write_bytes(b"not a checkpoint")
     assert main(["evaluate", "--weights", str(bad), "--data", str(dataset_folder), "--device", "cpu"]) == 2
     assert str(bad) in capsys.readouterr().err
+
+
+def _two_kinds(rng, n_big: int, n_small: int):
+    """An image of big dark-blue round nuclei (class 0) and small pink elongated ones (class 1)."""
+    h = w = 128
+    image = np.full((h, w, 3), (235, 220, 225), np.uint8)
+    inst = np.zeros((h, w), np.int32)
+    yy, xx = np.mgrid[:h, :w]
+    classes, k = {}, 0
+    for cls, n in ((0, n_big), (1, n_small)):
+        for _ in range(n):
+            cy, cx = rng.integers(10, h - 10, 2)
+            shape = (yy - cy) ** 2 + (xx - cx) ** 2 <= 36 if cls == 0 else ((yy - cy) / 1.5) ** 2 + ((xx - cx) / 5) ** 2 <= 1
+            free = shape & (inst == 0)
+            if free.sum() < 5:
+                continue
+            k += 1
+            inst[free] = k
+            image[free] = (60, 40, 140) if cls == 0 else (200, 110, 150)
+            classes[k] = cls
+    return image, inst, classes
+
+
+def test_knn_baseline_learns_size_and_colour_from_the_training_split_only(tmp_path):
+    from promptnucseg.models.data.datasets import NucleusSample
+    from promptnucseg.models.evaluation.baselines import BaselineInputError, fit_baseline
+
+    rng = np.random.default_rng(0)
+    samples = [NucleusSample(f"im{i}", *_two_kinds(rng, 6, 12)) for i in range(4)]
+
+    class Samples(list):  # a data set's sequence interface, over samples built here
+        root, class_names = tmp_path, ("big", "small")
+
+    data = Samples(samples)
+    knn = fit_baseline("knn", data, held_out=[3])
+    image, inst, truth = samples[3].image, samples[3].instances, samples[3].instance_classes
+    got = knn.classify(image, inst, int(inst.max()))
+    assert got.tolist() == [truth[k] for k in range(1, int(inst.max()) + 1)]  # the two kinds are told apart
+    majority = fit_baseline("majority", data, held_out=[3])
+    assert set(majority.classify(image, inst, int(inst.max())).tolist()) == {1}  # more small ones in training
+    assert majority.describe(data.class_names)["class"] == "small" and "k" in knn.describe(data.class_names)
+    with pytest.raises(BaselineInputError, match="needs a training split"):
+        fit_baseline("knn", data, held_out=[0, 1, 2, 3])
 
 
 def test_model_mode_on_pannuke_adds_its_tissue_averaged_bpq(tiny_model_file, tmp_path, capsys):

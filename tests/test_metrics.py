@@ -9,11 +9,14 @@ import pytest
 from promptnucseg.models.evaluation.metrics import (
     DetectionCounts,
     MatchCounts,
+    TypeCounts,
     aji,
     class_f1_scores,
     detection_scores,
     f1_from_counts,
+    hovernet_type_scores,
     instance_overlap,
+    pair_points,
     pannuke_bpq,
     pannuke_class_pq,
     pannuke_mpq,
@@ -23,6 +26,8 @@ from promptnucseg.models.evaluation.metrics import (
     score_label_maps,
     split_count,
     tissue_average,
+    type_counts,
+    type_map,
 )
 from conftest import SHARED_DATA
 
@@ -380,3 +385,45 @@ def test_score_label_maps_means_over_images_and_skips_nan():
     assert out["mean"]["pq"] == approx(0.7)
     assert out["images"][1]["n_pred"] == 2 and out["images"][1]["fp"] == 1
     assert [im["n_split"] for im in out["images"]] == [0, 1, 0] and out["n_split"] == 1
+
+
+def test_hovernet_pairing_is_a_minimum_total_distance_assignment():
+    # greedy nearest-first would give the prediction at 6 the GT at 10 and leave the one at 16
+    # without a partner within 12 px; HoVer-Net's Hungarian pairing pairs both (6 px each)
+    paired, lone_true, lone_pred = pair_points([[0, 0], [10, 0]], [[6, 0], [16, 0]], 12)
+    assert sorted(map(tuple, paired.tolist())) == [(0, 0), (1, 1)] and len(lone_true) == len(lone_pred) == 0
+    paired, lone_true, lone_pred = pair_points([[0, 0]], [[12, 0], [30, 0]], 12)  # radius inclusive
+    assert paired.tolist() == [[0, 0]] and lone_pred.tolist() == [1]
+    assert len(pair_points(np.zeros((0, 2)), [[1, 1]], 12)[0]) == 0
+
+
+def test_hovernet_type_scores_by_hand():
+    # GT: A class 0, B 1, C 1, D 0 (nothing near it), F 1. Predictions: on A as 0, on B as 0
+    # (wrong), on C as 1, on F as 1, and E far away as 1.
+    true = [[0, 0], [100, 0], [200, 0], [300, 0], [400, 0]]
+    true_cls = [0, 1, 1, 0, 1]
+    pred = [[1, 0], [101, 0], [201, 0], [401, 0], [900, 900]]
+    pred_cls = [0, 0, 1, 1, 1]
+    counts = type_counts(true, true_cls, pred, pred_cls, 2)
+    assert counts.confusion.tolist() == [[1, 0], [1, 2]]
+    assert counts.unpaired_true.tolist() == [1, 0] and counts.unpaired_pred.tolist() == [0, 1]
+    got = hovernet_type_scores(counts)
+    # class 0: TP 1, FP_t 1 (B), FN_d 1 (D): 2 / (2 + 2 + 1); class 1: TP 2, FN_t 1 (B), FP_d 1 (E): 4 / (4 + 2 + 1)
+    assert got["f_t"][0] == approx(2 / 5) and got["f_t"][1] == approx(4 / 7)
+    assert got["mean_f_t"] == approx((2 / 5 + 4 / 7) / 2)
+    assert got["f_d"] == approx(8 / 10) and got["accuracy"] == approx(3 / 4)
+    # pooled over images exactly as one image holding both: counts add
+    twice = hovernet_type_scores(counts + counts)
+    assert twice["f_t"] == got["f_t"] and twice["paired"] == 2 * got["paired"]
+    # a GT nucleus of unknown class (-1) still pairs but is not typed
+    some = type_counts(true, [0, -1, 1, 0, 1], pred, pred_cls, 2)
+    assert some.confusion.sum() == 3 and some.unpaired_pred.sum() == 1
+    assert math.isnan(hovernet_type_scores(TypeCounts.empty(2))["f_t"][0])
+    with pytest.raises(ValueError, match="classes must lie"):
+        type_counts(true, true_cls, pred, [0, 0, 1, 1, 2], 2)
+
+
+def test_type_map_paints_each_instance_with_its_class():
+    inst = box((6, 6), (3, 0, 2, 0, 2), (7, 3, 5, 3, 5), (9, 0, 1, 5, 6))
+    got = type_map(inst, {3: 0, 7: 2, 9: -1})
+    assert got[0, 0] == 1 and got[3, 3] == 3 and got[0, 5] == 0 and got[5, 0] == 0

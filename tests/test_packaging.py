@@ -32,7 +32,11 @@ def test_wheel_ships_the_bundled_model_and_configs(tmp_path):
     assert weights, "the repo has no bundled model in models/weights/"
     for w in weights:
         assert f"promptnucseg/models/weights/{w.name}" in names
-    assert "promptnucseg/models/weights/MODEL_CARD.md" in names
+    from promptnucseg.models.bundled import BUNDLED
+
+    for model in BUNDLED.values():  # every bundled model's card (`promptnucseg models` reads it), and its file when the repo has it
+        assert f"promptnucseg/models/weights/{model.card}" in names
+        assert model.path.is_file() <= (f"promptnucseg/models/weights/{model.file}" in names)
     for cfg in (REPO / "configs").glob("*.yaml"):
         assert f"promptnucseg/configs/{cfg.name}" in names
     assert "promptnucseg/cli.py" in names and "promptnucseg/wsi_pipeline/segment.py" in names

@@ -163,6 +163,9 @@ def test_qupath_points_each_give_their_nucleus_and_resume_keys_on_the_file(predi
     assert held(polys, xy[inner]).all()  # every point off the image edge lies inside an outline
     assert held(polys, xy).mean() >= 0.95
     assert names.count("Tumor") == report["class_counts"]["Tumor"] >= 0.95 * classes.count("Tumor")
+    # per-class densities cover a person's classes too (nuclei per mm² of tissue, as the total's)
+    assert list(report["class_per_mm2_tissue"]) == list(report["class_counts"])
+    assert report["class_per_mm2_tissue"]["Tumor"] == pytest.approx(report["class_counts"]["Tumor"] / report["tissue_mm2"], rel=0.01)
     # the journal and the 'already complete' check key on the points file: another file is another run
     fewer = qupath_geojson(tmp_path / "points.geojson", xy[:-10], classes[:-10])
     again = segment_slide(png, tmp_path / "out", predictor, settings, log=lambda m: None)

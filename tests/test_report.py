@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html.parser
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -250,7 +251,9 @@ class Links(html.parser.HTMLParser):
 def test_run_page_shows_every_slide_with_pictures_counts_and_failures(tmp_path, kumar, consep):
     out = tmp_path / "run"
     write_slide_folder(out, "kumar", kumar[0], kumar[2], ["nucleus"], [NUCLEUS_COLOR])
-    write_slide_folder(out, "mosaic", consep[0], consep[2], CONSEP_NAMES, CONSEP_COLORS)
+    mosaic = write_slide_folder(out, "mosaic", consep[0], consep[2], CONSEP_NAMES, CONSEP_COLORS)
+    report = json.loads((mosaic / "mosaic_report.json").read_text())
+    (mosaic / "mosaic_report.json").write_text(json.dumps({**report, "tissue_mm2": 0.05}))  # for the per-class densities
     gone = write_slide_folder(out, "moved", kumar[0], kumar[2], ["nucleus"], [NUCLEUS_COLOR])
     (out.parent / "slides" / "moved.png").unlink()  # slide file gone: outlines on white, said so
     (out / "broken").mkdir()
@@ -269,7 +272,8 @@ def test_run_page_shows_every_slide_with_pictures_counts_and_failures(tmp_path, 
     for nuclei in (kumar[2], consep[2]):
         assert f"{len(nuclei):,}" in text
     for i, name in enumerate(CONSEP_NAMES):
-        assert f"{name}</td><td class=n>{int(np.sum(consep[2].classes == i)):,}</td>" in text
+        n = int(np.sum(consep[2].classes == i))
+        assert re.search(rf"{name}</td><td class=n>{n:,}</td><td class=n>[0-9.]+%</td><td class=n>{n / 0.05:,.0f}</td>", text), name  # nuclei per mm² of tissue
     assert "1 h 02 min" in text and "2,346 MB" in text and "0.2500 <small>from override" in text and "promptnucseg-light (light_kumar.pt)" in text
     links = Links()
     links.feed(text)

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("slides", nargs="*", metavar="SLIDE", help="slide files (svs, ndpi, mrxs, scn, tiff, ome.tiff, png, jpg)")
     parser.add_argument("--out", required=True, help="output folder; one sub-folder per slide")
     parser.add_argument("--sample", action="store_true", help="add the bundled sample slide (CMU-1-Small-Region, Aperio SVS) to the inputs")
-    parser.add_argument("--model", "--weights", dest="weights", help="model file: a promptnucseg model (export-model), a segmentor, or an official sam_vit_b/l/h checkpoint; default: the bundled model")
+    parser.add_argument("--model", "--weights", dest="weights", help="a bundled model by name (default, typed: `promptnucseg models`), or a model file: a promptnucseg model (export-model), a segmentor, or an official sam_vit_b/l/h checkpoint; default: the bundled default")
     parser.add_argument("--prompter-weights", help="prompter to pair with a segmentor/SAM file given by --weights (ours, or the PromptNucSeg release's best.pth/latest.pth)")
     parser.add_argument("--preset", choices=("kumar", "cpm17", "pannuke"), help="run with the PromptNucSeg release's settings for this data set (default: read from release files; none for ours)")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: masks averaged over 8 flips/turns of each window (slower; see README for the gain)")

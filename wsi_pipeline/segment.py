@@ -292,6 +292,7 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         "tissue_fraction": round(plan.tissue_fraction, 4),
         "tissue_mm2": round(plan.tissue_mm2, 4),
         "nuclei_per_mm2_tissue": round(total / plan.tissue_mm2, 1) if plan.tissue_mm2 > 0 else None,
+        "class_per_mm2_tissue": {k: round(v / plan.tissue_mm2, 1) for k, v in counts.items()} if plan.tissue_mm2 > 0 else None,
         "median_area_um2": None if median_area is None else round(median_area, 2),
         "small_masks_dropped": small,
         "min_nucleus_um2": plan.min_nucleus_um2,

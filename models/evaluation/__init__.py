@@ -12,7 +12,9 @@ from .metrics import (
     detection_scores,
     f1_from_counts,
     greedy_point_matching,
+    hovernet_type_scores,
     instance_overlap,
+    pair_points,
     pannuke_bpq,
     pannuke_class_pq,
     pannuke_mpq,
@@ -21,6 +23,9 @@ from .metrics import (
     remap_label,
     score_label_maps,
     tissue_average,
+    type_counts,
+    type_map,
+    TypeCounts,
 )
 
 __all__ = [
@@ -33,7 +38,9 @@ __all__ = [
     "detection_scores",
     "f1_from_counts",
     "greedy_point_matching",
+    "hovernet_type_scores",
     "instance_overlap",
+    "pair_points",
     "pannuke_bpq",
     "pannuke_class_pq",
     "pannuke_mpq",
@@ -42,4 +49,7 @@ __all__ = [
     "remap_label",
     "score_label_maps",
     "tissue_average",
+    "type_counts",
+    "type_map",
+    "TypeCounts",
 ]

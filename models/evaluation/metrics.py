@@ -402,6 +402,103 @@ def class_f1_scores(counts: DetectionCounts, classes: Iterable[int] | None = Non
     return _nanmean(per.values()), per
 
 
+# --- HoVer-Net's type scores (F_d, accuracy, F_t) ----------------------------------------
+
+
+def pair_points(true_points: np.ndarray, pred_points: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HoVer-Net's `pair_coordinates`: a minimum-total-distance assignment (Hungarian) of
+    predicted to GT points, pairs farther than `radius` (inclusive) dropped.
+
+    Returns (paired (K, 2) of [GT index, prediction index], unpaired GT, unpaired predictions)."""
+    t = np.asarray(true_points, np.float64).reshape(-1, 2)
+    p = np.asarray(pred_points, np.float64).reshape(-1, 2)
+    if len(t) == 0 or len(p) == 0:
+        return np.zeros((0, 2), np.int64), np.arange(len(t)), np.arange(len(p))
+    dist = np.sqrt(((t[:, None, :] - p[None, :, :]) ** 2).sum(-1))
+    rows, cols = linear_sum_assignment(dist)
+    close = dist[rows, cols] <= radius
+    paired = np.stack([rows[close], cols[close]], 1).astype(np.int64)
+    return paired, np.setdiff1d(np.arange(len(t)), paired[:, 0]), np.setdiff1d(np.arange(len(p)), paired[:, 1])
+
+
+@dataclass
+class TypeCounts:
+    """Pooled type counts over a dataset: `confusion[t, p]` counts paired nuclei of GT class t
+    predicted as p; `unpaired_true[c]` / `unpaired_pred[c]` the unpaired GT / predictions of c.
+    Add them over images, then score (HoVer-Net pools the pairs of all images the same way)."""
+
+    confusion: np.ndarray
+    unpaired_true: np.ndarray
+    unpaired_pred: np.ndarray
+
+    @classmethod
+    def empty(cls, n_classes: int) -> "TypeCounts":
+        return cls(np.zeros((n_classes, n_classes), np.int64), np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64))
+
+    def __add__(self, other: "TypeCounts") -> "TypeCounts":
+        return TypeCounts(self.confusion + other.confusion, self.unpaired_true + other.unpaired_true, self.unpaired_pred + other.unpaired_pred)
+
+
+def type_counts(
+    true_points: np.ndarray, true_classes: np.ndarray, pred_points: np.ndarray, pred_classes: np.ndarray, n_classes: int, radius: float = 12.0
+) -> TypeCounts:
+    """Type counts of one image (classes 0-based; a GT class < 0, unknown, is left out of the
+    type counts, as HoVer-Net's non-exhaustive `ignore`, but still pairs)."""
+    t_cls = np.asarray(true_classes, np.int64).reshape(-1)
+    p_cls = np.asarray(pred_classes, np.int64).reshape(-1)
+    if len(t_cls) != len(np.asarray(true_points).reshape(-1, 2)) or len(p_cls) != len(np.asarray(pred_points).reshape(-1, 2)):
+        raise ValueError("points and classes differ in length")
+    if (p_cls < 0).any() or (p_cls >= n_classes).any() or (t_cls >= n_classes).any():
+        raise ValueError(f"classes must lie in 0..{n_classes - 1}")
+    paired, lone_true, lone_pred = pair_points(true_points, pred_points, radius)
+    out = TypeCounts.empty(n_classes)
+    tp, pp = t_cls[paired[:, 0]], p_cls[paired[:, 1]]
+    known = tp >= 0
+    np.add.at(out.confusion, (tp[known], pp[known]), 1)
+    lt = t_cls[lone_true]
+    np.add.at(out.unpaired_true, lt[lt >= 0], 1)
+    np.add.at(out.unpaired_pred, p_cls[lone_pred], 1)
+    return out
+
+
+def hovernet_type_scores(counts: TypeCounts) -> dict:
+    """HoVer-Net's `run_nuclei_type_stat` on pooled counts: detection F_d, type accuracy of the
+    paired nuclei, and per class F_t = 2 TP / (2 TP + 2 FP_t + 2 FN_t + FP_d + FN_d), where TP
+    are paired nuclei of class c in both, FP_t / FN_t paired nuclei of class c on one side only,
+    FP_d / FN_d unpaired predictions / GT of class c (weights 2, 2, 1, 1). NaN when 0/0."""
+    conf = counts.confusion
+    tp_d = int(conf.sum())
+    fp_d, fn_d = int(counts.unpaired_pred.sum()), int(counts.unpaired_true.sum())
+    per = {}
+    for c in range(len(conf)):
+        tp = int(conf[c, c])
+        fp_t, fn_t = int(conf[:, c].sum()) - tp, int(conf[c, :].sum()) - tp
+        denom = 2 * tp + 2 * fp_t + 2 * fn_t + int(counts.unpaired_pred[c]) + int(counts.unpaired_true[c])
+        per[c] = 2 * tp / denom if denom else float("nan")
+    return {
+        "f_d": f1_from_counts(tp_d, fp_d, fn_d),
+        "accuracy": float(np.trace(conf) / tp_d) if tp_d else float("nan"),
+        "f_t": per,
+        "mean_f_t": _nanmean(per.values()),
+        "paired": tp_d,
+        "unpaired_pred": fp_d,
+        "unpaired_true": fn_d,
+        "confusion": conf.tolist(),
+    }
+
+
+def type_map(instances: np.ndarray, instance_classes: dict[int, int]) -> np.ndarray:
+    """The PanNuke-style type map of an instance map: class index + 1 under each instance, 0
+    elsewhere (and under instances of unknown class)."""
+    inst = np.asarray(instances)
+    top = int(inst.max()) if inst.size else 0
+    lut = np.zeros(top + 1, np.int16)
+    for k, c in instance_classes.items():
+        if 0 < int(k) <= top and c >= 0:
+            lut[int(k)] = c + 1
+    return lut[inst]
+
+
 def split_count(ov: InstanceOverlap, inside: float = 0.5) -> int:
     """Ground-truth nuclei cut into pieces: those holding most (> `inside`) of the area of two or
     more predictions. Over-segmentation (several prompts on one nucleus) shows here, where PQ

@@ -106,6 +106,8 @@ def _accuracy(r: dict[str, Any]) -> Row:
     iou = (metrics.get("segmentor") or {}).get("val_oracle_miou")
     if f1 is not None:
         parts.append(f"detection F1 {float(f1):.2f}")
+    if val.get("mean_f_t") is not None:  # a typed model's type scores (evaluate's HoVer-Net F_t, PanNuke mPQ)
+        parts.append(f"type F1 {float(val['mean_f_t']):.2f}" + (f", mPQ {float(val['mpq']):.2f}" if val.get("mpq") is not None else ""))
     if iou is not None:
         parts.append(f"mask IoU {float(iou):.2f} (given the right point)")
     return ("model accuracy", ", ".join(parts), "on held-out training-set images; see the model card") if parts else ("model accuracy", "—", None)
@@ -126,7 +128,7 @@ def _figures(entry: SlideEntry) -> tuple[list[Row], list[Row]]:
         ("µm per pixel", _num(r.get("mpp_used"), 4), f"from {r.get('mpp_source', '—')}"),
         ("model", _model_name(r), f"at {_num(r.get('model_mpp'), 3)} µm/px" if r.get("model_mpp") else None),
         _accuracy(r),
-        ("weights licence", weights_licence(str(model.get("model"))), None),
+        ("weights licence", str(model.get("licence") or weights_licence(str(model.get("model")))), None),
     ]
     if (r.get("settings") or {}).get("roi"):
         rows.append(("region", "level-0 x, y, w, h = " + ", ".join(str(v) for v in r["settings"]["roi"]), None))
@@ -150,7 +152,14 @@ def _classes(entry: SlideEntry) -> list[dict[str, Any]]:
     if counts is None:  # pictures missing: fall back to the report's own counts
         counts = [{"class": k, "count": int(v), "color": None} for k, v in (entry.report.get("class_counts") or {}).items()]
     total = sum(c["count"] for c in counts) or 1
-    return [{"name": str(c["class"]), "count": int(c["count"]), "color": c.get("color"), "percent": f"{100 * c['count'] / total:.1f}"} for c in counts]
+    tissue = float(entry.report.get("tissue_mm2") or 0)  # per mm² as the run report's class_per_mm2_tissue
+    return [
+        {
+            "name": str(c["class"]), "count": int(c["count"]), "color": c.get("color"), "percent": f"{100 * c['count'] / total:.1f}",
+            "per_mm2": f"{int(c['count']) / tissue:,.0f}" if tissue > 0 else "—",
+        }
+        for c in counts
+    ]
 
 
 def _files(entry: SlideEntry, base: Path) -> list[tuple[str, str, str]]:
