@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..data.folders import files_by_stem
+from ..engines import ENGINES, apply_engine
 from ..data.label_maps import LABEL_SUFFIXES, LabelMapError, read_label_map
 from .metrics import IMAGE_METRICS, DetectionCounts, MatchCounts, class_f1_scores, detection_scores, score_label_maps
 
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     model.add_argument("--preset", choices=("kumar", "cpm17", "pannuke"), help="the PromptNucSeg release's settings for this data set (default: read from release files)")
     model.add_argument("--images", metavar="A,B", help="only these image names (comma-separated stems)")
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    model.add_argument("--engine", default="eager", choices=ENGINES, help="how the networks run on CPU (default eager; onnxruntime/openvino need their optional extra; models/engines.py)")
     model.add_argument("--save-pred", metavar="DIR", help="also write each predicted instance map as DIR/<name>.tif")
     parser.add_argument("--json", metavar="OUT.json", help="write per-image and mean metrics to this JSON file")
 
@@ -125,6 +127,7 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
             raise EvaluationInputError(f"{args.data}: no image named {', '.join(unknown)}. Fix: pick from {', '.join(names[:10])}{more}")
         chosen = [names.index(n) for n in wanted]
     predictor = load_predictor(weights=args.weights or None, device=args.device, prompter_weights=args.prompter_weights, preset=args.preset, tta=args.tta)
+    apply_engine(predictor, getattr(args, "engine", "eager"))
     if dataset.mpp and abs(dataset.mpp / predictor.mpp - 1) > 0.1:
         print(f"warning: {args.data} is at {dataset.mpp:g} um/px but the model expects {predictor.mpp:g}; images are scored as they are, not resampled", file=sys.stderr)
     # class F1 needs both sides to number the same classes
