@@ -14,6 +14,7 @@ from .machine import REPO
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEFAULT_KUMAR = SHARED_DATA / "kumar" / "train" / "images"
 DEFAULT_SLIDE = SHARED_DATA / "slides" / "cmu_small_region.svs"
+KUMAR_MPP = 0.25  # Kumar's images: 40x, 0.25 um/px
 TILE = 256  # the model's SAM window: the size the model-alone figures are for
 
 
@@ -57,6 +58,22 @@ def kumar_tiles(folder: str | Path | None, count: int, tile: int = TILE) -> tupl
     if len(tiles) < count:
         raise PipelineInputError(root, f"holds only {len(tiles)} tiles of {tile} px in its PNGs, {count} needed", "pass --tiles a folder with more (or larger) images")
     return tiles, f"{len(tiles)} tiles of {tile} px from {root}"
+
+
+def kumar_images(folder: str | Path | None, count: int, crop: int | None = None) -> tuple[list[np.ndarray], str]:
+    """The first `count` whole H&E images of `folder` (sorted by name; `crop`: only their
+    top-left `crop` x `crop`), and a line saying which: the same real tissue for every peer."""
+    from PIL import Image
+
+    root = Path(folder) if folder is not None else DEFAULT_KUMAR
+    paths = sorted(root.glob("*.png"))[:count] if root.is_dir() else []
+    if len(paths) < count:
+        raise PipelineInputError(root, f"holds {len(paths)} .png images, {count} needed", "pass --tiles a folder of H&E PNGs at 0.25 um/px (Kumar's images), or ask for fewer with --peer-images")
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    if crop:
+        images = [np.ascontiguousarray(im[:crop, :crop]) for im in images]
+    sizes = ", ".join(f"{p.name} {im.shape[1]}x{im.shape[0]}" for p, im in zip(paths, images))
+    return images, f"{len(images)} images from {root}: {sizes}"
 
 
 def slide_tiles(slide: Path, count: int, model_mpp: float, tile: int = TILE) -> tuple[list[np.ndarray], str]:

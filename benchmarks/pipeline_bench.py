@@ -34,6 +34,7 @@ class PipelineOptions:
     overlap: int = 128
     batch_size: int = 8
     workers: int = 4
+    profile: bool = False  # time each stage in the child (profile_probes.py)
 
 
 def run_child(slide: Path, roi: tuple[int, int, int, int] | None, opts: PipelineOptions) -> dict[str, Any]:
@@ -47,6 +48,8 @@ def run_child(slide: Path, roi: tuple[int, int, int, int] | None, opts: Pipeline
             cmd += ["--roi", roi_text(roi)]
         if opts.weights:
             cmd += ["--weights", opts.weights]
+        if opts.profile:
+            cmd.append("--profile")
         t0 = time.monotonic()
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)

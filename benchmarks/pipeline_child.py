@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--overlap", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--profile", action="store_true", help="time each stage (benchmarks/profile_probes.py)")
     args = p.parse_args(argv)
 
     started = time.monotonic()
@@ -56,8 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.cuda.reset_peak_memory_stats()
+    probes = None
+    if args.profile:
+        from .profile_probes import install, summary
+
+        probes = install(predictor)
     with StagePeak() as mem, GpuBusy(predictor.device) as gpu:
+        t0 = time.perf_counter()
         report = segment_slide(args.slide, args.out, predictor, settings, log=lambda m: print(m, file=sys.stderr))
+        segment_wall = time.perf_counter() - t0
     result = {
         "device": predictor.device,
         "model": {k: predictor.describe().get(k) for k in ("model", "weights", "weights_sha256")},
@@ -71,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gpu_busy_source": gpu.source,
         "settings": {"roi": list(settings.roi) if settings.roi else None, "tile_size": settings.tile_size, "overlap": settings.overlap, "batch_size": settings.batch_size, "workers": settings.workers},
     }
+    if probes is not None:
+        result["profile"] = summary(probes, segment_wall)
     if cuda:
         result["cuda_max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 1024**2, 1)
     Path(args.result).write_text(json.dumps(result, indent=1, default=str))

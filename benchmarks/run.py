@@ -24,12 +24,23 @@ if __package__ in (None, ""):  # run as `python benchmarks/run.py`
 
 from .machine import REPO, machine_facts, now_iso, release_free_memory  # noqa: E402
 
-PARTS = ("model", "pipeline", "memory", "stitch")
+PARTS = ("model", "pipeline", "memory", "stitch")  # the default run
+EXTRA_PARTS = ("peers", "engines", "profile")  # slow or needing optional installs: only when asked
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    p.add_argument("--only", default=",".join(PARTS), help=f"comma list of {','.join(PARTS)} (default: all)")
+    p.add_argument("--only", help=f"comma list of {','.join(PARTS + EXTRA_PARTS)} (default: {','.join(PARTS)}; with --peers alone: peers)")
+    p.add_argument("--peers", nargs="?", const="all", help="also run the peers part: ours and other tools' networks on the same images, ratios to ours (optionally a comma list of instanseg,hovernet,cellpose,stardist; a peer not installed is skipped and said so)")
+    p.add_argument("--peer-images", type=int, help="peers part: Kumar images (1000x1000 at 0.25 um/px) every peer runs on (default 2; quick: 1, cropped to 512x512)")
+    p.add_argument("--peer-venvs", help="peers part: folder of the peers' virtual environments (default benchmarks/.venvs, made by benchmarks/install_peers.sh)")
+    p.add_argument("--engines", help="engines part: comma list of models/engines.py ENGINES (default: all; quick: eager,channels-last,bf16)")
+    p.add_argument("--engine-tiles", type=int, help="engines part: 256-px tiles timed per round (default 16; quick 2)")
+    p.add_argument("--engine-rounds", type=int, help="engines part: interleaved rounds (default 3; quick 1)")
+    p.add_argument("--no-validate", action="store_true", help="engines part: skip scoring each engine with `promptnucseg evaluate` on the validation images (quick skips it)")
+    p.add_argument("--val-data", help="engines part: dataset folder for the validation PQ (default ../shared/data/kumar/train)")
+    p.add_argument("--profile-rois", help="profile part: semicolon list of x,y,w,h regions (default: the 1024x1024 region with the most tissue, then the whole slide; quick: a 256x256 one)")
+    p.add_argument("--threads", type=int, help="intra-op threads for the peers and engines parts (default: torch's, the usable cores)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when torch sees one)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a minute or two on CPU")
     p.add_argument("--json", dest="json_out", help="where to write the JSON (default: benchmarks/results/bench-<time>-<device>.json)")
@@ -126,12 +137,50 @@ def show_stitch(s: dict[str, Any]) -> None:
     print(f"RSS growth per size (MB): {g['rss_growth_mb']}; peak RSS per size (MB): {g['peak_rss_mb']}")
 
 
+def show_peers(r: dict[str, Any]) -> None:
+    rows = r["rows"]
+    print_table(
+        f"peers: the same {r['images']}, each tool at its native um/px and tiling, fresh process each, {r['threads']} threads",
+        ["tool", "um/px", "tile", "tiles", "mm2", "seconds", "s/mm2", "mm2/s", "x ours (speed)", "peak RSS MB", "x ours (RSS)", "post-proc timed"],
+        [[v["label"], v["mpp"], v["tile"] or "own", v["tiles"], v["tissue_mm2"], v["seconds"], v["seconds_per_mm2"], v["mm2_per_second"], v["speed_vs_ours"],
+          v["peak_rss_mb"], v["peak_rss_vs_ours"], "yes" if v["postprocess_timed"] else "no"] for v in rows.values()],
+    )
+    for name, why in r["skipped"].items():
+        print(f"skipped {name}: {why}")
+    print(r["note"])
+
+
+def show_engines(r: dict[str, Any]) -> None:
+    print_table(
+        f"engines: {r['tiles']} tiles of {r['tile_px']} px x {r['rounds']} interleaved rounds, {r['threads']} threads; validation PQ by `promptnucseg evaluate` on {', '.join(r['validation_images']) or '(not run)'}",
+        ["engine", "setup s", "s/tile", "x eager", "nuclei", "val PQ", "PQ - eager", f"within {r['pq_tolerance']}"],
+        [[v["engine"], v["setup_seconds"], v["seconds_per_tile"], v["speedup_vs_eager"], v["nuclei"], v.get("validation", {}).get("pq"), v.get("pq_delta"),
+          {True: "yes", False: "NO"}.get(v.get("keeps_pq"), "-")] for v in r["rows"].values()],
+    )
+    for name, why in r["skipped"].items():
+        print(f"skipped {name}: {why}")
+    print(f"fastest {'keeping validation PQ' if r['validated'] else '(PQ not checked)'}: {r['fastest_keeping_pq']}")
+
+
+def show_profile(r: dict[str, Any]) -> None:
+    from .profile_probes import STAGES
+
+    print_table(
+        f"pipeline profile: {Path(r['slide']).name}, share of segment_slide's wall time per stage (read, postprocess, stitch run beside the model)",
+        ["roi x,y,w,h", "tiles", "nuclei", "wall s", *STAGES, "model busy"],
+        [[x["roi"], x["tiles"], x["nuclei"], x["profile"]["wall_seconds"], *(x["profile"]["share_of_wall"][k] for k in STAGES), x["profile"]["model_busy_fraction"]] for x in r["runs"]],
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    parts = [p.strip() for p in args.only.split(",") if p.strip()]
-    bad = [p for p in parts if p not in PARTS]
+    only = args.only if args.only is not None else ("" if args.peers else ",".join(PARTS))
+    parts = [p.strip() for p in only.split(",") if p.strip()]
+    if args.peers and "peers" not in parts:
+        parts.append("peers")
+    bad = [p for p in parts if p not in PARTS + EXTRA_PARTS]
     if bad or not parts:
-        print(f"error: --only {args.only!r}: unknown part(s) {','.join(bad) or '(none)'}. Fix: choose from {','.join(PARTS)}", file=sys.stderr)
+        print(f"error: --only {only!r}: unknown part(s) {','.join(bad) or '(none)'}. Fix: choose from {','.join(PARTS + EXTRA_PARTS)}", file=sys.stderr)
         return 2
     quick = args.quick
     batch_sizes = _ints(args.batch_sizes, "--batch-sizes") if args.batch_sizes else ([1, 8] if quick else [1, 8, 32])
@@ -223,6 +272,71 @@ def main(argv: Sequence[str] | None = None) -> int:
                     show_stitch(s)
             del predictor, tiles, loaded
             release_free_memory()
+
+    if "peers" in parts:
+        from .peers import VENVS, bench_peers
+
+        def peers() -> dict[str, Any]:
+            import torch
+
+            count = args.peer_images or (1 if quick else 2)
+            images, source = inputs.kumar_images(args.tiles, count, crop=512 if quick else None)
+            wanted = None if args.peers in (None, "all") else [w.strip() for w in args.peers.split(",") if w.strip()]
+            result["inputs"]["peer_images"] = source
+            return bench_peers(images, inputs.KUMAR_MPP, source, wanted, args.threads or torch.get_num_threads(), weights=args.weights,
+                               venvs=Path(args.peer_venvs) if args.peer_venvs else VENVS)
+
+        pr = attempt("peers", peers)
+        if pr:
+            result["results"]["peers"] = pr
+            show_peers(pr)
+
+    if "engines" in parts:
+        from promptnucseg.models.engines import ENGINES
+
+        from .engine_bench import bench_engines
+
+        def engines() -> dict[str, Any]:
+            import torch
+
+            names = [e.strip() for e in args.engines.split(",")] if args.engines else (["eager", "channels-last", "bf16"] if quick else list(ENGINES))
+            unknown = [e for e in names if e not in ENGINES]
+            if unknown:
+                raise SystemExit(f"error: --engines {','.join(unknown)}: unknown. Fix: choose from {','.join(ENGINES)}")
+            tiles, source = inputs.kumar_tiles(args.tiles, args.engine_tiles or (2 if quick else 16))
+            result["inputs"]["engine_tiles"] = source
+            data = Path(args.val_data) if args.val_data else inputs.SHARED_DATA / "kumar" / "train"
+            return bench_engines(tiles, names, args.engine_rounds or (1 if quick else 3), args.weights, not (quick or args.no_validate), data,
+                                 args.threads or torch.get_num_threads(), device)
+
+        er = attempt("engines", engines)
+        if er:
+            result["results"]["engines"] = er
+            show_engines(er)
+
+    if "profile" in parts:
+        def profile() -> dict[str, Any]:
+            from promptnucseg.wsi_pipeline.slides import parse_roi
+
+            slide = inputs.resolve_slide(args.slide)
+            dims = inputs.slide_dimensions(slide)
+            if args.profile_rois:
+                rois = [parse_roi(r, dims, slide) for r in args.profile_rois.split(";") if r.strip()]
+            elif quick:
+                rois = [inputs.tissue_region(slide, min(256, dims[0]), min(256, dims[1]))]
+            else:
+                rois = [inputs.tissue_region(slide, min(1024, dims[0]), min(1024, dims[1])), (0, 0, dims[0], dims[1])]
+            popts = PipelineOptions(**{**opts.__dict__, "profile": True})
+            runs = []
+            for roi in rois:
+                r = run_child(slide, roi, popts)
+                runs.append({k: r.get(k) for k in ("roi", "tiles", "nuclei", "wall_seconds", "tiles_per_second", "process_peak_rss_mb", "profile", "settings")})
+            return {"slide": str(slide), "runs": runs}
+
+        prof = attempt("profile", profile)
+        if prof:
+            result["results"]["profile"] = prof
+            show_profile(prof)
 
     if "pipeline" in parts or "memory" in parts:
         def regions() -> tuple[Path, tuple, tuple]:

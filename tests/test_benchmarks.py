@@ -77,3 +77,57 @@ def test_quick_stitch_run_writes_complete_json(tmp_path):
     nuclei = [s["nuclei"] for s in sizes]
     assert nuclei[0] < nuclei[1] < nuclei[2]
     assert stitch["growth"]["nuclei_ratio"] == pytest.approx(nuclei[2] / nuclei[0], rel=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_quick_peers_run_measures_ours_and_says_which_peers_were_skipped(tmp_path):
+    """With no peer venv (an empty --peer-venvs), every peer this interpreter cannot import is
+    skipped with the install command, ours is still measured, and ratios are to ours."""
+    import importlib.util
+
+    from benchmarks.peers import PEERS
+
+    if not KUMAR.is_dir():
+        pytest.skip(f"needs {KUMAR} (../shared/data beside the repo)")
+    empty = tmp_path / "no-venvs"
+    empty.mkdir()
+    out = tmp_path / "peers.json"
+    cmd = [sys.executable, "-m", "benchmarks.run", "--peers", "--quick", "--device", "cpu", "--peer-venvs", str(empty), "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    peers = result["results"]["peers"]
+    assert peers["rows"]["ours"]["speed_vs_ours"] == 1.0 and peers["rows"]["ours"]["mm2_per_second"] > 0 and peers["rows"]["ours"]["peak_rss_mb"] > 0
+    for peer in PEERS:
+        here = importlib.util.find_spec(peer.module.split(".")[0]) is not None
+        if here:
+            assert peer.name in peers["rows"] or peer.name in peers["skipped"]
+        else:
+            assert "not installed" in peers["skipped"][peer.name] and "install_peers.sh" in peers["skipped"][peer.name]
+            assert f"skipped {peer.name}: not installed" in proc.stdout
+    assert "peers:" in proc.stdout and "x ours (speed)" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_quick_profile_accounts_for_every_tile_and_the_model_busy_fraction(tmp_path):
+    from promptnucseg.models.predictor import BUNDLED_WEIGHTS
+
+    from benchmarks.inputs import DEFAULT_SLIDE
+    from benchmarks.profile_probes import STAGES
+
+    if not BUNDLED_WEIGHTS.is_file() or not DEFAULT_SLIDE.is_file():
+        pytest.skip(f"needs the bundled model and {DEFAULT_SLIDE}")
+    out = tmp_path / "profile.json"
+    cmd = [sys.executable, "-m", "benchmarks.run", "--only", "profile", "--quick", "--device", "cpu", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = json.loads(out.read_text())["results"]["profile"]["runs"]
+    prof = run["profile"]
+    assert prof["calls"]["model"] == prof["calls"]["read"] == prof["calls"]["postprocess"] == run["tiles"] > 0
+    assert prof["calls"]["tissue_mask"] >= 1 and prof["calls"]["export"] == 1
+    assert 0 < prof["model_busy_fraction"] <= 1
+    main_thread = sum(prof["seconds"][k] for k in ("tissue_mask", "plan_other", "model", "loop_wait", "export"))
+    assert main_thread <= prof["wall_seconds"] * 1.01  # the main thread's stages do not overlap each other
+    assert set(prof["share_of_wall"]) == set(STAGES)

@@ -21,6 +21,7 @@ import numpy as np
 from promptnucseg.errors import FixableError
 
 from ..data.folders import files_by_stem
+from ..engines import ENGINES, apply_engine
 from ..data.label_maps import LABEL_SUFFIXES, LabelMapError, read_label_map
 from .metrics import (
     IMAGE_METRICS, DetectionCounts, MatchCounts, TypeCounts, class_f1_scores, detection_scores, hovernet_type_scores, pannuke_bpq, pannuke_class_pq, pannuke_mpq,
@@ -59,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         "colour (models/evaluation/baselines.py); for a typed model on a data set with classes/",
     )
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    model.add_argument("--engine", default="eager", choices=ENGINES, help="how the networks run on CPU (default eager; onnxruntime/openvino need their optional extra; models/engines.py)")
     model.add_argument("--save-pred", metavar="DIR", help="also write each predicted instance map as DIR/<name>.tif")
     parser.add_argument("--json", metavar="OUT.json", help="write per-image and mean metrics to this JSON file")
 
@@ -162,6 +164,7 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     names = list(dataset.names)
     chosen = choose_images(names, args.images, str(args.data))
     predictor = load_predictor(weights=args.weights or None, device=args.device, prompter_weights=args.prompter_weights, preset=args.preset, tta=args.tta)
+    apply_engine(predictor, getattr(args, "engine", "eager"))
     if dataset.mpp and abs(dataset.mpp / predictor.mpp - 1) > 0.1:
         print(f"warning: {args.data} is at {dataset.mpp:g} um/px but the model expects {predictor.mpp:g}; images are scored as they are, not resampled", file=sys.stderr)
     # class scores need both sides to number the same classes
