@@ -36,15 +36,15 @@ def warm_start_prompter(model: nn.Module, path: str | Path) -> None:
         raise CheckpointError(path, f"its prompter does not fit this config ({str(err).splitlines()[0][:200]})", "warm-start from a prompter of the same backbone, width and classes") from err
 
 
-CLASS_HEAD = "class_head.3"  # the class head's last Linear (models/prompter/network.py `mlp`)
-
-
 def _expand_class_head(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A one-class state's class head (2 rows: nucleus, background) widened to the model's C + 1."""
-    weight, bias = state.get(f"{CLASS_HEAD}.weight"), state.get(f"{CLASS_HEAD}.bias")
-    want = model.state_dict().get(f"{CLASS_HEAD}.weight")
-    if weight is None or bias is None or want is None or weight.shape == want.shape or weight.shape[0] != 2 or weight.shape[1:] != want.shape[1:]:
+    head = getattr(model, "class_head", None)
+    if not isinstance(head, nn.Sequential):
+        return state
+    key = f"class_head.{len(head) - 1}"  # its last Linear, wherever `mlp` puts it
+    weight, bias, want = state.get(f"{key}.weight"), state.get(f"{key}.bias"), head[-1].weight
+    if weight is None or bias is None or weight.shape == want.shape or weight.shape[0] != 2 or weight.shape[1:] != want.shape[1:]:
         return state
     classes = want.shape[0] - 1
     nucleus_w, nucleus_b = weight[:1].expand(classes, -1), bias[:1].expand(classes)
-    return {**state, f"{CLASS_HEAD}.weight": torch.cat([nucleus_w, weight[1:]]), f"{CLASS_HEAD}.bias": torch.cat([nucleus_b, bias[1:]])}
+    return {**state, f"{key}.weight": torch.cat([nucleus_w, weight[1:]]), f"{key}.bias": torch.cat([nucleus_b, bias[1:]])}
