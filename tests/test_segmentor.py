@@ -39,6 +39,26 @@ def test_mask_losses_on_perfect_and_inverted_predictions():
     assert good < 0.01 < 1.0 < bad
 
 
+def test_fused_focal_dice_equals_the_autograd_definitions():
+    """`segmentor_loss`'s hand-written focal + dice gives the reference functions' values and
+    gradients (float64, so only the algebra is compared), logits far out in both tails included."""
+    from promptnucseg.models.segmentor.losses import _FocalDice, sigmoid_focal
+
+    torch.manual_seed(0)
+    x = (torch.randn(5, 300, dtype=torch.float64) * 6).requires_grad_()
+    with torch.no_grad():
+        x[0, :4] = torch.tensor([40.0, -40.0, 80.0, -80.0], dtype=torch.float64)
+    t = (torch.rand(5, 300, dtype=torch.float64) > 0.8).double()
+    t[1] = 0  # a mask with no target pixel
+    want_f, want_d = sigmoid_focal(x, t).mean(), dice_loss(x, t).mean()
+    g_want = torch.autograd.grad(20 * want_f + want_d, x)[0]
+    got_f, got_d = _FocalDice.apply(x, t, 0.25)
+    g_got = torch.autograd.grad(20 * got_f + got_d, x)[0]
+    assert torch.allclose(got_f, want_f, rtol=1e-10) and torch.allclose(got_d, want_d, rtol=1e-10)
+    assert torch.allclose(g_got, g_want, rtol=1e-8, atol=1e-15)
+    assert torch.autograd.gradcheck(lambda v: _FocalDice.apply(v, t[:2, :20], 0.25), (x[:2, :20].detach().clone().requires_grad_(),))
+
+
 @pytest.mark.parametrize("arch", ["sam_cnn_light", "sam_vit_light"])
 def test_light_variants_decode_many_prompts_per_embedding(arch):
     torch.manual_seed(0)
