@@ -104,7 +104,7 @@ def test_a_one_class_prompter_trains_on_a_typed_data_set():
     cfg.model.prompter = PrompterConfig(backbone="resnet18", fpn_channels=32, num_classes=1)
     cfg.train.batch_size = 2
     task = PrompterTask(Prompter(cfg.model.prompter), cfg, [sample], [sample])
-    losses = task.batch_loss(np.random.default_rng(0), torch.device("cpu"))
+    losses = task.batch_loss(task.make_batch(np.random.default_rng(0)), torch.device("cpu"))
     assert torch.isfinite(losses["loss"])
     assert 0.0 <= task.validate(task.model.eval(), torch.device("cpu"))["det_f1"] <= 1.0
 

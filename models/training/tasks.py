@@ -17,8 +17,32 @@ from .augment import AugmentConfig
 from .sampling import interior_points, make_crop, sample_nuclei
 
 
-def _to_tensor_images(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().to(device)
+def _to_tensor_images(images: np.ndarray | list[np.ndarray], device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W); channels-last keeps the numpy layout (no copy), which
+    the CPU convolutions run faster on when the network's weights are channels-last too."""
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(images) if isinstance(images, list) else images)).permute(0, 3, 1, 2)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format).to(device)
+
+
+@dataclass
+class PrompterBatch:
+    """One prompter step's inputs, made from the run's random generator alone (see `make_batch`)."""
+
+    images: np.ndarray  # (B, S, S, 3) uint8
+    points: list[np.ndarray]  # per crop (N_i, 2) float32 centroids (x, y)
+    classes: list[np.ndarray]  # per crop (N_i,) int64
+    foreground: np.ndarray  # (B, 1, S, S) bool
+
+
+@dataclass
+class SegmentorBatch:
+    """One segmentor step's inputs: crops and every crop's prompts, in crop order (None: no nucleus)."""
+
+    images: np.ndarray  # (B, S, S, 3) uint8
+    coords: np.ndarray | None  # (P, 1+K, 2) float32
+    labels: np.ndarray | None  # (P, 1+K) int64
+    targets: np.ndarray | None  # (P, S, S) bool
+    image_index: np.ndarray | None  # (P,) int64, non-decreasing: each prompt's crop
 
 
 @dataclass
@@ -30,18 +54,27 @@ class PrompterTask:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     kind: str = "prompter"
     use_ema: bool = True
+    channels_last: bool = False
 
-    def batch_loss(self, rng: np.random.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    def make_batch(self, rng: np.random.Generator) -> PrompterBatch:
         size = self.config.data.crop_size
         crops = [make_crop(self.train_samples[int(rng.integers(len(self.train_samples)))], size, rng, self.augment) for _ in range(self.config.train.batch_size)]
-        x = self.model.normalize(_to_tensor_images([c.image for c in crops], device))
-        fg = np.zeros((len(crops), 1, *x.shape[-2:]), np.float32)
-        for i, c in enumerate(crops):
-            fg[i, 0, :size, :size] = c.instances > 0
+        return PrompterBatch(
+            images=np.stack([c.image for c in crops]),
+            points=[c.centroids for c in crops],
+            classes=[self._classes(c.classes) for c in crops],
+            foreground=np.stack([c.instances > 0 for c in crops])[:, None],
+        )
+
+    def batch_loss(self, batch: PrompterBatch, device: torch.device) -> dict[str, torch.Tensor]:
+        x = self.model.normalize(_to_tensor_images(batch.images, device, self.channels_last))
+        h, w = batch.foreground.shape[-2:]
+        fg = torch.zeros((len(batch.images), 1, *x.shape[-2:]), device=device)
+        fg[..., :h, :w] = torch.from_numpy(batch.foreground).to(device)
         targets = PrompterTargets(
-            points=[torch.from_numpy(c.centroids).to(device) for c in crops],
-            classes=[torch.from_numpy(self._classes(c.classes)).to(device) for c in crops],
-            foreground=torch.from_numpy(fg).to(device),
+            points=[torch.from_numpy(p).to(device) for p in batch.points],
+            classes=[torch.from_numpy(c).to(device) for c in batch.classes],
+            foreground=fg,
         )
         return prompter_loss(self.model(x), targets, self.model.config)
 
@@ -84,33 +117,43 @@ class SegmentorTask:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     kind: str = "segmentor"
     use_ema: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.model.config.freeze_prompt_encoder:  # the release freezes only the prompt encoder
             for p in self.model.prompt_encoder.parameters():
                 p.requires_grad_(False)
 
-    def batch_loss(self, rng: np.random.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    def make_batch(self, rng: np.random.Generator) -> SegmentorBatch:
         size = self.model.crop_size
         k = self.model.config.num_negatives
         z = self.config.train.nuclei_per_crop
         crops = [make_crop(self.train_samples[int(rng.integers(len(self.train_samples)))], size, rng, self.augment) for _ in range(self.config.train.batch_size)]
-        embeddings = self.model.embed(_to_tensor_images([c.image for c in crops], device))
-        logits, ious, targets = [], [], []
+        coords, labels, targets, image_index = [], [], [], []
         for i, c in enumerate(crops):
             chosen = sample_nuclei(c, z, rng)
             if len(chosen) == 0:
                 continue
             interior = interior_points(c.instances, c.ids, rng)  # one random inside point per nucleus
             neg = knn_negatives(c.centroids, k)[chosen]
-            coords, labels = assemble_prompts(interior[chosen], interior, neg)
-            lg, iou = self.model.decode(embeddings[i : i + 1], torch.from_numpy(coords).to(device), torch.from_numpy(labels).to(device))
-            logits.append(lg)
-            ious.append(iou)
-            targets.append(torch.from_numpy(c.instances[None] == c.ids[chosen][:, None, None]).to(device))
-        if not logits:  # a batch of empty crops: a zero loss that still touches the graph
+            co, la = assemble_prompts(interior[chosen], interior, neg)
+            coords.append(co)
+            labels.append(la)
+            targets.append(c.instances[None] == c.ids[chosen][:, None, None])
+            image_index.append(np.full(len(chosen), i, np.int64))
+        images = np.stack([c.image for c in crops])
+        if not coords:
+            return SegmentorBatch(images, None, None, None, None)
+        return SegmentorBatch(images, np.concatenate(coords), np.concatenate(labels), np.concatenate(targets), np.concatenate(image_index))
+
+    def batch_loss(self, batch: SegmentorBatch, device: torch.device) -> dict[str, torch.Tensor]:
+        if batch.coords is None:  # a batch of empty crops: a zero loss that still touches the graph
             return {"loss": sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0}
-        return segmentor_loss(torch.cat(logits), torch.cat(ious), torch.cat(targets).float(), self.model.config)
+        embeddings = self.model.embed(_to_tensor_images(batch.images, device, self.channels_last))
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(device)
+        logits, ious = self.model.decode(embeddings, tensor(batch.coords), tensor(batch.labels), tensor(batch.image_index))
+        return segmentor_loss(logits, ious, tensor(batch.targets).float(), self.model.config)
 
     @torch.no_grad()
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
