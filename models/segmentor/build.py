@@ -50,30 +50,21 @@ class Segmentor(nn.Module):
             raise ValueError(f"segmentor crops must be {self.crop_size}x{self.crop_size}, got {tuple(images.shape[-2:])}")
         return self.image_encoder((images.float() - self.pixel_mean) / self.pixel_std)
 
-    def decode(
-        self, embedding: torch.Tensor | ImageEmbedding, coords: torch.Tensor, labels: torch.Tensor, image_index: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masks for P prompt sets against one image embedding (1, C, h, w), or against B of them
-        with `image_index` (P,) non-decreasing, naming each prompt's image (training batches).
+    def decode(self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks for P prompt sets against one image embedding (1, C, h, w).
 
         coords (P, 1+K, 2) crop pixels, labels (P, 1+K). Returns crop-size logits (P, S, S)
         and predicted IoU (P,); masks come at stride 4 (SAM) or 2 (`high_res`), upsampled.
         """
-        if image_index is not None and not isinstance(self.mask_decoder, HighResMaskDecoder):
-            # SAM's own decoder takes one image per call: decode each image's prompts in turn
-            counts = torch.bincount(image_index, minlength=len(embedding)).tolist()
-            ends = torch.tensor(counts).cumsum(0).tolist()
-            parts = [self.decode(embedding[i : i + 1], coords[e - k : e], labels[e - k : e]) for i, (k, e) in enumerate(zip(counts, ends)) if k]
-            return torch.cat([lg for lg, _ in parts]), torch.cat([iou for _, iou in parts])
         sparse, dense = self.prompt_encoder(points=(coords.float(), labels), boxes=None, masks=None)
-        extra = {"fine": embedding.fine, "image_index": image_index} if isinstance(embedding, ImageEmbedding) else {}
+        fine = {"fine": embedding.fine} if isinstance(embedding, ImageEmbedding) else {}
         low_res, iou = self.mask_decoder(
-            image_embeddings=embedding.main if extra else embedding,
+            image_embeddings=embedding.main if fine else embedding,
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=False,
-            **extra,
+            **fine,
         )
         logits = F.interpolate(low_res, size=(self.crop_size, self.crop_size), mode="bilinear", align_corners=False)
         return logits[:, 0], iou[:, 0]

@@ -56,45 +56,32 @@ class HighResMaskDecoder(MaskDecoder):
         nn.init.zeros_(self.upscale_stride2.weight)
         nn.init.zeros_(self.upscale_stride2.bias)
 
-    def forward(
-        self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output: bool,
-        fine: tuple[torch.Tensor, ...] = (), image_index: torch.Tensor | None = None,
-    ):
-        """`image_index` (P,), non-decreasing, names each prompt's image among B embeddings, so a
-        training batch's prompts from all its crops go through the transformer in one call;
-        without it the embeddings must be one image's, as in SAM."""
+    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output: bool, fine: tuple[torch.Tensor, ...] = ()):
         if multimask_output:
             raise ValueError("HighResMaskDecoder predicts one mask per prompt (multimask_output=False)")
         if len(fine) != 2:
             raise ValueError("HighResMaskDecoder needs the encoder's stride-2 and stride-4 features")
-        n = sparse_prompt_embeddings.size(0)
-        if image_index is None:
-            if fine[0].shape[0] != 1:
-                raise ValueError("decode prompts against one image's embedding at a time (emb[i : i + 1]), or pass image_index")
-            image_index = torch.zeros(n, dtype=torch.long, device=image_embeddings.device)
-        elif len(image_index) != n or bool((image_index[1:] < image_index[:-1]).any()):
-            raise ValueError("image_index needs one non-decreasing image number per prompt")
+        if fine[0].shape[0] != 1:
+            raise ValueError("decode prompts against one image's embedding at a time (emb[i : i + 1])")
         tokens_out = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        tokens_out = tokens_out.unsqueeze(0).expand(n, -1, -1)
+        tokens_out = tokens_out.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
         tokens = torch.cat((tokens_out, sparse_prompt_embeddings), dim=1)
-        src = image_embeddings[image_index] + dense_prompt_embeddings
+        n = tokens.shape[0]
+        src = torch.repeat_interleave(image_embeddings, n, dim=0) + dense_prompt_embeddings
         pos_src = torch.repeat_interleave(image_pe, n, dim=0)
         b, c, h, w = src.shape
         hs, src = self.transformer(src, pos_src, tokens)
         src = src.transpose(1, 2).reshape(b, c, h, w)
         f2, f4 = fine
-        fused4 = self.fuse_stride4(f4)
-        stride4 = self.output_upscaling(src) + (fused4 if len(fused4) == 1 else fused4[image_index])  # (P, d, S/4, S/4)
+        stride4 = self.output_upscaling(src) + self.fuse_stride4(f4)  # (P, d, S/4, S/4); fine part broadcast
         hyper = self.output_hypernetworks_mlps[0](hs[:, 1, :])  # (P, d)
-        counts = torch.bincount(image_index, minlength=len(f2)).tolist()
-        return self._stride2_masks(hyper, stride4, self.fuse_stride2(f2), counts), self.iou_prediction_head(hs[:, 0, :])[:, :1]
+        return self._stride2_masks(hyper, stride4, self.fuse_stride2(f2)[0]), self.iou_prediction_head(hs[:, 0, :])[:, :1]
 
-    def _stride2_masks(self, hyper: torch.Tensor, stride4: torch.Tensor, fine2: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    def _stride2_masks(self, hyper: torch.Tensor, stride4: torch.Tensor, fine2: torch.Tensor) -> torch.Tensor:
         """hyper . (bilinear2x(stride4) + convT(stride4) + fine2), without the (P, d, S/2, S/2) tensor.
 
         Every term is linear in the mask features, so the hypernetwork vector is applied first
-        (at stride 4, or to each image's shared fine map: `counts` prompts per image, in order),
-        which keeps the cost near SAM's own decoder.
+        (at stride 4, or to the shared fine map), which keeps the cost near SAM's own decoder.
         """
         p, d, h, w = stride4.shape
         flat = stride4.reshape(p, d, h * w)
@@ -103,6 +90,5 @@ class HighResMaskDecoder(MaskDecoder):
         conv = self.upscale_stride2  # weight (d_in, d_out, 2, 2): out[2i+a, 2j+b] = W[:, :, a, b]^T x[i, j] + bias
         folded = torch.einsum("ioab,po->pabi", conv.weight, hyper).reshape(p, 4, d)
         sub = (folded @ flat).reshape(p, 2, 2, h, w).permute(0, 3, 1, 4, 2).reshape(p, 1, 2 * h, 2 * w)
-        parts = [part @ f.reshape(d, -1) for part, f, k in zip(hyper.split(counts), fine2, counts) if k]
-        detail = (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(p, 1, 2 * h, 2 * w)
+        detail = (hyper @ fine2.reshape(d, -1)).reshape(p, 1, 2 * h, 2 * w)
         return masks + sub + detail + (hyper @ conv.bias).view(p, 1, 1, 1)

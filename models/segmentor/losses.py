@@ -80,11 +80,15 @@ class _FocalDice(torch.autograd.Function):
         return grad.add_(one_minus), None, None
 
 
-def segmentor_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, config: SegmentorConfig) -> dict[str, torch.Tensor]:
-    """logits (P, S, S), iou_pred (P,), target (P, S, S) in {0, 1}."""
+def segmentor_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, config: SegmentorConfig, fused: bool = True) -> dict[str, torch.Tensor]:
+    """logits (P, S, S), iou_pred (P,), target (P, S, S) in {0, 1}. `fused=False` takes focal and
+    dice through autograd's own ops (the reference the benchmarks time the fused one against)."""
     logits = logits.float()
     target = target.float()
-    focal, dice = _FocalDice.apply(logits.flatten(1), target.flatten(1), 0.25)
+    if fused:
+        focal, dice = _FocalDice.apply(logits.flatten(1), target.flatten(1), 0.25)
+    else:
+        focal, dice = sigmoid_focal(logits, target).mean(), dice_loss(logits, target).mean()
     actual = mask_iou(logits.detach(), target)
     iou_mse = F.mse_loss(iou_pred.float(), actual)
     total = config.focal_weight * focal + config.dice_weight * dice + config.iou_weight * iou_mse
