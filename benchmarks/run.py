@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/run.py`
 from .machine import REPO, machine_facts, now_iso, release_free_memory  # noqa: E402
 
 PARTS = ("model", "pipeline", "memory", "stitch")  # the default run
-EXTRA_PARTS = ("peers", "engines", "profile")  # slow or needing optional installs: only when asked
+EXTRA_PARTS = ("peers", "engines", "profile", "training")  # slow or needing optional installs: only when asked
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-validate", action="store_true", help="engines part: skip scoring each engine with `promptnucseg evaluate` on the validation images (quick skips it)")
     p.add_argument("--val-data", help="engines part: dataset folder for the validation PQ (default ../shared/data/kumar/train)")
     p.add_argument("--profile-rois", help="profile part: semicolon list of x,y,w,h regions (default: the 1024x1024 region with the most tissue, then the whole slide; quick: a 256x256 one)")
+    p.add_argument("--train-config", default="configs/kumar_light_v2.yaml", help="training part: the experiment config whose networks, data and batch are timed (default: the bundled model's)")
+    p.add_argument("--train-steps", type=int, help="training part: steps per variant per round (default 3; quick 1)")
+    p.add_argument("--train-rounds", type=int, help="training part: interleaved rounds (default 2; quick 1)")
     p.add_argument("--threads", type=int, help="intra-op threads for the peers and engines parts (default: torch's, the usable cores)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when torch sees one)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a minute or two on CPU")
@@ -337,6 +340,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if prof:
             result["results"]["profile"] = prof
             show_profile(prof)
+
+    if "training" in parts:
+        from . import train_bench
+
+        def training() -> dict[str, Any]:
+            import torch
+
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            config = Path(args.train_config)
+            return train_bench.bench_training(str(config if config.is_absolute() else REPO / config), None, args.train_steps or (1 if quick else 3),
+                                              args.train_rounds or (1 if quick else 2), device)
+
+        tr = attempt("training", training)
+        if tr:
+            result["results"]["training"] = tr
+            train_bench.show(tr, print_table)
 
     if "pipeline" in parts or "memory" in parts:
         def regions() -> tuple[Path, tuple, tuple]:

@@ -131,3 +131,37 @@ def test_quick_profile_accounts_for_every_tile_and_the_model_busy_fraction(tmp_p
     main_thread = sum(prof["seconds"][k] for k in ("tissue_mask", "plan_other", "model", "loop_wait", "export"))
     assert main_thread <= prof["wall_seconds"] * 1.01  # the main thread's stages do not overlap each other
     assert set(prof["share_of_wall"]) == set(STAGES)
+
+
+def test_training_part_times_every_variant_and_each_computes_the_same_step(tmp_path):
+    """The training part times each speed-up alone and together on both networks (small widths,
+    2 crops), and every variant's loss and gradients match the step as it was (no timing asserted)."""
+    import yaml
+
+    from benchmarks.train_bench import bench_training
+
+    if not KUMAR.is_dir():
+        pytest.skip(f"needs {KUMAR} (../shared/data beside the repo)")
+    cfg = yaml.safe_load((REPO / "configs" / "kumar_light_v2.yaml").read_text())
+    cfg["model"]["prompter"]["fpn_channels"] = 32
+    cfg["model"]["segmentor"].update(embed_dim=64, decoder_mlp_dim=128)
+    cfg["data"]["train"] = [str(KUMAR.parent)]
+    cfg["train"].update(batch_size=2, nuclei_per_crop=4)
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = bench_training(str(path), None, steps=1, rounds=1)
+    want = {
+        "prompter": ["before", "+prefetch", "+channels-last", "after"],
+        "segmentor": ["before", "+prefetch", "+channels-last", "+fused-loss", "after"],
+    }
+    for kind, names in want.items():
+        rows = r["networks"][kind]
+        assert list(rows) == names
+        for name, row in rows.items():
+            assert row["seconds_per_step"] > 0 and set(row["parts"]) == {"data", "forward_loss", "backward", "optimizer"}
+        # the batch made ahead is the very batch; the fused loss differs by float rounding; the
+        # channels-last convolutions round differently, and on the prompter a rounding-level
+        # change can flip one Hungarian assignment, so a looser bound there
+        assert rows["+prefetch"]["max_relative_difference"] == 0.0
+        assert rows["+channels-last"]["max_relative_difference"] < 2e-2
+    assert r["networks"]["segmentor"]["+fused-loss"]["max_relative_difference"] < 1e-4
