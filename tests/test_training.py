@@ -151,3 +151,24 @@ def test_validation_holds_out_whole_source_images_by_pattern(tmp_path):
     assert sorted(s.name for s in train) == ["train_80_000", "train_9_000"]
     with pytest.raises(ValueError, match="train_7_"):
         load_split(DataConfig(train=[str(root)], val_names=["train_7_*"]))
+
+
+def test_gpu_training_script_checks_itself_on_cpu_and_resumes(tmp_path, tiny_dataset):
+    """scripts/train_gpu.sh (one call on a lent GPU) makes a 2-step run without CUDA, hands back
+    metrics and best.pt through $OUT, and resumes its run folder on the next call."""
+    import os
+    import subprocess
+    import sys
+
+    config = tiny_config(tmp_path, tiny_dataset)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHON": sys.executable, "KIND": "prompter", "CONFIG": str(config), "RUN": str(tmp_path / "run"), "OUT": str(out), "CUDA_VISIBLE_DEVICES": ""}
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_gpu.sh"
+    first = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "no CUDA here" in first.stdout and (out / "best.pt").is_file()
+    assert [h["epoch"] for h in history(out)] == [1]
+    again = subprocess.run(["bash", str(script), "--epochs", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in again.stdout and [h["epoch"] for h in history(out)] == [1, 2]
