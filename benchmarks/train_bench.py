@@ -43,7 +43,7 @@ def variants(kind: str) -> list[Variant]:
 class _Runner:
     """One variant's model copy, optimizer and generator; `steps(n)` returns per-step timings."""
 
-    def __init__(self, task, variant: Variant, device: torch.device, seed: int) -> None:
+    def __init__(self, task, variant: Variant, device: torch.device, seed: int, total_steps: int = 1) -> None:
         from promptnucseg.models.training.loop import EMA
 
         self.task = copy.copy(task)
@@ -58,12 +58,15 @@ class _Runner:
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-5)
         self.ema = EMA(self.task.model, 0.99) if task.use_ema else None
         self.rng = np.random.default_rng(seed)
+        self.total_steps, self.made = total_steps, None
 
     def steps(self, n: int) -> list[dict[str, float]]:
         from promptnucseg.models.training.loop import _batches
 
         out = []
-        made = _batches(self.task, self.rng, n) if "prefetch" in self.variant.on else None
+        if "prefetch" in self.variant.on and self.made is None:  # one generator for all rounds, like an epoch
+            self.made = _batches(self.task, self.rng, self.total_steps)
+        made = self.made
         for _ in range(n):
             t0 = time.perf_counter()
             batch = next(made) if made is not None else self.task.make_batch(self.rng)
@@ -120,7 +123,7 @@ def bench_training(config_path: str, data: list[str] | None, steps: int, rounds:
     result: dict[str, Any] = {"config": config_path, "data": cfg.data.train, "training_images": len(train), "batch_size": cfg.train.batch_size,
                               "nuclei_per_crop": cfg.train.nuclei_per_crop, "steps_per_round": steps, "rounds": rounds, "threads": torch.get_num_threads(), "networks": {}}
     for kind, task in tasks.items():
-        runners = {v.name: _Runner(task, v, dev, seed) for v in variants(kind)}
+        runners = {v.name: _Runner(task, v, dev, seed, total_steps=1 + steps * rounds) for v in variants(kind)}
         for r in runners.values():  # warm-up: first-call allocations and oneDNN kernel choice
             r.steps(1)
         timings: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
