@@ -38,8 +38,9 @@ class _FocalDice(torch.autograd.Function):
     """Mean focal loss and mean dice loss of P masks in one pass set, with a hand-written backward.
 
     The same values and gradients as `sigmoid_focal(...).mean()` and `dice_loss(...).mean()`
-    (tests compare them in float64), in about a third of the memory passes autograd takes
-    over P x 65,536 pixels: the loss was a fifth of a light segmentor's CPU training step.
+    (tests compare them in float64), in about half the time autograd's own ops take over
+    P x 65,536 pixels (1.9x measured, 200 masks): the loss was a fifth of a light
+    segmentor's CPU training step.
     For a 0/1 target, with z = x (1 - 2t): 1 - p_t = sigmoid(z), ce = softplus(z), so the
     focal term is alpha_t sigmoid(z)^2 softplus(z), and sigmoid(x)(1 - sigmoid(x)) =
     sigmoid(z)(1 - sigmoid(z)) serves the dice gradient too.
