@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.threads:
                 torch.set_num_threads(args.threads)
             config = Path(args.train_config)
-            return train_bench.bench_training(str(config if config.is_absolute() else REPO / config), None, args.train_steps or (1 if quick else 3),
+            return train_bench.bench_training(str(config if config.is_absolute() else REPO / config), args.train_steps or (1 if quick else 3),
                                               args.train_rounds or (1 if quick else 2), device)
 
         tr = attempt("training", training)

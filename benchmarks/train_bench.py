@@ -44,16 +44,17 @@ class _Runner:
     """One variant's model copy, optimizer and generator; `steps(n)` returns per-step timings."""
 
     def __init__(self, task, variant: Variant, device: torch.device, seed: int, total_steps: int = 1) -> None:
-        from promptnucseg.models.training.loop import EMA
+        from promptnucseg.models.training.loop import EMA, use_channels_last
 
         self.task = copy.copy(task)
         self.task.model = copy.deepcopy(task.model).to(device).train()
-        self.task.channels_last = "channels-last" in variant.on
+        self.task.channels_last = False
+        if "channels-last" in variant.on:
+            use_channels_last(self.task)
         if task.kind == "segmentor":
             self.task.fused_loss = "fused-loss" in variant.on
-        if self.task.channels_last:
-            self.task.model.to(memory_format=torch.channels_last)
         self.variant, self.device = variant, device
+        self.grad_clip = task.config.train.grad_clip
         self.params = [p for p in self.task.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-5)
         self.ema = EMA(self.task.model, 0.99) if task.use_ema else None
@@ -61,7 +62,7 @@ class _Runner:
         self.total_steps, self.made = total_steps, None
 
     def steps(self, n: int) -> list[dict[str, float]]:
-        from promptnucseg.models.training.loop import _batches
+        from promptnucseg.models.training.loop import _batches, apply_gradients
 
         out = []
         if "prefetch" in self.variant.on and self.made is None:  # one generator for all rounds, like an epoch
@@ -76,10 +77,7 @@ class _Runner:
             self.optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             t3 = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(self.params, 0.1)
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update(self.task.model)
+            apply_gradients(self.task.model, self.optimizer, self.ema, self.grad_clip)
             t4 = time.perf_counter()
             out.append({"data": t1 - t0, "forward_loss": t2 - t1, "backward": t3 - t2, "optimizer": t4 - t3, "step": t4 - t0})
         return out
@@ -102,7 +100,7 @@ def _largest_difference(got: list[torch.Tensor], want: list[torch.Tensor]) -> fl
     return max(loss, float((g - w).norm() / w.norm()))
 
 
-def bench_training(config_path: str, data: list[str] | None, steps: int, rounds: int, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+def bench_training(config_path: str, steps: int, rounds: int, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
     """Median seconds per step (and per part of a step) of every variant of both networks."""
     from promptnucseg.models.config import load_experiment
     from promptnucseg.models.prompter import Prompter
@@ -111,8 +109,6 @@ def bench_training(config_path: str, data: list[str] | None, steps: int, rounds:
     from promptnucseg.models.training.tasks import PrompterTask, SegmentorTask
 
     cfg = load_experiment(config_path)
-    if data:
-        cfg.data.train = list(data)
     dev = torch.device(device)
     train, val = load_split(cfg.data)
     torch.manual_seed(seed)

@@ -149,7 +149,7 @@ def test_training_part_times_every_variant_and_each_computes_the_same_step(tmp_p
     cfg["train"].update(batch_size=2, nuclei_per_crop=4)
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    r = bench_training(str(path), None, steps=1, rounds=1)
+    r = bench_training(str(path), steps=1, rounds=1)
     want = {
         "prompter": ["before", "+prefetch", "+channels-last", "after"],
         "segmentor": ["before", "+prefetch", "+channels-last", "+fused-loss", "after"],

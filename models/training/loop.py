@@ -91,6 +91,22 @@ class EMA:
                 ema_v.copy_(v)
 
 
+def use_channels_last(task: TrainingTask) -> None:
+    """The task's weights and crops in channels-last layout: the CPU convolutions' faster one,
+    the same arithmetic up to rounding."""
+    task.model.to(memory_format=torch.channels_last)
+    task.channels_last = True
+
+
+def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None, grad_clip: float) -> None:
+    """What a step does once the gradients are in: clip (when set), step, and follow with the EMA."""
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if ema is not None:
+        ema.update(model)
+
+
 def _batches(task: TrainingTask, rng: np.random.Generator, steps: int) -> Iterator[Any]:
     """`steps` batches of one epoch, each made while the one before it is trained on.
 
@@ -119,9 +135,8 @@ def train(task: TrainingTask, config: ExperimentConfig, out_dir: str | Path, dev
     tc = config.train
     seed_everything(tc.seed)
     model = task.model.to(device)
-    if tc.channels_last:  # the CPU convolutions' faster layout; the same arithmetic up to rounding
-        model.to(memory_format=torch.channels_last)
-        task.channels_last = True
+    if tc.channels_last:
+        use_channels_last(task)
     freeze_all_but(model, tc.trainable)
     lr = tc.lr * tc.batch_size / 8
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=tc.weight_decay)
@@ -157,11 +172,7 @@ def train(task: TrainingTask, config: ExperimentConfig, out_dir: str | Path, dev
             losses = task.batch_loss(batch, device)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            if ema is not None:
-                ema.update(model)
+            apply_gradients(model, optimizer, ema, tc.grad_clip)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
