@@ -18,6 +18,9 @@ class PrompterConfig:
     backbone: str = "convnext_small"  # any timm name that supports features_only
     strides: tuple[int, ...] = (4, 8, 16, 32)  # pyramid levels used (4..16 for PanNuke)
     backbone_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model (e.g. depths, dims)
+    # "imagenet": training starts the backbone from packaged ImageNet weights (models/pretrained.py;
+    # the [pretrained] extra); None: random. Read at training only: model files hold trained weights
+    pretrained: str | None = None
     # "promptnucseg": ours; "release": the authors' released network, detail for detail, so
     # their checkpoints load key for key (models/release.py; differences in network.py)
     layout: str = "promptnucseg"
@@ -47,6 +50,7 @@ class SegmentorConfig:
     # light variants only (ignored by the official sam_vit_* archs)
     embed_dim: int = 256  # prompt/mask-decoder width
     encoder_name: str = "resnet18"  # timm backbone for the CNN variant
+    encoder_pretrained: str | None = None  # "imagenet": as PrompterConfig.pretrained, for the CNN variant's encoder
     encoder_stride: int = 8  # 8 or 16: image-embedding stride of the CNN/ViT variants
     vit_dim: int = 192
     vit_depth: int = 4

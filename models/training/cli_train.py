@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(cfg.train.seed)
     if args.command == "train-prompter":
         prompter = Prompter(cfg.model.prompter)
+        if not _start_pretrained(prompter, cfg.model.prompter, args.resume):
+            return 2
         if cfg.model.prompter.init_checkpoint and not args.resume:
             try:
                 warm_start_prompter(prompter, cfg.model.prompter.init_checkpoint)
@@ -68,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         task = PrompterTask(prompter, cfg, train_samples, val_samples, augment=cfg.train.augment)
     else:
         segmentor = build_segmentor(cfg.model.segmentor)
+        if not _start_pretrained(segmentor, cfg.model.segmentor, args.resume):
+            return 2
         if cfg.model.segmentor.init_checkpoint and not args.resume:
             try:
                 fresh = warm_start(segmentor, cfg.model.segmentor.init_checkpoint)
@@ -84,3 +88,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps({"out": str(result.out_dir), "epochs": result.epochs_done, "best_score": result.best_score}))
     return 0
+
+
+def _start_pretrained(network, config, resume: bool) -> bool:
+    """A fresh run starts the encoder from packaged weights when its config says so (a resumed
+    one has its own); False after printing the refusal."""
+    from ..pretrained import PretrainedWeightsError, init_pretrained
+
+    if resume:
+        return True
+    try:
+        line = init_pretrained(network, config)
+    except PretrainedWeightsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return False
+    if line:
+        print(f"pretrained start: {line}", file=sys.stderr)
+    return True
