@@ -427,3 +427,23 @@ def test_type_map_paints_each_instance_with_its_class():
     inst = box((6, 6), (3, 0, 2, 0, 2), (7, 3, 5, 3, 5), (9, 0, 1, 5, 6))
     got = type_map(inst, {3: 0, 7: 2, 9: -1})
     assert got[0, 0] == 1 and got[3, 3] == 3 and got[0, 5] == 0 and got[5, 0] == 0
+
+
+def test_detection_by_size_bins_recall_by_true_area_and_precision_by_predicted_area():
+    from promptnucseg.models.evaluation.metrics import detection_by_size, instance_overlap, pooled_by_size
+
+    gt = np.zeros((60, 60), np.int32)
+    gt[0:10, 0:10] = 1  # 100 px: small, found
+    gt[20:30, 0:10] = 2  # 100 px: small, missed
+    gt[0:30, 30:50] = 3  # 600 px: 400-800, found by a 500-px prediction (IoU 0.83)
+    pred = np.zeros_like(gt)
+    pred[0:10, 0:10] = 5
+    pred[0:25, 30:50] = 7
+    pred[40:60, 40:60] = 9  # 400 px false positive
+    counts = detection_by_size(instance_overlap(gt, pred))
+    assert counts["0-200"] == {"n_true": 2, "true_matched": 1, "n_pred": 1, "pred_matched": 1}
+    assert counts["400-800"] == {"n_true": 1, "true_matched": 1, "n_pred": 2, "pred_matched": 1}
+    assert counts["200-400"]["n_true"] == counts[">=800"]["n_true"] == 0
+    pooled = pooled_by_size([counts, counts])
+    assert pooled["0-200"]["recall"] == 0.5 and pooled["400-800"]["precision"] == 0.5
+    assert math.isnan(pooled[">=800"]["recall"])

@@ -321,6 +321,8 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"{im['name']:<{width}}  " + "  ".join(f"{_fmt(im[k]):>6}" for k in IMAGE_METRICS) + f"  {im['n_true']:>6}  {im['n_pred']:>6}  {im['n_split']:>6}")
     lines.append("-" * len(head))
     lines.append(f"{label:<{width}}  " + "  ".join(f"{_fmt(report['mean'][k]):>6}" for k in IMAGE_METRICS) + f"  {'':>6}  {'':>6}  {report['n_split']:>6}")
+    if report.get("by_size"):
+        lines.append("by nucleus area (px), IoU > 0.5: " + "  ".join(f"{name} R {_fmt(c['recall'])} P {_fmt(c['precision'])} ({c['n_true']} GT)" for name, c in report["by_size"].items()))
     det = report.get("detection")
     if det:
         lines.append(f"detection within {det['radius_px']:g} px: precision {_fmt(det['precision'])}  recall {_fmt(det['recall'])}  F1 {_fmt(det['f1'])}  (TP {det['tp']}, FP {det['fp']}, FN {det['fn']})")

@@ -508,6 +508,50 @@ def split_count(ov: InstanceOverlap, inside: float = 0.5) -> int:
     return int((per_true >= 2).sum())
 
 
+#: nucleus-area bins (px) for detection by size: at 0.25 um/px, 200 px is 12.5 um², 800 px 50 um²
+SIZE_BINS = (0, 200, 400, 800)
+
+
+def size_bin_names(bins: tuple[int, ...] = SIZE_BINS) -> list[str]:
+    return [f"{lo}-{hi}" for lo, hi in zip(bins, bins[1:])] + [f">={bins[-1]}"]
+
+
+def detection_by_size(ov: InstanceOverlap, bins: tuple[int, ...] = SIZE_BINS) -> dict[str, dict[str, int]]:
+    """Per area bin: ground-truth nuclei and those matched (IoU > 0.5, PQ's unique pairing), and
+    predictions and those matched, binned by their own areas; so recall is read by true size,
+    precision by predicted size."""
+    matched = ov.iou > 0.5
+    true_hit = np.zeros(ov.n_true, bool)
+    pred_hit = np.zeros(ov.n_pred, bool)
+    true_hit[ov.true_idx[matched]] = True
+    pred_hit[ov.pred_idx[matched]] = True
+    t_bin = np.digitize(ov.true_area, bins[1:])
+    p_bin = np.digitize(ov.pred_area, bins[1:])
+    out = {}
+    for i, name in enumerate(size_bin_names(bins)):
+        out[name] = {
+            "n_true": int((t_bin == i).sum()),
+            "true_matched": int((true_hit & (t_bin == i)).sum()),
+            "n_pred": int((p_bin == i).sum()),
+            "pred_matched": int((pred_hit & (p_bin == i)).sum()),
+        }
+    return out
+
+
+def pooled_by_size(per_image: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict[str, float]]:
+    """Counts summed over images -> recall and precision per area bin."""
+    totals: dict[str, dict[str, int]] = {}
+    for image in per_image:
+        for name, counts in image.items():
+            into = totals.setdefault(name, dict.fromkeys(counts, 0))
+            for k, v in counts.items():
+                into[k] += v
+    return {
+        name: {**c, "recall": c["true_matched"] / c["n_true"] if c["n_true"] else float("nan"), "precision": c["pred_matched"] / c["n_pred"] if c["n_pred"] else float("nan")}
+        for name, c in totals.items()
+    }
+
+
 # --- A dataset of label-map pairs -------------------------------------------------------
 
 IMAGE_METRICS = ("aji", "dq", "sq", "pq")
@@ -536,9 +580,11 @@ def score_label_maps(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> dic
                 "fp": r.fp,
                 "fn": r.fn,
                 "n_split": split_count(ov),
+                "by_size": detection_by_size(ov),
             }
         )
     mean = {k: _nanmean(im[k] for im in images) for k in IMAGE_METRICS}
     n_scored = sum(1 for im in images if not np.isnan(im["pq"]))
     n_split = sum(im["n_split"] for im in images)
-    return {"images": images, "mean": mean, "n_images": len(images), "n_scored": n_scored, "n_split": n_split}
+    by_size = pooled_by_size(im["by_size"] for im in images)
+    return {"images": images, "mean": mean, "n_images": len(images), "n_scored": n_scored, "n_split": n_split, "by_size": by_size}
