@@ -43,8 +43,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", default=",".join(VAL))
+    parser.add_argument("--weights", help="model file or bundled name (default: the bundled default)")
     args = parser.parse_args()
-    predictor = load_predictor(device=args.device)
+    predictor = load_predictor(args.weights, device=args.device)
     given_pairs, auto_pairs, hit, total, seconds = [], [], 0, 0, 0.0
     for name in args.images.split(","):
         rgb = np.asarray(Image.open(DATA / "images" / f"{name}.png").convert("RGB"))

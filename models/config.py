@@ -45,6 +45,9 @@ class PrompterConfig:
 class SegmentorConfig:
     arch: str = "sam_vit_b"  # a name in models.segmentor.build.SEGMENTOR_REGISTRY
     init_checkpoint: str | None = None  # official sam_vit_*.pth to fine-tune from (training only)
+    # parameter-name prefixes to take from our own init_checkpoint, the rest left as built (e.g. a
+    # new pretrained encoder under v2's decoder); () = the whole segmentor
+    init_parts: tuple[str, ...] = ()
     crop_size: int = 256  # SAM runs on crops at native resolution, no resize to 1024
     num_negatives: int = 1  # K nearest neighbours as negative prompts
     # light variants only (ignored by the official sam_vit_* archs)

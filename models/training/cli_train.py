@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         if cfg.model.segmentor.init_checkpoint and not args.resume:
             try:
-                fresh = warm_start(segmentor, cfg.model.segmentor.init_checkpoint)
+                fresh = warm_start(segmentor, cfg.model.segmentor.init_checkpoint, cfg.model.segmentor.init_parts)
                 print(f"warm start from {cfg.model.segmentor.init_checkpoint}; {len(fresh)} new tensors start at their initialisation", file=sys.stderr)
             except CheckpointError as err:
                 print(f"error: {err}", file=sys.stderr)
