@@ -80,3 +80,23 @@ def test_warm_start_refuses_a_segmentor_of_another_width(tmp_path):
     torch.save({"weight": torch.zeros(2)}, junk)
     with pytest.raises(CheckpointError, match="neither an official SAM"):
         warm_start(build_segmentor(SegmentorConfig(**SMALL)), junk)
+
+
+def test_warm_start_by_parts_puts_an_old_decoder_on_a_new_encoder(tmp_path):
+    torch.manual_seed(0)
+    old = build_segmentor(SegmentorConfig(**SMALL, high_res=True))
+    path = tmp_path / "seg.pt"
+    torch.save({"format": "promptnucseg", "kind": "segmentor", "state_dict": old.state_dict()}, path)
+    new = build_segmentor(SegmentorConfig(**{**SMALL, "encoder_name": "efficientnet_lite0"}, high_res=True))
+    before = {k: v.clone() for k, v in new.state_dict().items()}
+    parts = ("prompt_encoder", "mask_decoder.transformer", "mask_decoder.iou_prediction_head")
+    fresh = warm_start(new, path, parts)
+    after = new.state_dict()
+    taken = [k for k in after if k.startswith(parts)]
+    assert taken and all(torch.equal(after[k], old.state_dict()[k]) for k in taken)
+    assert set(fresh) == set(after) - set(taken) and all(torch.equal(after[k], before[k]) for k in fresh)
+    # the stride-4 fusing branch reads the encoder's channels: another encoder cannot take it
+    with pytest.raises(CheckpointError, match="do not fit"):
+        warm_start(new, path, ("mask_decoder.fuse_stride4",))
+    with pytest.raises(CheckpointError, match="no segmentor tensor"):
+        warm_start(new, path, ("no_such_part",))
