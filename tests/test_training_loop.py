@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import torch
 import pytest
 
 from promptnucseg.models.config import load_experiment
@@ -44,3 +45,24 @@ def test_set_overrides_edit_the_config_by_dotted_key(tmp_path):
         load_experiment(path, ["train.epoch=9"])
     with pytest.raises(ValueError, match="expected section.key=value"):
         load_experiment(path, ["train.epochs"])
+
+
+def test_a_candidate_is_the_best_weights_in_fp16_and_seeds_a_later_run(tmp_path):
+    from promptnucseg.models.checkpoints import read_checkpoint, save_checkpoint
+    from promptnucseg.models.config import PrompterConfig
+    from promptnucseg.models.prompter import Prompter
+    from promptnucseg.models.prompter.warm_start import warm_start_prompter
+    from promptnucseg.models.training.candidate import save_candidate
+
+    config = PrompterConfig(backbone="resnet18", fpn_channels=32)
+    trained = Prompter(config)
+    best = tmp_path / "best.pt"
+    save_checkpoint(best, {"kind": "prompter", "config": {}, "epoch": 3, "metrics": {"val_score": 0.5}, "state_dict": trained.state_dict(), "optimizer": {"big": torch.zeros(1000)}})
+    save_candidate(best, tmp_path / "cand.pt")
+    cand = read_checkpoint(tmp_path / "cand.pt")
+    assert "optimizer" not in cand and cand["epoch"] == 3 and cand["metrics"] == {"val_score": 0.5}
+    assert all(v.dtype == torch.float16 for v in cand["state_dict"].values() if v.is_floating_point())
+    later = Prompter(config)
+    warm_start_prompter(later, tmp_path / "cand.pt")
+    w = trained.state_dict()["class_head.0.weight"]
+    assert torch.equal(later.state_dict()["class_head.0.weight"], w.half().float())
