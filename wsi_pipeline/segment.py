@@ -114,8 +114,9 @@ def failed_result(slide: str | Path, err: BaseException) -> SlideResult:
 
 def lock_slide_folder(out_root: str | Path, path: str | Path, settings: SegmentSettings, log: Callable[[str], None] = print) -> FolderLock:
     """Hold the slide's folder for this run (see locking.py); the caller releases it."""
-    folder = slide_folder(out_root, path)
-    ensure_output_folder(SlideOutputs(folder, Path(path).stem).lock)
+    ensure_output_folder(Path(out_root) / ".run")
+    folder = slide_folder(out_root, path, claim=True)
+    ensure_output_folder(SlideOutputs(folder, folder.name).lock)
     lock = FolderLock(folder).acquire(wait=settings.wait_for_lock, log=log)
     if lock.took_over is not None:
         log(f"{folder}: took over the lock of a run that is gone ({lock.took_over.describe()})")
@@ -151,21 +152,30 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
     plan = plan_slide(reader, settings, model.mpp, window_grid=model.window_grid, class_names=model.class_names)
     plan.min_nucleus_um2 = ranges_for(model.describe()).min_nucleus_um2 if settings.min_nucleus_um2 is None else settings.min_nucleus_um2
     folder = slide_folder(out_root, plan.path)
-    outputs = SlideOutputs(folder, plan.stem)
+    outputs = SlideOutputs(folder, folder.name)
     ensure_output_folder(outputs.report)
     paths = outputs.written(settings.formats, settings.gzip, settings.label_map)
     journal = Journal(folder)
     fp = fingerprint(plan, model, settings)
     job = SlideJob(plan, folder, paths, journal, fp, started=started)
+    if journal.roll_forward():  # a run killed while swapping its finished outputs in
+        kept = journal.clear()
+        log(f"{plan.path.name}: finished swapping in the complete outputs of a run killed during the swap" + (f"; left {len(kept)} file(s) not made by promptnucseg in {journal.work}" if kept else ""))
+    old = _finished_report(paths["report"])
     if settings.overwrite:
-        journal.clear()
-    elif paths["report"].is_file() and not journal.work.exists():
-        old = json.loads(paths["report"].read_text())
+        journal.clear()  # earlier progress only: the finished outputs stay until the new set replaces them
+    elif old is not None:
         # complete only if it also wrote every output asked for now (e.g. not when anndata is added to --formats)
-        if old.get("config_hash") == fingerprint_hash(fp) and old.get("status") == "complete" and set(paths) <= set(old.get("outputs", {})):
+        same = old.get("config_hash") == fingerprint_hash(fp) and set(paths) <= set(old.get("outputs", {}))
+        if same and not journal.work.exists():
             log(f"{plan.path.name}: already complete in {folder} (pass --overwrite to redo)")
             job.finished_report = old
             return job
+        if not same and not journal.resumes(fp):
+            raise PipelineInputError(
+                folder, f"holds the finished results of this slide made with other settings (changed: {_changed(old, fp, paths)})",
+                "pass --overwrite to replace them (the old results stay until the new set is complete), or use another --out",
+            )
     grid = plan.grid
     if grid.window_grid and not grid.seamless and len(grid) > 1:
         window, step = grid.window_grid
@@ -184,13 +194,61 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
     return job
 
 
+def _finished_report(path: Path) -> dict[str, Any] | None:
+    """The folder's finished report, or None (none, unreadable, or not complete)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return old if isinstance(old, dict) and str(old.get("status", "")).startswith("complete") else None
+
+
+def _changed(old: dict[str, Any], fp: dict[str, Any], paths: dict[str, Path]) -> str:
+    """Which settings differ between a finished report and this run, for the refusal."""
+    before = old.get("fingerprint") if isinstance(old.get("fingerprint"), dict) else {}
+    changed = sorted(k for k in set(before) | set(fp) if before.get(k) != fp.get(k)) if before else []
+    missing = sorted(set(paths) - set(old.get("outputs") or {}))
+    if missing:
+        changed.append("outputs (" + ", ".join(missing) + " not written before)")
+    return ", ".join(changed) or "model or settings"
+
+
+def _previous_outputs(folder: Path, report_name: str) -> list[str]:
+    """The file names of the finished set in `folder` that the pipeline wrote: its report (first),
+    the outputs the report lists, and `promptnucseg report`'s pictures of it."""
+    report = folder / report_name
+    old = _finished_report(report) or {}
+    names = [report_name] if report.exists() else []
+    names += [Path(str(p)).name for p in (old.get("outputs") or {}).values()]
+    pictures = SlideOutputs(folder, folder.name).pictures()
+    try:
+        listed = json.loads(pictures["pictures"].read_text()).get("files") or {}
+        names += [Path(str(p)).name for p in listed.values()] + [pictures["pictures"].name]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return [n for n in dict.fromkeys(names) if n and n not in (".", "..")]
+
+
 def finish_slide(job: SlideJob, model: ModelFacts, settings: SegmentSettings, run_facts: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export from the journaled parts, write the JSON report, then drop the journal."""
+    """Export from the journaled parts into the journal's staging folder, write the JSON
+    report there last, swap the set into the slide folder (journal.swap_in), then drop the journal."""
+    staging = job.journal.staging
     with disk_full_explained(job.folder):
-        report = finalize(job.plan, job.journal, model, settings, job.paths, job.fingerprint)
-        report.update({"wall_seconds": round(time.monotonic() - job.started, 3), **run_facts, "resumed": job.resumed})
-        atomic_write_text(job.paths["report"], json.dumps(report, indent=1, default=str))
-    job.journal.clear()
+        if staging.exists():
+            job.journal.clear_staging()
+        staging.mkdir(parents=True)
+        staged = {k: staging / p.name for k, p in job.paths.items()}
+        report = finalize(job.plan, job.journal, model, settings, staged, job.fingerprint)
+        job.paths.update({k: job.folder / p.name for k, p in staged.items()})  # the table may have become .csv
+        report["outputs"] = {k: str(p) for k, p in job.paths.items()}
+        report.update({"wall_seconds": round(time.monotonic() - job.started, 3), **run_facts, "resumed": job.resumed, "fingerprint": job.fingerprint})
+        atomic_write_text(staged["report"], json.dumps(report, indent=1, default=str))
+        report_name = job.paths["report"].name
+        new = [p.name for k, p in job.paths.items() if k != "report"] + [report_name]
+        job.journal.swap_in(new, _previous_outputs(job.folder, report_name))
+    kept = job.journal.clear()
+    if kept:
+        log(f"{job.plan.path.name}: left {len(kept)} file(s) that promptnucseg did not make in {job.journal.work}")
     for warning in report["warnings"]:
         log(f"{job.plan.path.name}: warning: {warning}")
     return report

@@ -1,0 +1,214 @@
+"""The fault battery of issue 33: nothing outside `--out` touched, no finished night replaced,
+a safe report page, a one-line message for every bad file. Which fault is covered where:
+tests/FAULTS.md.
+
+Every run is a real `segment` (the bundled model on 256-px crops of a real H&E image, one tile
+each); every "nothing outside changed" is a hash of a sibling folder before and after.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from promptnucseg.cli import main
+from promptnucseg.wsi_pipeline import journal as journal_module
+from promptnucseg.wsi_pipeline.errors import PipelineInputError
+from promptnucseg.wsi_pipeline.jail import IDENTITY_NAME, safe_name
+from promptnucseg.wsi_pipeline.plan import SegmentSettings
+from promptnucseg.wsi_pipeline.segment import segment_slide
+from conftest import SHARED_DATA, need
+
+KUMAR = SHARED_DATA / "kumar" / "train" / "images" / "TCGA-18-5592-01Z-00-DX1.png"
+FAST = ("--mpp", "0.25", "--device", "cpu", "--no-progress", "--tile-size", "256", "--overlap", "64")
+
+
+def settings(**kw) -> SegmentSettings:
+    return SegmentSettings(**{"tile_size": 256, "overlap": 64, "mpp": 0.25, "progress": False, **kw})
+
+
+def crop(path: Path, at: int = 0) -> Path:
+    """A 256-px crop of a real H&E image (different `at`, different slide), saved as PNG."""
+    rgb = np.asarray(Image.open(need(KUMAR)).convert("RGB"))[200 + at : 456 + at, 300:556]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path, format="PNG")
+    return path
+
+
+def tree_hash(root: Path) -> str:
+    """Names, kinds, link targets and bytes of everything under `root`."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            h.update(str(p.relative_to(root)).encode("utf-8", "surrogateescape"))
+            if p.is_symlink():
+                h.update(b"->" + os.readlink(p).encode())
+            elif p.is_file():
+                h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def folder_hash(folder: Path) -> str:
+    """The slide folder's finished set: everything but the journal `.work`."""
+    return "".join(p.name + (tree_hash(p) if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()) for p in sorted(folder.iterdir()) if p.name != ".work")
+
+
+@pytest.fixture
+def night(tmp_path):
+    """`parent/out` as --out, with a sibling folder and a user's `parent/.work/` beside it."""
+    parent = tmp_path / "parent"
+    (parent / "sibling").mkdir(parents=True)
+    (parent / "sibling" / "notes.txt").write_text("a user's notes")
+    (parent / ".work").mkdir()
+    (parent / ".work" / "user.txt").write_text("not promptnucseg's")
+    (parent / "out").mkdir()
+    return parent, parent / "out"
+
+
+def outside_hash(parent: Path) -> str:
+    return tree_hash(parent / "sibling") + tree_hash(parent / ".work") + str(sorted(p.name for p in parent.iterdir()))
+
+
+# -- 1. the output folder is a jail -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stem, name", [
+    ("..", "%2E."), (".", "%2E"), ("report.html", "report%2Ehtml"), ("REPORT.HTML", "REPORT%2EHTML"), ("x.zarr", "x%2Ezarr"),
+    (".hidden", "%2Ehidden"), ("a\\b", "a%5Cb"), ("tab\there", "tab%09here"), ("50%", "50%25"), ("a~2", "a%7E2"), ("", "%00"),
+    ("CMU-1 (scan) #3 é", "CMU-1 (scan) #3 é"), ("javascript:alert(1)", "javascript:alert(1)"),
+])
+def test_safe_names_follow_the_documented_rule(stem, name):
+    assert safe_name(stem) == name
+    assert "/" not in name and not name.startswith(".")
+
+
+def test_safe_names_never_collide():
+    stems = ["..", ".", "%2E", "%2E.", "report.html", "report%2Ehtml", "a~2", "a%7E2", "", "%00", "x" * 300, "x" * 301, "x" * 300 + "%", "é" * 200, "é" * 201]
+    names = [safe_name(s) for s in stems]
+    assert len(set(names)) == len(stems), names
+    assert all(len(n.encode()) <= 170 for n in names)
+
+
+@pytest.mark.parametrize("filename, folder", [("...png", "%2E."), ("..png", "%2E"), ("report.html.png", "report%2Ehtml")])
+def test_odd_slide_names_stay_inside_out_and_outside_is_untouched(night, predictor, filename, folder):
+    parent, out = night
+    slide = crop(parent / "in" / filename)
+    before = outside_hash(parent)
+    report = segment_slide(slide, out, predictor, settings(), log=lambda m: None)
+    assert outside_hash(parent) == before  # parent/.work with the user's file is still there
+    assert sorted(p.name for p in out.iterdir()) == [folder]
+    assert Path(report["outputs"]["report"]) == out / folder / f"{folder}_report.json"
+    assert all(Path(p).parent == out / folder for p in report["outputs"].values())
+    assert report["nuclei"] > 0 and not (out / folder / ".work").exists()
+    page = out / "report.html"
+    assert main(["report", str(out)]) == 0 and page.is_file()  # report.html.png no longer collides
+    assert outside_hash(parent) == before
+
+
+def test_cleanup_removes_only_what_the_pipeline_made(tmp_path, predictor):
+    slide = crop(tmp_path / "s.png")
+    work = tmp_path / "out" / "s" / ".work"
+    work.mkdir(parents=True)
+    (work / "user.txt").write_text("mine")
+    said: list[str] = []
+    segment_slide(slide, tmp_path / "out", predictor, settings(), log=said.append)
+    assert (work / "user.txt").read_text() == "mine" and sorted(p.name for p in work.iterdir()) == ["user.txt"]
+    assert any("did not make" in m for m in said), said
+
+
+def test_a_slide_folder_that_links_outside_is_refused(night, predictor):
+    parent, out = night
+    slide = crop(parent / "in" / "s.png")
+    (out / "s").symlink_to(parent / "sibling", target_is_directory=True)
+    before = outside_hash(parent)
+    with pytest.raises(PipelineInputError) as err:
+        segment_slide(slide, out, predictor, settings(), log=lambda m: None)
+    assert "outside the output folder" in str(err.value) and "Fix:" in str(err.value)
+    assert outside_hash(parent) == before
+
+
+def test_a_journal_that_links_outside_is_never_written_or_deleted(night, predictor):
+    parent, out = night
+    slide = crop(parent / "in" / "s.png")
+    (out / "s").mkdir()
+    (out / "s" / ".work").symlink_to(parent / ".work", target_is_directory=True)
+    before = outside_hash(parent)
+    with pytest.raises(PipelineInputError, match="outside the output folder"):
+        segment_slide(slide, out, predictor, settings(), log=lambda m: None)
+    assert outside_hash(parent) == before
+
+
+# -- 2. one slide, one folder, forever ----------------------------------------------------------
+
+
+def test_another_slide_with_the_same_name_gets_its_own_folder(night, predictor):
+    parent, out = night
+    first = segment_slide(crop(parent / "caseA" / "1.png", 0), out, predictor, settings(), log=lambda m: None)
+    done = folder_hash(out / "1")
+    said: list[str] = []
+    second = segment_slide(crop(parent / "caseB" / "1.png", 200), out, predictor, settings(), log=said.append)
+    assert folder_hash(out / "1") == done  # the first night's results are untouched
+    assert Path(second["outputs"]["report"]) == out / "1~2" / "1~2_report.json"
+    assert first["nuclei"] != second["nuclei"] or first["config_hash"] != second["config_hash"]
+    assert json.loads((out / "1~2" / IDENTITY_NAME).read_text())["slide"] == str((parent / "caseB" / "1.png").resolve())
+    # each slide finds its own folder again, by content, under any path
+    again: list[str] = []
+    segment_slide(parent / "caseA" / "1.png", out, predictor, settings(), log=again.append)
+    assert any("already complete in" in m and m.endswith(f"{out / '1'} (pass --overwrite to redo)") for m in again), again
+    assert sorted(p.name for p in out.iterdir()) == ["1", "1~2"]
+
+
+def test_a_finished_folder_refuses_other_settings_and_overwrite_replaces_it_as_a_set(tmp_path, predictor, monkeypatch):
+    slide = crop(tmp_path / "s.png")
+    out = tmp_path / "out"
+    segment_slide(slide, out, predictor, settings(), log=lambda m: None)
+    finished = folder_hash(out / "s")
+    with pytest.raises(PipelineInputError) as err:
+        segment_slide(slide, out, predictor, settings(mpp=0.24), log=lambda m: None)
+    message = str(err.value)
+    assert "other settings (changed: slide_mpp" in message and "--overwrite" in message and "another --out" in message
+    assert folder_hash(out / "s") == finished
+    # --overwrite killed while exporting: the old set stays whole, and `report` still shows it
+    from promptnucseg.wsi_pipeline import exporters
+
+    def dies(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exporters, "write_table", dies)
+    with pytest.raises(KeyboardInterrupt):
+        segment_slide(slide, out, predictor, settings(mpp=0.24, overwrite=True), log=lambda m: None)
+    old_report = json.loads((out / "s" / "s_report.json").read_text())
+    assert old_report["mpp_used"] == 0.25 and (out / "s" / ".work").is_dir()
+    assert {p.name for p in (out / "s").iterdir()} == {"s.geojson", "s.zarr", "s_nuclei.parquet", "s_report.json", ".work", IDENTITY_NAME}
+    assert folder_hash(out / "s") == finished  # byte for byte
+    monkeypatch.undo()
+    # killed while swapping the new set in: the next run finishes the swap, never a mix
+    real_replace = os.replace
+    moves = []
+
+    def dies_mid_swap(src, dst):
+        if ".partial-" not in str(src):  # the exporters' own atomic renames go through
+            if len(moves) == 5:  # 4 old outputs moved aside, 1 new one in
+                raise KeyboardInterrupt
+            moves.append((src, dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(journal_module.os, "replace", dies_mid_swap)
+    with pytest.raises(KeyboardInterrupt):
+        segment_slide(slide, out, predictor, settings(mpp=0.24, overwrite=True), log=lambda m: None)
+    monkeypatch.undo()
+    assert not (out / "s" / "s_report.json").exists()  # the old report left first: no complete report over a mix
+    said: list[str] = []
+    report = segment_slide(slide, out, predictor, settings(mpp=0.24), log=said.append)
+    assert any("finished swapping in" in m for m in said) and any("already complete" in m for m in said), said
+    assert report["mpp_used"] == 0.24 and not (out / "s" / ".work").exists()
+    geo = json.loads((out / "s" / "s.geojson").read_text())
+    assert len(geo["features"]) == report["nuclei"]
+    assert main(["report", str(out)]) == 0
