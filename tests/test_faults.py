@@ -212,3 +212,85 @@ def test_a_finished_folder_refuses_other_settings_and_overwrite_replaces_it_as_a
     geo = json.loads((out / "s" / "s.geojson").read_text())
     assert len(geo["features"]) == report["nuclei"]
     assert main(["report", str(out)]) == 0
+
+
+# -- 3. a safe report page, checked in a real browser --------------------------------------------
+
+HOSTILE = (
+    "javascript:document.documentElement.setAttribute('data-pwned','1');x=1",
+    """a"b<img src=x onerror="document.documentElement.setAttribute('data-pwned','2')">""",
+    "c#d e é?&amp;",
+)
+HARNESS = """<!DOCTYPE html><html><head><title>harness</title></head><body><pre id="out">not loaded</pre>
+<iframe id="f" src="PAGE"></iframe><script>
+document.getElementById('f').addEventListener('load', function () {
+  var d = this.contentDocument, rows = [];
+  rows.push({kind: 'page', title: d.title, pwned: d.documentElement.getAttribute('data-pwned'), scripts: d.scripts.length,
+             handlers: d.querySelectorAll('[onerror],[onload],[onclick],[onmouseover]').length, text: d.body.textContent});
+  d.querySelectorAll('a[href]').forEach(function (a) { rows.push({kind: 'a', url: a.href, protocol: a.protocol, hash: a.hash}); });
+  d.querySelectorAll('img').forEach(function (i) { rows.push({kind: 'img', url: i.src, loaded: i.complete && i.naturalWidth > 0}); });
+  d.querySelectorAll('[id]').forEach(function (e) { rows.push({kind: 'id', id: e.id}); });
+  document.getElementById('out').textContent = JSON.stringify(rows);
+});
+</script></body></html>"""
+
+
+def browser_view(chromium: str, page: Path, tmp: Path) -> list[dict]:
+    """What Chromium makes of `page`: every link and image as the browser resolves it, the ids,
+    and whether anything ran (read from a harness page that loads it in an iframe)."""
+    import html
+    import subprocess
+    from urllib.parse import quote
+
+    harness = tmp / f"harness-{page.stem}.html"
+    harness.write_text(HARNESS.replace("PAGE", "./" + quote(os.path.relpath(page, tmp))), encoding="utf-8")
+    done = subprocess.run(
+        [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--allow-file-access-from-files", f"--user-data-dir={tmp / 'chromium-profile'}",
+         "--virtual-time-budget=10000", "--dump-dom", harness.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    dumped = done.stdout.split('<pre id="out">', 1)[1].split("</pre>", 1)[0]
+    return json.loads(html.unescape(dumped))
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium; .ci/run installs it)")
+
+
+def test_the_report_page_of_hostile_names_links_every_file_and_runs_nothing(tmp_path, predictor, chromium):
+    from urllib.parse import unquote, urlparse
+
+    out = tmp_path / "out"
+    for k, stem in enumerate(HOSTILE):
+        segment_slide(crop(tmp_path / "in" / f"{stem}.png", 40 * k), out, predictor, settings(), log=lambda m: None)
+    assert main(["report", str(out)]) == 0
+    page = out / "report.html"
+    # once as written, once without its Content-Security-Policy: the escaping alone must hold
+    bare = out / "report-without-csp.html"
+    bare.write_text(page.read_text(encoding="utf-8").replace('http-equiv="Content-Security-Policy"', 'name="x-removed"'), encoding="utf-8")
+    for shown in (page, bare):
+        rows = browser_view(chromium, shown, tmp_path)
+        info = rows[0]
+        assert info["kind"] == "page" and info["pwned"] is None and info["scripts"] == 0 and info["handlers"] == 0, info
+        for stem in HOSTILE:
+            assert stem in info["text"]  # every name shown as text, exactly
+        ids = {r["id"] for r in rows if r["kind"] == "id"}
+        links = [r for r in rows if r["kind"] in ("a", "img")]
+        assert len([r for r in links if r["kind"] == "a" and not r["hash"]]) >= 3 * 6 and len([r for r in links if r["kind"] == "img"]) == 3 * 3
+        for r in links:
+            assert r["protocol" if r["kind"] == "a" else "kind"] in ("file:", "img"), r
+            url = urlparse(r["url"])
+            assert url.scheme == "file", r
+            if r["kind"] == "a" and r["hash"]:  # a link within the page: to a slide's section
+                assert unquote(url.path) == str(shown) and unquote(r["hash"][1:]) in ids, r  # the browser's own decoding
+                continue
+            target = Path(unquote(url.path))
+            assert target.exists() and out.resolve() in target.resolve().parents, r
+            assert target.parent.name in {safe_name(s) for s in HOSTILE}, r  # the intended slide's folder
+        assert all(r["loaded"] for r in links if r["kind"] == "img")  # the browser found every picture
