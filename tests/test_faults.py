@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,10 @@ def test_a_finished_folder_refuses_other_settings_and_overwrite_replaces_it_as_a
     assert old_report["mpp_used"] == 0.25 and (out / "s" / ".work").is_dir()
     assert {p.name for p in (out / "s").iterdir()} == {"s.geojson", "s.zarr", "s_nuclei.parquet", "s_report.json", ".work", IDENTITY_NAME}
     assert folder_hash(out / "s") == finished  # byte for byte
+    assert main(["report", str(out)]) == 0  # ...and `report` shows it, as the earlier complete run's
+    page = (out / "report.html").read_text()
+    assert 'class="state finished"' in page and "these results are the earlier complete run" in page
+    finished = folder_hash(out / "s")  # now with the report's pictures
     monkeypatch.undo()
     # killed while swapping the new set in: the next run finishes the swap, never a mix
     real_replace = os.replace
@@ -209,6 +214,7 @@ def test_a_finished_folder_refuses_other_settings_and_overwrite_replaces_it_as_a
     report = segment_slide(slide, out, predictor, settings(mpp=0.24), log=said.append)
     assert any("finished swapping in" in m for m in said) and any("already complete" in m for m in said), said
     assert report["mpp_used"] == 0.24 and not (out / "s" / ".work").exists()
+    assert not (out / "s" / "s_overlay.png").exists()  # the old set's pictures went with it
     geo = json.loads((out / "s" / "s.geojson").read_text())
     assert len(geo["features"]) == report["nuclei"]
     assert main(["report", str(out)]) == 0
@@ -255,8 +261,6 @@ def browser_view(chromium: str, page: Path, tmp: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    import shutil
-
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
             return shutil.which(name)

@@ -172,7 +172,7 @@ class SlideEntry:
 
 def find_slides(out_dir: Path) -> list[SlideEntry]:
     """Every slide folder under `out_dir` (and `out_dir` itself if it is one), by stem."""
-    from ..journal import Journal
+    from ..journal import SWAP, Journal
 
     entries: list[SlideEntry] = []
     folders = [out_dir] + sorted(p for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".zarr"))
@@ -194,8 +194,10 @@ def find_slides(out_dir: Path) -> list[SlideEntry]:
         if status != "complete":
             why = report.get("error") or f"status {status!r}"
             entries.append(SlideEntry(folder, stem, "failed", report, problem=str(why)))
-        elif journal.work.is_dir():
-            entries.append(SlideEntry(folder, stem, "unfinished", report, problem="a rerun is in progress or was killed (the .work journal is present); the outputs may be from the earlier run"))
+        elif (journal.work / SWAP).is_file():
+            entries.append(SlideEntry(folder, stem, "unfinished", report, problem="a rerun was swapping in its outputs; run the same `promptnucseg segment` command again to finish"))
+        elif journal.work.is_dir():  # outputs are swapped in as a set: these are the earlier run's, whole
+            entries.append(SlideEntry(folder, stem, "finished", report, problem="a rerun is in progress or was killed (the .work journal is present); these results are the earlier complete run's, which stay until the new set is complete"))
         else:
             entries.append(SlideEntry(folder, stem, "finished", report))
     return sorted(entries, key=lambda e: e.stem)
