@@ -298,3 +298,141 @@ def test_the_report_page_of_hostile_names_links_every_file_and_runs_nothing(tmp_
             assert target.exists() and out.resolve() in target.resolve().parents, r
             assert target.parent.name in {safe_name(s) for s in HOSTILE}, r  # the intended slide's folder
         assert all(r["loaded"] for r in links if r["kind"] == "img")  # the browser found every picture
+
+
+# -- 4. every bad file gets a one-line message, never a traceback ---------------------------------
+
+
+def one_error_line(err: str, path: Path) -> str:
+    assert "Traceback" not in err and "During handling" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and str(path) in lines[0] and "Fix:" in lines[0], err
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("empty", "is empty (0 bytes)"),
+    ("truncated", "probably cut short or damaged"),
+    ("text", "is not a PyTorch checkpoint"),
+    ("bad-pickle", "probably cut short or damaged"),
+])
+def test_bad_model_files_are_named_with_the_fix(tmp_path, capsys, kind, says):
+    from promptnucseg.models.predictor import BUNDLED_WEIGHTS
+
+    model = tmp_path / f"{kind}.pt"
+    if kind == "empty":
+        model.write_bytes(b"")
+    elif kind == "truncated":
+        model.write_bytes(need(BUNDLED_WEIGHTS).read_bytes()[:300_000])
+    elif kind == "text":
+        model.write_text("<html>404 not found</html>")
+    else:
+        model.write_bytes(b"\x80\x02garbage that is not a pickle")
+    out = tmp_path / "out"
+    code = main(["segment", str(crop(tmp_path / "s.png")), "--out", str(out), *FAST, "--model", str(model)])
+    line = one_error_line(capsys.readouterr().err, model)
+    assert code == 2 and says in line, line
+    assert not (out / "s" / "s_report.json").exists()
+
+
+def _fc(*geometries) -> dict:
+    return {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": g, "properties": {}} for g in geometries]}
+
+
+POINTS_FAULTS = {
+    "multipoint-flat": (_fc({"type": "MultiPoint", "coordinates": [10, 20]}), "feature 0 (MultiPoint) has a position that is not [x, y] numbers"),
+    "point-nested": (_fc({"type": "Point", "coordinates": [[10, 20]]}), "feature 0 (Point) has a position that is not [x, y] numbers"),
+    "point-short": (_fc({"type": "Point", "coordinates": [10]}), "not [x, y] numbers"),
+    "point-strings": (_fc({"type": "Point", "coordinates": ["a", "b"]}), "is not valid GeoJSON"),
+    "multipoint-not-list": (_fc({"type": "MultiPoint", "coordinates": 7}), "is not valid GeoJSON"),
+    "nan": ('{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [NaN, 3]}, "properties": {}}]}', "NaN"),
+    "deep": ("[" * 100_000 + "]" * 100_000, "nests lists or objects too deeply"),
+    "features-not-list": ({"type": "FeatureCollection", "features": 5}, "is not valid GeoJSON"),
+    "only-other-geometries": (_fc(
+        {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}, {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]},
+        {"type": "MultiLineString", "coordinates": [[[0, 0], [1, 1]]]}, {"type": "MultiPolygon", "coordinates": [[[[0, 0], [1, 0], [1, 1], [0, 0]]]]},
+        {"type": "GeometryCollection", "geometries": []}, None,
+    ), "holds no points (6 features of other geometry types were skipped)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POINTS_FAULTS))
+def test_malformed_points_files_are_refused_in_one_line(tmp_path, name):
+    from promptnucseg.wsi_pipeline.points import read_points
+
+    content, says = POINTS_FAULTS[name]
+    path = tmp_path / f"{name}.geojson"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(PipelineInputError) as err:
+        read_points(path)
+    message = str(err.value)
+    assert says in message and str(path) in message and "Fix:" in message and "\n" not in message, message
+
+
+def test_points_of_every_geometry_type_keep_the_points_and_skip_the_rest(tmp_path):
+    from promptnucseg.wsi_pipeline.points import read_points
+
+    path = tmp_path / "mixed.geojson"
+    bad_props = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [5, 6]}, "properties": [1]}
+    odd_colour = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [7, 8]}, "properties": {"classification": {"name": "T", "color": ["r", 0, 0]}}}
+    doc = _fc({"type": "Point", "coordinates": [1, 2, 0]}, {"type": "MultiPoint", "coordinates": [[3, 4]]}, {"type": "Polygon", "coordinates": []}, None)
+    doc["features"] += [bad_props, odd_colour]
+    path.write_text(json.dumps(doc))
+    points = read_points(path)
+    assert points.xy.tolist() == [[1, 2], [3, 4], [5, 6], [7, 8]] and points.skipped == 2 and points.labels[-1] == "T"
+
+
+def test_a_malformed_points_file_on_the_command_line_gives_one_line(tmp_path, capsys):
+    path = tmp_path / "clicks.geojson"
+    path.write_text(json.dumps(POINTS_FAULTS["multipoint-flat"][0]))
+    code = main(["segment", str(crop(tmp_path / "s.png")), "--out", str(tmp_path / "out"), *FAST, "--points", str(path)])
+    one_error_line(capsys.readouterr().err, path)
+    assert code == 2
+
+
+@pytest.mark.parametrize("pixels, says", [
+    (np.full((600, 600, 3), 255, np.uint8), "is blank: every pixel is white or near-white"),
+    (np.full((3, 3, 3), (200, 120, 170), np.uint8), "too small to hold a nucleus"),
+])
+@pytest.mark.parametrize("mask", [[], ["--no-tissue-mask"]])
+def test_blank_and_tiny_images_are_named_for_what_they_are(tmp_path, capsys, pixels, says, mask):
+    path = tmp_path / "image.png"
+    Image.fromarray(pixels).save(path)
+    code = main(["segment", str(path), "--out", str(tmp_path / "out"), *FAST, *mask])
+    line = one_error_line(capsys.readouterr().err, path)
+    assert code == 1 and ("no tissue" in line if pixels.shape[0] > 3 and not mask else says in line), line
+    assert "grayscale" not in line
+
+
+@pytest.mark.slow
+def test_an_output_folder_made_read_only_mid_run_is_named_not_the_lock(tmp_path):
+    """A real read-only bind mount, remounted in a user+mount namespace after two batches."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot create a mount namespace here")
+    rgb = np.asarray(Image.open(need(KUMAR)).convert("RGB"))[:600, :600]
+    Image.fromarray(rgb).save(tmp_path / "big.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = " ".join(f"'{c}'" for c in [sys.executable, "-m", "promptnucseg", "segment", str(tmp_path / "big.png"), "--out", str(out), *FAST, "--batch-size", "1", "--workers", "1"])
+    progress = out / "big" / ".work" / "progress.jsonl"
+    script = f"""
+mount --bind {out} {out} || exit 90
+{cmd} > {tmp_path}/err 2>&1 &
+pid=$!
+while [ ! -f {progress} ] || [ $(wc -l < {progress}) -lt 2 ]; do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+mount -o remount,bind,ro {out} || exit 90
+wait $pid; echo $? > {tmp_path}/rc
+"""
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=Path(__file__).resolve().parents[1], timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode == 90:
+        pytest.skip("cannot bind-mount read-only here")
+    err = (tmp_path / "err").read_text()
+    line = one_error_line(err, out / "big")
+    assert int((tmp_path / "rc").read_text()) == 1 and "became unwritable while writing" in line and "Read-only file system" in line, err
+    assert "lock" not in line and "resumes" in line
+    resumed = subprocess.run([sys.executable, "-m", "promptnucseg", "segment", str(tmp_path / "big.png"), "--out", str(out), *FAST, "--batch-size", "1", "--workers", "1"], capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr and "took over the lock" in resumed.stderr, resumed.stderr

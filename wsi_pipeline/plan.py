@@ -48,6 +48,7 @@ class SegmentSettings:
 
 # A region narrower than this many model px (8 um at 0.25 um/px) cannot hold a nucleus (5-20 um).
 MIN_REGION_MODEL_PX = 32
+CHECK_MODEL_MPP = 0.25  # the bundled models' µm/px, for the model-free checks; plan_slide checks again with the model's
 
 
 @dataclass
@@ -134,8 +135,9 @@ def check_slide(reader: SlideReader, settings: SegmentSettings) -> None:
     """The refusals `plan_slide` makes that need no model (microns per pixel, region, black,
     no tissue, grayscale), in its order: run on every slide before the model loads (7.7 s, 1 GB)
     so that a slide that cannot run is refused in a second."""
-    resolve_mpp(reader, settings.mpp, force=settings.force_mpp)
+    mpp, _ = resolve_mpp(reader, settings.mpp, force=settings.force_mpp)
     roi = _region(reader, settings)
+    refuse_too_small(reader, roi[2:], mpp, CHECK_MODEL_MPP / mpp, bool(settings.roi))  # before "no tissue": 3x3 px holds none
     refuse_black(reader)
     if settings.use_tissue_mask and not settings.points and tissue_mask(reader).fraction_in(roi) <= 0:
         raise _no_tissue(reader, settings)  # with given points, their tiles run whatever the tissue
@@ -182,10 +184,18 @@ def refuse_black(reader: SlideReader, cfg: TissueConfig = TissueConfig()) -> Non
         )
 
 
+BLANK_LEVEL = 200  # an image without colour whose darkest pixel is this bright holds nothing (glass, paper)
+
+
 def refuse_grayscale(reader: SlideReader) -> None:
     """A slide without colour cannot be H&E; the models would see garbage, so say so up front."""
     thumb = reader.thumbnail(512).astype(np.int16)
     if thumb.size and int(np.abs(np.diff(thumb, axis=2)).max()) <= 2:
+        if int(thumb.min()) >= BLANK_LEVEL:
+            raise PipelineInputError(
+                reader.path, f"is blank: every pixel is white or near-white (darkest {int(thumb.min())}/255), no tissue and no stain to segment",
+                "check that this is the right file (a blank scan, an empty export or a wrong page of a multi-page file)",
+            )
         raise PipelineInputError(
             reader.path, "has no colour (grayscale); the nucleus models are trained on H&E colour images",
             "segment the RGB original of this slide (RGBA and 16-bit files are converted automatically)",
