@@ -226,6 +226,8 @@ def _print_result(result: SlideResult) -> None:
     if result.ok:
         given = result.report.get("points")
         extra = {"points_without_nucleus": given["without_nucleus"]} if given else {}
+        if result.report.get("unreadable_regions"):  # "complete with unreadable regions": say so on the line
+            extra.update(status=result.report["status"], unreadable_regions=len(result.report["unreadable_regions"]))
         print(json.dumps({"slide": result.slide, "nuclei": result.report["nuclei"], **extra, "report": result.report["outputs"]["report"]}))
     else:
         print(f"error: {result.error}", file=sys.stderr)

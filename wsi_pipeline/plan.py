@@ -6,7 +6,7 @@ report); `check_slide` makes the same refusals in a second, before the model loa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -72,6 +72,7 @@ class SlidePlan:
     points: PlanPoints | None = None  # given points (--points / --add-points)
     stains: StainModel = StainModel()  # the slide's colour deconvolution (stains.py), for the OD columns
     min_nucleus_um2: float = 0.0  # masks smaller than this are dropped and counted
+    unreadable: list[dict[str, Any]] = field(default_factory=list)  # corrupt blocks met while planning (level, level-0 box)
 
     def level0_box(self, tile: Tile) -> tuple[float, float, float, float]:
         """The tile's level-0 box (x, y, w, h); exact floats, so tiles map back without drift."""
@@ -113,6 +114,7 @@ def plan_slide(
     plan.tiles = tiles
     plan.batches = [tiles[i : i + settings.batch_size] for i in range(0, len(tiles), settings.batch_size)]
     plan.stains = slide_stains(reader, plan)
+    plan.unreadable = list(reader.unreadable_seen)  # corrupt blocks the overviews met (the batches add theirs)
     return plan
 
 
@@ -127,7 +129,7 @@ def slide_stains(reader: SlideReader, plan: SlidePlan, patches: int = 6, side: i
     for tile in picks:
         x0, y0, _, _ = plan.level0_box(tile)
         w, h = min(side, tile.w), min(side, tile.h)
-        crops.append(reader.read_scaled(x0 + (tile.w - w) / 2 * plan.scale, y0 + (tile.h - h) / 2 * plan.scale, w, h, plan.scale))
+        crops.append(reader.read_tolerant(x0 + (tile.w - w) / 2 * plan.scale, y0 + (tile.h - h) / 2 * plan.scale, w, h, plan.scale))
     return fit_stains(thumb, tissue, crops)
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -294,6 +294,20 @@ def _segment_locked(path: str | Path, out_root: str | Path, predictor: NucleusPr
     )
 
 
+STATUS_COMPLETE = "complete"
+STATUS_UNREADABLE = "complete with unreadable regions"  # the rest of the slide is segmented; see unreadable_regions
+
+
+def unreadable_regions(journal: Journal, planning: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The blocks the planning reads and the batches could not read, once each (overlapping
+    tiles name the same block)."""
+    seen: dict[tuple, dict[str, Any]] = {}
+    batches = [r for _, rec in sorted(journal.done().items()) for r in rec.get("unreadable") or []]
+    for r in [*planning, *batches]:
+        seen.setdefault((r["level"], tuple(r["box"])), r)
+    return [seen[k] for k in sorted(seen, key=lambda k: (k[0], k[1][1], k[1][0]))]
+
+
 def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: SegmentSettings, paths: dict[str, Path], fp: dict[str, Any]) -> dict[str, Any]:
     """Write the final outputs by streaming the journaled parts in batch order."""
     from .exporters import write_anndata, write_geojson, write_label_tiff, write_table, write_zarr
@@ -310,6 +324,7 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
     median_area = float(np.nanmedian(np.concatenate(areas))) if total else None
     ranges = ranges_for(model.describe())
     small = sum(int(rec.get("small_dropped", 0)) for rec in journal.done().values())
+    unreadable = unreadable_regions(journal, plan.unreadable)
     meta = {
         "slide": str(plan.path),
         ZARR_SLIDE_MPP: plan.slide_mpp,
@@ -333,8 +348,16 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         write_anndata(paths["anndata"], iter_parts(journal), names, colors, plan.slide_mpp, meta)
     if "label_map" in paths:
         write_label_tiff(paths["label_map"], (plan.dimensions[1], plan.dimensions[0]), iter_parts(journal))
+    warnings = result_warnings(total, plan.tissue_mm2, median_area, plan.slide_mpp, plan.mpp_source, ranges)
+    if unreadable:
+        warnings.append(
+            f"{len(unreadable)} block(s) of the slide could not be decoded (corrupt image data in the file) and were segmented as blank: "
+            + "; ".join(f"level {r['level']} level-0 box {','.join(str(v) for v in r['box'])}" for r in unreadable[:5])
+            + (" ..." if len(unreadable) > 5 else "") + " (all in the report's unreadable_regions); re-export the slide to recover them"
+        )
     return {
-        "status": "complete",
+        "status": STATUS_UNREADABLE if unreadable else STATUS_COMPLETE,
+        "unreadable_regions": unreadable,
         "slide": str(plan.path),
         "outputs": {k: str(v) for k, v in paths.items()},
         "nuclei": total,
@@ -355,7 +378,7 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         "small_masks_dropped": small,
         "min_nucleus_um2": plan.min_nucleus_um2,
         "plausible_ranges": asdict(ranges),
-        "warnings": result_warnings(total, plan.tissue_mm2, median_area, plan.slide_mpp, plan.mpp_source, ranges),
+        "warnings": warnings,
         "stains": plan.stains.describe(),
         REPORT_SLIDE_MPP: plan.slide_mpp,
         "mpp_source": plan.mpp_source,

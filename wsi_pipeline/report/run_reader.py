@@ -191,7 +191,7 @@ def find_slides(out_dir: Path) -> list[SlideEntry]:
             entries.append(SlideEntry(folder, stem, "failed", problem=str(err)))
             continue
         status = str(report.get("status", "complete"))
-        if status != "complete":
+        if not status.startswith("complete"):  # "complete" or "complete with unreadable regions"
             why = report.get("error") or f"status {status!r}"
             entries.append(SlideEntry(folder, stem, "failed", report, problem=str(why)))
         elif (journal.work / SWAP).is_file():
