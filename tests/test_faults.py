@@ -436,3 +436,82 @@ wait $pid; echo $? > {tmp_path}/rc
     assert "lock" not in line and "resumes" in line
     resumed = subprocess.run([sys.executable, "-m", "promptnucseg", "segment", str(tmp_path / "big.png"), "--out", str(out), *FAST, "--batch-size", "1", "--workers", "1"], capture_output=True, text=True)
     assert resumed.returncode == 0 and "resuming" in resumed.stderr and "took over the lock" in resumed.stderr, resumed.stderr
+
+
+# -- 4b. a corrupt tile inside a pyramid: the rest is finished, the region named --------------------
+
+
+def corrupt_pyramid(path: Path, kind: str, bad_tile: int = 4, side: int = 768) -> tuple[int, int, int, int]:
+    """A real 768-px H&E crop as a tiled JPEG pyramid (SVS for OpenSlide, OME-TIFF for tifffile,
+    generic pyramid TIFF), with 2,000 random bytes inside one level-0 tile, as scanners write
+    them; returns that tile's level-0 box."""
+    import tifffile
+
+    rgb = np.asarray(Image.open(need(KUMAR)).convert("RGB"))[:side, :side]
+    kw = dict(tile=(256, 256), compression="jpeg", photometric="rgb")
+    with tifffile.TiffWriter(path, ome=kind == "ome") as tif:
+        res = dict(resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+        if kind == "ome":
+            tif.write(rgb, subifds=1, metadata={"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25}, **kw, **res)
+            tif.write(rgb[::2, ::2], subfiletype=1, **kw)
+        elif kind == "svs":
+            tif.write(rgb, description=f"Aperio Image Library v10.0.50\n{side}x{side} [0,0 {side}x{side}] (256x256) JPEG/RGB Q=70|AppMag = 40|MPP = 0.25", **kw, **res)
+            tif.write(rgb[::2, ::2], description=f"Aperio Image Library v10.0.50\n{side // 2}x{side // 2} -> {side // 2}x{side // 2} - |AppMag = 40|MPP = 0.5", **kw)
+        else:
+            tif.write(rgb, subifds=1, **kw, **res)
+            tif.write(rgb[::2, ::2], subfiletype=1, **kw)
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[bad_tile], tif.pages[0].databytecounts[bad_tile]
+    data = bytearray(path.read_bytes())
+    data[offset + count // 4 : offset + count // 4 + 2000] = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    row, col = divmod(bad_tile, side // 256)
+    return col * 256, row * 256, 256, 256
+
+
+KINDS = [("svs", "slide.svs"), ("ome", "slide.ome.tif"), ("tiff", "slide.tif")]
+
+
+@pytest.mark.parametrize("kind, name", [*KINDS[:2], pytest.param(*KINDS[2], marks=pytest.mark.slow)])  # generic TIFF: the tifffile path again
+def test_a_corrupt_tile_loses_only_its_block(tmp_path, predictor, kind, name):
+    slide = tmp_path / name
+    box = corrupt_pyramid(slide, kind, bad_tile=1, side=512)  # not the first or last tile: opening probes those (a slide whose probe fails is refused, naming the box)
+    said: list[str] = []
+    report = segment_slide(slide, tmp_path / "out", predictor, settings(mpp=None), log=said.append)
+    assert report["status"] == "complete with unreadable regions" and report["nuclei"] > 60, report["status"]
+    assert [(r["level"], r["box"]) for r in report["unreadable_regions"]] == [(0, list(box))], report["unreadable_regions"]
+    assert any("could not be decoded" in m and "level-0 box 256,0,256,256" in m for m in said), said
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, name", KINDS)
+def test_a_corrupt_tile_is_named_and_the_rest_of_the_slide_finished(tmp_path, capsys, kind, name):
+    slide = tmp_path / name
+    box = corrupt_pyramid(slide, kind)
+    out = tmp_path / "out"
+    code = main(["segment", str(slide), "--out", str(out), *FAST])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "Traceback" not in captured.err and "Event loop is closed" not in captured.err and "asyncio" not in captured.err, captured.err
+    line = json.loads(captured.out.strip().splitlines()[-1])
+    assert line["status"] == "complete with unreadable regions" and line["unreadable_regions"] == 1, line
+    report = json.loads(Path(line["report"]).read_text())
+    assert [(r["level"], r["box"]) for r in report["unreadable_regions"]] == [(0, list(box))], report["unreadable_regions"]
+    assert any(f"level-0 box {','.join(map(str, box))}" in w for w in report["warnings"]) and "level-0 box" in captured.err
+    geo = json.loads((Path(line["report"]).parent / f"{Path(line['report']).parent.name}.geojson").read_text())["features"]
+    assert len(geo) == report["nuclei"] > 150  # the other 8 of 9 tiles were segmented
+    cx = [np.mean(np.asarray(f["geometry"]["coordinates"][0])[:, 0]) for f in geo]
+    cy = [np.mean(np.asarray(f["geometry"]["coordinates"][0])[:, 1]) for f in geo]
+    x, y, w, h = box
+    inside = sum(x + 20 < a < x + w - 20 and y + 20 < b < y + h - 20 for a, b in zip(cx, cy))
+    assert inside == 0  # nothing invented inside the blank block
+    # a rerun finds it finished; the report page draws the box and says so
+    assert main(["segment", str(slide), "--out", str(out), *FAST]) == 0 and "already complete" in capsys.readouterr().err
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "unreadable block(s) of the slide" in page and "boxed in red" in page
+    folder = Path(line["report"]).parent
+    overlay = np.asarray(Image.open(folder / f"{folder.name}_overlay.png").convert("RGB"))
+    red = (overlay[..., 0] == 220) & (overlay[..., 1] == 0) & (overlay[..., 2] == 0)
+    ys, xs = np.nonzero(red)
+    assert red.sum() > 500 and abs(xs.min() - x) <= 2 and abs(xs.max() - (x + w)) <= 3 and abs(ys.min() - y) <= 2, (xs.min(), xs.max(), ys.min())
