@@ -515,3 +515,50 @@ def test_a_corrupt_tile_is_named_and_the_rest_of_the_slide_finished(tmp_path, ca
     red = (overlay[..., 0] == 220) & (overlay[..., 1] == 0) & (overlay[..., 2] == 0)
     ys, xs = np.nonzero(red)
     assert red.sum() > 500 and abs(xs.min() - x) <= 2 and abs(xs.max() - (x + w)) <= 3 and abs(ys.min() - y) <= 2, (xs.min(), xs.max(), ys.min())
+
+
+# -- 4c. torch that cannot load: which build and why, in one line ---------------------------------
+
+
+def _limited(limit_bytes: int):
+    import resource
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, resource.RLIM_INFINITY))
+
+    return apply
+
+
+@pytest.mark.parametrize("gib", [3, 4])
+def test_an_address_space_limit_too_small_for_torch_is_named_before_it_loads(tmp_path, gib):
+    import subprocess
+    import sys
+
+    from promptnucseg.environment import torch_build
+
+    version, build = torch_build()
+    if not build.startswith(("CUDA", "ROCm")):
+        pytest.skip(f"torch {version} is a {build}: the address-space check is for GPU builds")
+    slide = crop(tmp_path / "s.png")
+    done = subprocess.run([sys.executable, "-m", "promptnucseg", "segment", str(slide), "--out", str(tmp_path / "out"), *FAST],
+                          capture_output=True, text=True, preexec_fn=_limited(gib * 2**30), timeout=120)
+    line = done.stderr.strip()
+    assert done.returncode == 2 and line.count("\n") == 0 and line.startswith("error: torch "), done.stderr
+    assert f"torch {version} ({build})" in line and f"address-space limit of {gib:.1f} GiB" in line and "Fix: raise the limit" in line and "CPU build" in line, line
+    assert "Traceback" not in done.stderr and "bad_alloc" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_real_torch_import_failure_is_explained_in_one_line():
+    import subprocess
+    import sys
+
+    code = (
+        "from promptnucseg.environment import torch_import_problem\n"
+        "try:\n    import torch\nexcept ImportError as err:\n    print(torch_import_problem(err))\nelse:\n    print('IMPORTED')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=_limited(int(1.5 * 2**30)), timeout=120)
+    if "IMPORTED" in done.stdout:
+        pytest.skip("torch imports within 1.5 GiB of address space here (a small CPU build)")
+    line = done.stdout.strip()
+    assert line.startswith("torch ") and "failed to import" in line and "Fix:" in line and "\n" not in line, (done.stdout, done.stderr[-500:])
+    assert "may not map that much memory" in line and "1.5 GiB" in line, line
