@@ -113,6 +113,15 @@ def test_odd_slide_names_stay_inside_out_and_outside_is_untouched(night, predict
     assert outside_hash(parent) == before
 
 
+def test_a_report_html_folder_from_an_earlier_version_is_refused_in_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "report.html").mkdir(parents=True)
+    (out / "report.html" / "report.html_report.json").write_text(json.dumps({"status": "complete"}))
+    assert main(["report", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err, out / "report.html")
+    assert "is a folder" in line and "rename it" in line
+
+
 def test_cleanup_removes_only_what_the_pipeline_made(tmp_path, predictor):
     slide = crop(tmp_path / "s.png")
     work = tmp_path / "out" / "s" / ".work"

@@ -31,6 +31,9 @@ def render_run_report(out_dir: Path, max_side: int = 2048, *, force: bool = Fals
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise PipelineInputError(out_dir, "is not a folder", "pass the --out folder of a `promptnucseg segment` run")
+    path = out_dir / "report.html"
+    if path.is_dir() or path.is_symlink():  # a slide folder of an earlier version (slide report.html.png), or a link
+        raise PipelineInputError(path, "is a folder or a link, not the page this command writes", f"rename it (e.g. to report%2Ehtml, the name this version gives a slide called report.html) and run `promptnucseg report {out_dir}` again")
     entries = find_slides(out_dir)
     if not any(e.state == "finished" for e in entries):
         raise PipelineInputError(out_dir, f"has no finished slide (no <stem>/<stem>{REPORT_SUFFIX} with status complete)", "pass the --out folder of a `promptnucseg segment` run, or wait until a slide has finished")
@@ -48,7 +51,6 @@ def render_run_report(out_dir: Path, max_side: int = 2048, *, force: bool = Fals
             e.problem = f"pictures could not be drawn: {err}"
             if log:
                 log(f"{e.stem}: {e.problem}")
-    path = out_dir / "report.html"
     with atomic_file(path) as tmp:
         tmp.write_text(run_report_html(out_dir, entries), encoding="utf-8")
     return path
