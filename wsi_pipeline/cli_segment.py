@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--label-map", action="store_true", help="also write <stem>_labels.tif, the level-0 instance label map (small inputs only)")
     parser.add_argument("--gzip", action="store_true", help="write .geojson.gz")
     parser.add_argument("--no-tissue-mask", action="store_true", help="process every tile, even where no tissue is found")
-    parser.add_argument("--overwrite", action="store_true", help="discard earlier progress/outputs for these slides and start again")
+    parser.add_argument("--overwrite", action="store_true", help="start these slides again, discarding earlier progress; a finished result (needed to change its settings) is replaced only once the new one is complete")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--wait-for-lock", action="store_true", help="when another run is writing a slide's output folder, wait for it instead of refusing that slide (exit 75 when only such slides were refused)")
     given = parser.add_mutually_exclusive_group()
