@@ -131,6 +131,9 @@ def test_cleanup_removes_only_what_the_pipeline_made(tmp_path, predictor):
     segment_slide(slide, tmp_path / "out", predictor, settings(), log=said.append)
     assert (work / "user.txt").read_text() == "mine" and sorted(p.name for p in work.iterdir()) == ["user.txt"]
     assert any("did not make" in m for m in said), said
+    again: list[str] = []
+    segment_slide(slide, tmp_path / "out", predictor, settings(), log=again.append)  # the user's file does not make it look unfinished
+    assert any("already complete" in m for m in again), again
 
 
 def test_a_slide_folder_that_links_outside_is_refused(night, predictor):
@@ -571,3 +574,13 @@ def test_a_real_torch_import_failure_is_explained_in_one_line():
     line = done.stdout.strip()
     assert line.startswith("torch ") and "failed to import" in line and "Fix:" in line and "\n" not in line, (done.stdout, done.stderr[-500:])
     assert "may not map that much memory" in line and "1.5 GiB" in line, line
+
+
+def test_two_slides_with_one_stem_in_one_command_get_two_folders(tmp_path, capsys):
+    a, b = crop(tmp_path / "caseA" / "1.png", 0), crop(tmp_path / "caseB" / "1.png", 200)
+    out = tmp_path / "out"
+    assert main(["segment", str(a), str(b), "--out", str(out), *FAST]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(x["report"]).parent.name for x in lines] == ["1", "1~2"]
+    assert main(["segment", str(a), str(a), "--out", str(out), *FAST]) == 2
+    assert "the same slide is given more than once" in capsys.readouterr().err

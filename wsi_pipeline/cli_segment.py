@@ -156,10 +156,11 @@ def _run(args: argparse.Namespace) -> int:
             from .exporters.anndata_export import require_anndata
 
             require_anndata()
-        stems = [s.stem for s in slides]
-        dupes = sorted({s for s in stems if stems.count(s) > 1})
+        # the same file twice would race for its own folder; different files with one stem get <stem>, <stem>~2 (jail.py)
+        real = [str(s.resolve()) for s in slides]
+        dupes = sorted({str(s) for s, r in zip(slides, real) if real.count(r) > 1})
         if dupes:
-            print(f"error: several inputs are named {', '.join(dupes)}; their outputs would collide. Fix: run them with different --out folders", file=sys.stderr)
+            print(f"error: the same slide is given more than once ({', '.join(dupes)}). Fix: name each slide once", file=sys.stderr)
             return 2
         _check_flags(args)
         out = Path(args.out)

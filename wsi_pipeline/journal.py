@@ -133,6 +133,12 @@ class Journal:
         return sum(f.stat().st_size for f in self.parts_dir.iterdir() if f.is_file())
 
     @property
+    def active(self) -> bool:
+        """A run's journal is here (a manifest or a swap list), not merely a `.work` folder that
+        holds someone else's files after a cleanup."""
+        return (self.work / JOURNAL_MANIFEST).is_file() or (self.work / SWAP).is_file()
+
+    @property
     def staging(self) -> Path:
         return self.work / STAGING
 

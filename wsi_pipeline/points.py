@@ -90,7 +90,7 @@ def _read_geojson(path: Path, text: str) -> PointSet:
     except RecursionError as err:
         raise PipelineInputError(path, "nests lists or objects too deeply to be GeoJSON points", "export the points from QuPath again (File > Export objects as GeoJSON), or give a CSV") from err
     except (ValueError, TypeError) as err:
-        raise PipelineInputError(path, f"is not valid GeoJSON ({err})", "export the points from QuPath again (File > Export objects as GeoJSON), or give a CSV") from err
+        raise PipelineInputError(path, f"is not valid {'JSON' if isinstance(err, json.JSONDecodeError) else 'GeoJSON'} ({err})", "export the points from QuPath again (File > Export objects as GeoJSON), or give a CSV") from err
     if isinstance(obj, dict) and obj.get("type") == "FeatureCollection":
         features = obj.get("features") or []
     elif isinstance(obj, list):  # QuPath 0.2 writes a bare list of features

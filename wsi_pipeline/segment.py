@@ -167,7 +167,7 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
     elif old is not None:
         # complete only if it also wrote every output asked for now (e.g. not when anndata is added to --formats)
         same = old.get("config_hash") == fingerprint_hash(fp) and set(paths) <= set(old.get("outputs", {}))
-        if same and not journal.work.exists():
+        if same and not journal.active:
             log(f"{plan.path.name}: already complete in {folder} (pass --overwrite to redo)")
             job.finished_report = old
             return job

@@ -180,7 +180,7 @@ def find_slides(out_dir: Path) -> list[SlideEntry]:
         outputs = SlideOutputs.find(folder)
         journal = Journal(folder)
         if outputs is None:
-            if journal.work.is_dir():
+            if journal.active:
                 n = len(journal.done())
                 entries.append(SlideEntry(folder, folder.name, "unfinished", problem=f"{n} batch{'es' if n != 1 else ''} of tiles done so far; run the same `promptnucseg segment` command again to resume"))
             continue
@@ -196,7 +196,7 @@ def find_slides(out_dir: Path) -> list[SlideEntry]:
             entries.append(SlideEntry(folder, stem, "failed", report, problem=str(why)))
         elif (journal.work / SWAP).is_file():
             entries.append(SlideEntry(folder, stem, "unfinished", report, problem="a rerun was swapping in its outputs; run the same `promptnucseg segment` command again to finish"))
-        elif journal.work.is_dir():  # outputs are swapped in as a set: these are the earlier run's, whole
+        elif journal.active:  # outputs are swapped in as a set: these are the earlier run's, whole
             entries.append(SlideEntry(folder, stem, "finished", report, problem="a rerun is in progress or was killed (the .work journal is present); these results are the earlier complete run's, which stay until the new set is complete"))
         else:
             entries.append(SlideEntry(folder, stem, "finished", report))
