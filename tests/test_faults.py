@@ -147,6 +147,18 @@ def test_a_slide_folder_that_links_outside_is_refused(night, predictor):
     assert outside_hash(parent) == before
 
 
+def test_report_never_draws_into_a_slide_folder_that_links_outside(night, predictor, capsys):
+    parent, out = night
+    segment_slide(crop(parent / "in" / "s.png"), out, predictor, settings(), log=lambda m: None)
+    elsewhere = parent / "sibling" / "t"
+    segment_slide(crop(parent / "in" / "t.png", 100), parent / "sibling", predictor, settings(), log=lambda m: None)
+    (out / "t").symlink_to(elsewhere, target_is_directory=True)
+    before = outside_hash(parent)
+    assert main(["report", str(out)]) == 0
+    assert outside_hash(parent) == before
+    assert "links outside the run folder" in (out / "report.html").read_text()
+
+
 def test_a_journal_that_links_outside_is_never_written_or_deleted(night, predictor):
     parent, out = night
     slide = crop(parent / "in" / "s.png")

@@ -176,7 +176,11 @@ def find_slides(out_dir: Path) -> list[SlideEntry]:
 
     entries: list[SlideEntry] = []
     folders = [out_dir] + sorted(p for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".zarr"))
+    real_out = out_dir.resolve()
     for folder in folders:
+        if folder != out_dir and real_out not in folder.resolve().parents:  # a link out of the run: never written into
+            entries.append(SlideEntry(folder, folder.name, "failed", problem=f"links outside the run folder (to {folder.resolve()}); promptnucseg report writes only inside {out_dir}"))
+            continue
         outputs = SlideOutputs.find(folder)
         journal = Journal(folder)
         if outputs is None:
