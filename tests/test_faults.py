@@ -393,6 +393,17 @@ def test_malformed_points_files_are_refused_in_one_line(tmp_path, name):
     assert says in message and str(path) in message and "Fix:" in message and "\n" not in message, message
 
 
+def test_a_huge_points_file_is_refused_before_it_is_read(tmp_path):
+    from promptnucseg.wsi_pipeline.points import MAX_POINTS_BYTES, read_points
+
+    path = tmp_path / "huge.geojson"
+    with open(path, "wb") as fh:  # sparse: the size is real, the disk is not filled
+        fh.truncate(MAX_POINTS_BYTES + 1)
+    with pytest.raises(PipelineInputError) as err:
+        read_points(path)
+    assert "far more than any points file" in str(err.value) and str(path) in str(err.value) and "Fix:" in str(err.value)
+
+
 def test_points_of_every_geometry_type_keep_the_points_and_skip_the_rest(tmp_path):
     from promptnucseg.wsi_pipeline.points import read_points
 
