@@ -55,7 +55,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not head:
         raise CheckpointError(path, "is empty (0 bytes): a download or copy that never finished", "re-download or re-export the model file")
     if not head.startswith(b"PK") and head[:1] != b"\x80":  # torch.save's zip, or its legacy pickle
-        raise CheckpointError(path, f"is not a PyTorch checkpoint (it starts with {head!r}, neither a zip nor a pickle)", "pass a .pt/.pth model file: `promptnucseg models` lists the bundled ones")
+        raise CheckpointError(path, f"not a readable PyTorch checkpoint: neither a zip nor a pickle (it starts with {head!r})", "pass a .pt/.pth model file: `promptnucseg models` lists the bundled ones")
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)

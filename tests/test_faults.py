@@ -337,7 +337,7 @@ def one_error_line(err: str, path: Path) -> str:
 @pytest.mark.parametrize("kind, says", [
     ("empty", "is empty (0 bytes)"),
     ("truncated", "probably cut short or damaged"),
-    ("text", "is not a PyTorch checkpoint"),
+    ("text", "neither a zip nor a pickle"),
     ("bad-pickle", "probably cut short or damaged"),
 ])
 def test_bad_model_files_are_named_with_the_fix(tmp_path, capsys, kind, says):
