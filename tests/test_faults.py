@@ -190,6 +190,19 @@ def test_another_slide_with_the_same_name_gets_its_own_folder(night, predictor):
     assert sorted(p.name for p in out.iterdir()) == ["1", "1~2"]
 
 
+def test_asking_a_finished_folder_for_another_format_adds_it_and_keeps_the_rest(tmp_path, predictor):
+    slide = crop(tmp_path / "s.png")
+    out = tmp_path / "out"
+    first = segment_slide(slide, out, predictor, settings(formats=("geojson", "zarr")), log=lambda m: None)
+    zarr_bytes = tree_hash(out / "s" / "s.zarr")
+    report = segment_slide(slide, out, predictor, settings(formats=("geojson", "table")), log=lambda m: None)  # same settings, one more output
+    assert set(report["outputs"]) == {"report", "geojson", "table", "zarr"} and report["config_hash"] == first["config_hash"]
+    assert tree_hash(out / "s" / "s.zarr") == zarr_bytes and (out / "s" / "s_nuclei.parquet").is_file()
+    said: list[str] = []
+    segment_slide(slide, out, predictor, settings(formats=("zarr",)), log=said.append)
+    assert any("already complete" in m for m in said), said
+
+
 def test_a_finished_folder_refuses_other_settings_and_overwrite_replaces_it_as_a_set(tmp_path, predictor, monkeypatch):
     slide = crop(tmp_path / "s.png")
     out = tmp_path / "out"

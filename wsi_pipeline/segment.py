@@ -171,7 +171,7 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
             log(f"{plan.path.name}: already complete in {folder} (pass --overwrite to redo)")
             job.finished_report = old
             return job
-        if not same and not journal.resumes(fp):
+        if old.get("config_hash") != fingerprint_hash(fp) and not journal.resumes(fp):  # only more outputs asked for: run, keep the rest
             raise PipelineInputError(
                 folder, f"holds the finished results of this slide made with other settings (changed: {_changed(old, fp, paths)})",
                 "pass --overwrite to replace them (the old results stay until the new set is complete), or use another --out",
@@ -229,6 +229,21 @@ def _previous_outputs(folder: Path, report_name: str) -> list[str]:
     return [n for n in dict.fromkeys(names) if n and n not in (".", "..")]
 
 
+def _same_run_outputs(report_path: Path, report: dict[str, Any], paths: dict[str, Path]) -> dict[str, Path]:
+    """Outputs of the finished run in the folder that this run does not rewrite, when that run had
+    the same settings (config hash): they stay, listed in the new report."""
+    old = _finished_report(report_path)
+    if old is None or old.get("config_hash") != report.get("config_hash"):
+        return {}
+    folder = report_path.parent
+    out = {}
+    for kind, named in (old.get("outputs") or {}).items():
+        path = folder / Path(str(named)).name
+        if kind not in paths and kind != "report" and path.exists():
+            out[str(kind)] = path
+    return out
+
+
 def finish_slide(job: SlideJob, model: ModelFacts, settings: SegmentSettings, run_facts: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export from the journaled parts into the journal's staging folder, write the JSON
     report there last, swap the set into the slide folder (journal.swap_in), then drop the journal."""
@@ -242,13 +257,16 @@ def finish_slide(job: SlideJob, model: ModelFacts, settings: SegmentSettings, ru
         job.paths.update({k: job.folder / p.name for k, p in staged.items()})  # the table may have become .csv
         report["outputs"] = {k: str(p) for k, p in job.paths.items()}
         report.update({"wall_seconds": round(time.monotonic() - job.started, 3), **run_facts, "resumed": job.resumed, "fingerprint": job.fingerprint})
-        atomic_write_text(staged["report"], json.dumps(report, indent=1, default=str))
         report_name = job.paths["report"].name
         new = [p.name for k, p in job.paths.items() if k != "report"] + [report_name]
-        job.journal.swap_in(new, _previous_outputs(job.folder, report_name))
-    kept = job.journal.clear()
-    if kept:
-        log(f"{job.plan.path.name}: left {len(kept)} file(s) that promptnucseg did not make in {job.journal.work}")
+        kept = _same_run_outputs(job.folder / report_name, report, job.paths)  # e.g. the zarr of a run now asked for anndata too
+        report["outputs"].update({k: str(p) for k, p in kept.items()})
+        atomic_write_text(staged["report"], json.dumps(report, indent=1, default=str))
+        old = [n for n in _previous_outputs(job.folder, report_name) if n not in {p.name for p in kept.values()}]
+        job.journal.swap_in(new, old)
+    foreign = job.journal.clear()
+    if foreign:
+        log(f"{job.plan.path.name}: left {len(foreign)} file(s) that promptnucseg did not make in {job.journal.work}")
     for warning in report["warnings"]:
         log(f"{job.plan.path.name}: warning: {warning}")
     return report
