@@ -10,7 +10,6 @@ import hashlib
 import io
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "no such weights file", "pass the path of a .pt/.pth checkpoint")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        raise CheckpointError(path, "is empty (0 bytes): a download or copy that never finished", "re-download or re-export the model file")
+    if not head.startswith(b"PK") and head[:1] != b"\x80":  # torch.save's zip, or its legacy pickle
+        raise CheckpointError(path, f"not a readable PyTorch checkpoint: neither a zip nor a pickle (it starts with {head!r})", "pass a .pt/.pth model file: `promptnucseg models` lists the bundled ones")
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -62,7 +67,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 "promptnucseg only loads tensors, numbers and plain data; save the state dict alone (torch.save(model.state_dict(), ...))",
             ) from err
         raise _unreadable(path, err) from err
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # torch raises many types for a cut-short or damaged file (EOFError, KeyError, ...)
         raise _unreadable(path, err) from err
     if not isinstance(obj, dict):
         raise CheckpointError(path, f"holds a {type(obj).__name__}, not a state dict", "pass a PromptNucSeg or SAM checkpoint")
@@ -79,7 +84,7 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 def _unreadable(path: Path, err: Exception) -> CheckpointError:
     return CheckpointError(
-        path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})",
+        path, f"not a readable PyTorch checkpoint, probably cut short or damaged ({type(err).__name__}: {(str(err).splitlines() or ['no detail'])[0][:120]})",
         "re-download or re-export the file; it may be truncated or not a weights file at all",
     )
 

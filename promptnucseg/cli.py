@@ -44,8 +44,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from .environment import address_space_refusal, torch_import_problem
+
+    refusal = address_space_refusal(args.command)
+    if refusal is not None:  # before torch is imported: its failure there is an abort or a traceback
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     module = importlib.import_module(args._module)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except ImportError as err:
+        problem = torch_import_problem(err)
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

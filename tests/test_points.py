@@ -7,6 +7,7 @@ points from the ground truth or from a normal run, and check that each point's o
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,7 @@ def test_qupath_points_each_give_their_nucleus_and_resume_keys_on_the_file(predi
     assert report["class_per_mm2_tissue"]["Tumor"] == pytest.approx(report["class_counts"]["Tumor"] / report["tissue_mm2"], rel=0.01)
     # the journal and the 'already complete' check key on the points file: another file is another run
     fewer = qupath_geojson(tmp_path / "points.geojson", xy[:-10], classes[:-10])
-    again = segment_slide(png, tmp_path / "out", predictor, settings, log=lambda m: None)
+    again = segment_slide(png, tmp_path / "out", predictor, replace(settings, overwrite=True), log=lambda m: None)  # a finished folder is replaced only with --overwrite
     assert fewer.exists() and again["points"]["prompts"] == len(xy) - 10 and again["config_hash"] != report["config_hash"]
 
 

@@ -202,8 +202,11 @@ def test_segment_runs_a_slide_region_with_release_files_and_reports_the_preset(t
     assert report["model"]["config"]["prompter"]["layout"] == "release"
     features = json.loads(next(out.glob("*/*.geojson")).read_text())["features"]
     assert len(features) >= 1 and all(f["geometry"]["type"] in ("Polygon", "MultiPolygon") for f in features)
-    # another preset is another run's settings: not taken for the finished run, run again
-    again = subprocess.run([*cmd, "--preset", "cpm17"], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    # another preset is another run's settings: not taken for the finished run; refused without
+    # --overwrite (issue 33: a finished result is replaced only on purpose), run again with it
+    refused = subprocess.run([*cmd, "--preset", "cpm17"], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert refused.returncode == 1 and "other settings (changed: model_config" in refused.stderr and "--overwrite" in refused.stderr, refused.stderr[-2000:]
+    again = subprocess.run([*cmd, "--preset", "cpm17", "--overwrite"], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert again.returncode == 0 and "already complete" not in again.stderr + again.stdout
     report = json.loads(next(out.glob("*/*_report.json")).read_text())
     assert report["model"]["release_preset"] == {"name": "cpm17", "reason": "chosen by the user"}

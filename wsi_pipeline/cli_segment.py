@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--label-map", action="store_true", help="also write <stem>_labels.tif, the level-0 instance label map (small inputs only)")
     parser.add_argument("--gzip", action="store_true", help="write .geojson.gz")
     parser.add_argument("--no-tissue-mask", action="store_true", help="process every tile, even where no tissue is found")
-    parser.add_argument("--overwrite", action="store_true", help="discard earlier progress/outputs for these slides and start again")
+    parser.add_argument("--overwrite", action="store_true", help="start these slides again, discarding earlier progress; a finished result (needed to change its settings) is replaced only once the new one is complete")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--wait-for-lock", action="store_true", help="when another run is writing a slide's output folder, wait for it instead of refusing that slide (exit 75 when only such slides were refused)")
     given = parser.add_mutually_exclusive_group()
@@ -156,10 +156,11 @@ def _run(args: argparse.Namespace) -> int:
             from .exporters.anndata_export import require_anndata
 
             require_anndata()
-        stems = [s.stem for s in slides]
-        dupes = sorted({s for s in stems if stems.count(s) > 1})
+        # the same file twice would race for its own folder; different files with one stem get <stem>, <stem>~2 (jail.py)
+        real = [str(s.resolve()) for s in slides]
+        dupes = sorted({str(s) for s, r in zip(slides, real) if real.count(r) > 1})
         if dupes:
-            print(f"error: several inputs are named {', '.join(dupes)}; their outputs would collide. Fix: run them with different --out folders", file=sys.stderr)
+            print(f"error: the same slide is given more than once ({', '.join(dupes)}). Fix: name each slide once", file=sys.stderr)
             return 2
         _check_flags(args)
         out = Path(args.out)
@@ -226,6 +227,8 @@ def _print_result(result: SlideResult) -> None:
     if result.ok:
         given = result.report.get("points")
         extra = {"points_without_nucleus": given["without_nucleus"]} if given else {}
+        if result.report.get("unreadable_regions"):  # "complete with unreadable regions": say so on the line
+            extra.update(status=result.report["status"], unreadable_regions=len(result.report["unreadable_regions"]))
         print(json.dumps({"slide": result.slide, "nuclei": result.report["nuclei"], **extra, "report": result.report["outputs"]["report"]}))
     else:
         print(f"error: {result.error}", file=sys.stderr)

@@ -184,8 +184,11 @@ class FolderLock:
         if self._beat is not None:
             self._beat.join()
             self._beat = None
-        if self.owner is not None and self._ours():
-            self.path.unlink(missing_ok=True)
+        try:
+            if self.owner is not None and self._ours():
+                self.path.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder became unwritable: the real error is the caller's; the next run takes the lock over (its owner is gone)
         self.owner = None
 
     def __enter__(self) -> "FolderLock":

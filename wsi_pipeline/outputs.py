@@ -1,7 +1,8 @@
 """The slide output folder's contract: its layout, the zarr column names and the report keys.
 
 `promptnucseg segment` writes, and `promptnucseg report`, a resume and users' scripts read,
-one folder per slide, `<out>/<stem>/`:
+one folder per slide, `<out>/<stem>/`, where `<stem>` is the slide file's stem made safe and
+unique by jail.py (`safe_name`, `~N` for another slide with the same stem):
 
     <stem>_report.json        the run report (REPORT_SUFFIX); written last, so it marks a finished slide
     <stem>.geojson[.gz]       QuPath detections
@@ -12,6 +13,7 @@ one folder per slide, `<out>/<stem>/`:
     <stem>_overlay.png ...    `promptnucseg report`'s pictures, listed in <stem>_pictures.json
     .work/                    the resume journal (journal.py): manifest.json, parts/, progress.jsonl
     .promptnucseg.lock        the run holding the folder (locking.py)
+    .promptnucseg-slide.json  the slide this folder belongs to (jail.py)
 
 Every writer and reader takes these names from here. The names on disk are kept as
 earlier versions wrote them (a rename would change every output byte and every resume
@@ -53,9 +55,13 @@ class ZarrColumns:
     LABELS = "labels"
 
 
-def slide_folder(out_root: str | Path, slide: str | Path) -> Path:
-    """Where a slide's outputs, journal and lock live: one sub-folder per slide stem."""
-    return Path(out_root) / Path(slide).stem
+def slide_folder(out_root: str | Path, slide: str | Path, claim: bool = False) -> Path:
+    """Where a slide's outputs, journal and lock live: one sub-folder per slide, named from its
+    stem by `jail.safe_name` (plus `~N` when another slide with that stem came first); the
+    folder name is also the prefix of its files. `claim` creates it and records the slide."""
+    from .jail import slide_folder_for
+
+    return slide_folder_for(out_root, slide, claim=claim)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ report); `check_slide` makes the same refusals in a second, before the model loa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,6 +48,7 @@ class SegmentSettings:
 
 # A region narrower than this many model px (8 um at 0.25 um/px) cannot hold a nucleus (5-20 um).
 MIN_REGION_MODEL_PX = 32
+CHECK_MODEL_MPP = 0.25  # the bundled models' µm/px, for the model-free checks; plan_slide checks again with the model's
 
 
 @dataclass
@@ -71,6 +72,7 @@ class SlidePlan:
     points: PlanPoints | None = None  # given points (--points / --add-points)
     stains: StainModel = StainModel()  # the slide's colour deconvolution (stains.py), for the OD columns
     min_nucleus_um2: float = 0.0  # masks smaller than this are dropped and counted
+    unreadable: list[dict[str, Any]] = field(default_factory=list)  # corrupt blocks met while planning (level, level-0 box)
 
     def level0_box(self, tile: Tile) -> tuple[float, float, float, float]:
         """The tile's level-0 box (x, y, w, h); exact floats, so tiles map back without drift."""
@@ -112,6 +114,7 @@ def plan_slide(
     plan.tiles = tiles
     plan.batches = [tiles[i : i + settings.batch_size] for i in range(0, len(tiles), settings.batch_size)]
     plan.stains = slide_stains(reader, plan)
+    plan.unreadable = list(reader.unreadable_seen)  # corrupt blocks the overviews met (the batches add theirs)
     return plan
 
 
@@ -126,7 +129,7 @@ def slide_stains(reader: SlideReader, plan: SlidePlan, patches: int = 6, side: i
     for tile in picks:
         x0, y0, _, _ = plan.level0_box(tile)
         w, h = min(side, tile.w), min(side, tile.h)
-        crops.append(reader.read_scaled(x0 + (tile.w - w) / 2 * plan.scale, y0 + (tile.h - h) / 2 * plan.scale, w, h, plan.scale))
+        crops.append(reader.read_tolerant(x0 + (tile.w - w) / 2 * plan.scale, y0 + (tile.h - h) / 2 * plan.scale, w, h, plan.scale))
     return fit_stains(thumb, tissue, crops)
 
 
@@ -134,8 +137,9 @@ def check_slide(reader: SlideReader, settings: SegmentSettings) -> None:
     """The refusals `plan_slide` makes that need no model (microns per pixel, region, black,
     no tissue, grayscale), in its order: run on every slide before the model loads (7.7 s, 1 GB)
     so that a slide that cannot run is refused in a second."""
-    resolve_mpp(reader, settings.mpp, force=settings.force_mpp)
+    mpp, _ = resolve_mpp(reader, settings.mpp, force=settings.force_mpp)
     roi = _region(reader, settings)
+    refuse_too_small(reader, roi[2:], mpp, CHECK_MODEL_MPP / mpp, bool(settings.roi))  # before "no tissue": 3x3 px holds none
     refuse_black(reader)
     if settings.use_tissue_mask and not settings.points and tissue_mask(reader).fraction_in(roi) <= 0:
         raise _no_tissue(reader, settings)  # with given points, their tiles run whatever the tissue
@@ -182,10 +186,18 @@ def refuse_black(reader: SlideReader, cfg: TissueConfig = TissueConfig()) -> Non
         )
 
 
+BLANK_LEVEL = 200  # an image without colour whose darkest pixel is this bright holds nothing (glass, paper)
+
+
 def refuse_grayscale(reader: SlideReader) -> None:
     """A slide without colour cannot be H&E; the models would see garbage, so say so up front."""
     thumb = reader.thumbnail(512).astype(np.int16)
     if thumb.size and int(np.abs(np.diff(thumb, axis=2)).max()) <= 2:
+        if int(thumb.min()) >= BLANK_LEVEL:
+            raise PipelineInputError(
+                reader.path, f"is blank: every pixel is white or near-white (darkest {int(thumb.min())}/255), no tissue and no stain to segment",
+                "check that this is the right file (a blank scan, an empty export or a wrong page of a multi-page file)",
+            )
         raise PipelineInputError(
             reader.path, "has no colour (grayscale); the nucleus models are trained on H&E colour images",
             "segment the RGB original of this slide (RGBA and 16-bit files are converted automatically)",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ def read_points(path: str | Path) -> PointSet:
     """Read a QuPath GeoJSON export or a CSV of points; refuse what is neither, or holds none."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_POINTS_BYTES:
+            raise PipelineInputError(path, f"is {path.stat().st_size / 2**30:.1f} GiB, far more than any points file (limit {MAX_POINTS_BYTES // 2**30} GiB)", "check that this is the points file meant for --points/--add-points; split a huge set by region (--roi)")
         raw = path.read_bytes()
     except OSError as err:
         raise PipelineInputError(path, f"cannot read the points file ({err.strerror or err})", "check the path given to --points/--add-points") from err
@@ -71,11 +74,23 @@ def read_points(path: str | Path) -> PointSet:
     return points
 
 
+MAX_POINTS_BYTES = 1 << 30
+
+
+def _position(path: Path, c: Any, where: str) -> tuple[float, float]:
+    """One GeoJSON position [x, y(, z)] as two floats, or a one-line refusal naming it."""
+    if not isinstance(c, (list, tuple)) or len(c) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in c[:2]):
+        raise PipelineInputError(path, f"{where} has a position that is not [x, y] numbers ({json.dumps(c, default=str)[:60]})", "export the points from QuPath again, or give a CSV with x,y[,class] rows")
+    return float(c[0]), float(c[1])
+
+
 def _read_geojson(path: Path, text: str) -> PointSet:
     try:
         obj = geojson.loads(text)
+    except RecursionError as err:
+        raise PipelineInputError(path, "nests lists or objects too deeply to be GeoJSON points", "export the points from QuPath again (File > Export objects as GeoJSON), or give a CSV") from err
     except (ValueError, TypeError) as err:
-        raise PipelineInputError(path, f"is not valid JSON ({err})", "export the points from QuPath again (File > Export objects as GeoJSON), or give a CSV") from err
+        raise PipelineInputError(path, f"is not valid {'JSON' if isinstance(err, json.JSONDecodeError) else 'GeoJSON'} ({err})", "export the points from QuPath again (File > Export objects as GeoJSON), or give a CSV") from err
     if isinstance(obj, dict) and obj.get("type") == "FeatureCollection":
         features = obj.get("features") or []
     elif isinstance(obj, list):  # QuPath 0.2 writes a bare list of features
@@ -84,27 +99,31 @@ def _read_geojson(path: Path, text: str) -> PointSet:
         features = [obj]
     else:
         raise PipelineInputError(path, "is JSON but not GeoJSON features (no FeatureCollection, Feature or list of features)", "export the points from QuPath with File > Export objects as GeoJSON")
+    if not isinstance(features, list):
+        raise PipelineInputError(path, f"has 'features' that is a {type(features).__name__}, not a list", "export the points from QuPath with File > Export objects as GeoJSON")
     xy: list[Sequence[float]] = []
     labels: list[str] = []
     colors: dict[str, tuple[int, int, int]] = {}
     skipped = 0
-    for feat in features:
+    for i, feat in enumerate(features):
         geom = feat.get("geometry") if isinstance(feat, dict) else None
         kind = geom.get("type") if isinstance(geom, dict) else None
+        where = f"feature {i} ({kind})"
         if kind == "Point":
-            coords = [geom["coordinates"]]
+            coords = [geom.get("coordinates")]
         elif kind == "MultiPoint":
-            coords = list(geom["coordinates"])
-        else:
+            coords = geom.get("coordinates")
+            if not isinstance(coords, list):
+                raise PipelineInputError(path, f"{where} has coordinates that are not a list of [x, y] positions", "export the points from QuPath again")
+        else:  # lines, polygons, collections, null geometry: not points
             skipped += 1
             continue
-        name, color = _classification(feat.get("properties") or {})
+        props = feat.get("properties")
+        name, color = _classification(props if isinstance(props, dict) else {})
         if name and color and name not in colors:
             colors[name] = color
         for c in coords:
-            if len(c) < 2:
-                raise PipelineInputError(path, f"has a point without x and y ({c!r})", "export the points from QuPath again")
-            xy.append((float(c[0]), float(c[1])))
+            xy.append(_position(path, c, where))
             labels.append(name)
     return PointSet(path, "", np.asarray(xy, np.float64).reshape(-1, 2), labels, colors, skipped)
 
@@ -118,8 +137,8 @@ def _classification(props: dict) -> tuple[str, tuple[int, int, int] | None]:
         return "", None
     name = str(cls.get("name") or "")
     color = cls.get("color")
-    if isinstance(color, (list, tuple)) and len(color) >= 3:
-        return name, (int(color[0]), int(color[1]), int(color[2]))
+    if isinstance(color, (list, tuple)) and len(color) >= 3 and all(isinstance(v, (int, float)) and abs(v) < 1e9 for v in color[:3]):
+        return name, (int(color[0]) & 255, int(color[1]) & 255, int(color[2]) & 255)
     if isinstance(cls.get("colorRGB"), int):
         v = cls["colorRGB"] & 0xFFFFFF
         return name, ((v >> 16) & 255, (v >> 8) & 255, v & 255)

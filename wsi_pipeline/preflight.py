@@ -38,6 +38,7 @@ REPORT_BYTES = 64 * 1024
 CPU_SECONDS_PER_MEGAPIXEL = 1.7 / (1024 * 1024 / 1e6)
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)  # a folder made read-only (or taken away) mid-run
 
 
 def available_memory() -> int | None:
@@ -144,6 +145,12 @@ def disk_full_explained(folder: Path) -> Iterator[None]:
     try:
         yield
     except OSError as err:
+        if err.errno in UNWRITABLE:
+            raise PipelineInputError(
+                folder, f"became unwritable while writing{f' {Path(err.filename).name}' if err.filename else ''} ({err.strerror})",
+                f"make {folder} writable again (remount it read-write, fix its permissions), then run the same command again: "
+                "finished batches are kept and the run resumes",
+            ) from err
         if err.errno not in DISK_FULL:
             raise
         raise PipelineInputError(

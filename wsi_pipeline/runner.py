@@ -25,6 +25,7 @@ from .interrupts import Interrupted, graceful, stop_requested
 from .journal import Journal
 from .nuclei import SlideNuclei, load_part
 from .plan import SegmentSettings, SlidePlan
+from .slide_reader import UnreadableRegion
 from .slides import SlideReader
 from .stitch import stitch_batch
 from .tiling import Tile
@@ -37,10 +38,18 @@ class BatchStats:
     seconds: float = 0.0
 
 
-def _read_tile(reader: SlideReader, plan: SlidePlan, tile: Tile) -> tuple[Tile, np.ndarray, tuple[float, float], float]:
-    """The tile at the model's resolution; tile pixel (i, j) starts at level-0 origin + (i, j) * scale."""
-    x0, y0, _, _ = plan.level0_box(tile)
-    return tile, reader.read_scaled(x0, y0, tile.w, tile.h, plan.scale), (x0, y0), plan.scale
+def _read_tile(reader: SlideReader, plan: SlidePlan, tile: Tile) -> tuple[Tile, np.ndarray, tuple[float, float], float, list[dict]]:
+    """The tile at the model's resolution; tile pixel (i, j) starts at level-0 origin + (i, j) * scale.
+    Blocks a decoder cannot read (a corrupt tile in the file) come back white and are named in
+    the last item, so the rest of the slide is still segmented."""
+    x0, y0, w0, h0 = plan.level0_box(tile)
+    try:
+        return tile, reader.read_scaled(x0, y0, tile.w, tile.h, plan.scale), (x0, y0), plan.scale, []
+    except UnreadableRegion as bad:
+        if bad.pixels is not None:
+            return tile, bad.pixels, (x0, y0), plan.scale, bad.regions
+        box = [int(x0), int(y0), int(round(w0)), int(round(h0))]
+        return tile, np.full((tile.h, tile.w, 3), 255, np.uint8), (x0, y0), plan.scale, [{"level": plan.read_level, "box": box, "error": str(bad.problem)}]
 
 
 def run_batches(
@@ -65,6 +74,8 @@ def run_batches(
         for b, tiles in zip(todo, _prefetched(readers, reader, plan, todo, prefetch=2 * settings.batch_size)):
             if stop_requested():
                 break  # a signal: journal what is in post-processing, then stop (interrupts.py)
+            unreadable = [r for *_, regions in tiles for r in regions]
+            tiles = [t[:4] for t in tiles]
             given = [plan.points.on_tile(t, o, s) if plan.points is not None else None for t, _, o, s in tiles]
             nuclei = []
             for (_, rgb, _, _), g in zip(tiles, given):  # one tile per call: progress per tile (the predictor batches its windows itself)
@@ -74,7 +85,7 @@ def run_batches(
                 while pending and pending[0][0].done():  # report a journaled batch as soon as it is
                     _finish(*pending.popleft(), stats, on_batch)
             results = [(t, rgb, o, s, n, g) for (t, rgb, o, s), n, g in zip(tiles, nuclei, given)]
-            pending.append((post.submit(stitch_batch, plan, settings, journal, b, results), len(tiles)))
+            pending.append((post.submit(stitch_batch, plan, settings, journal, b, results, unreadable), len(tiles)))
             stats.tiles += len(tiles)
             while len(pending) > 1:  # at most two batches in post-processing: bounded memory
                 _finish(*pending.popleft(), stats, on_batch)

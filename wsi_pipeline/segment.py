@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -114,8 +114,9 @@ def failed_result(slide: str | Path, err: BaseException) -> SlideResult:
 
 def lock_slide_folder(out_root: str | Path, path: str | Path, settings: SegmentSettings, log: Callable[[str], None] = print) -> FolderLock:
     """Hold the slide's folder for this run (see locking.py); the caller releases it."""
-    folder = slide_folder(out_root, path)
-    ensure_output_folder(SlideOutputs(folder, Path(path).stem).lock)
+    ensure_output_folder(Path(out_root) / ".run")
+    folder = slide_folder(out_root, path, claim=True)
+    ensure_output_folder(SlideOutputs(folder, folder.name).lock)
     lock = FolderLock(folder).acquire(wait=settings.wait_for_lock, log=log)
     if lock.took_over is not None:
         log(f"{folder}: took over the lock of a run that is gone ({lock.took_over.describe()})")
@@ -151,21 +152,30 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
     plan = plan_slide(reader, settings, model.mpp, window_grid=model.window_grid, class_names=model.class_names)
     plan.min_nucleus_um2 = ranges_for(model.describe()).min_nucleus_um2 if settings.min_nucleus_um2 is None else settings.min_nucleus_um2
     folder = slide_folder(out_root, plan.path)
-    outputs = SlideOutputs(folder, plan.stem)
+    outputs = SlideOutputs(folder, folder.name)
     ensure_output_folder(outputs.report)
     paths = outputs.written(settings.formats, settings.gzip, settings.label_map)
     journal = Journal(folder)
     fp = fingerprint(plan, model, settings)
     job = SlideJob(plan, folder, paths, journal, fp, started=started)
+    if journal.roll_forward():  # a run killed while swapping its finished outputs in
+        kept = journal.clear()
+        log(f"{plan.path.name}: finished swapping in the complete outputs of a run killed during the swap" + (f"; left {len(kept)} file(s) not made by promptnucseg in {journal.work}" if kept else ""))
+    old = _finished_report(paths["report"])
     if settings.overwrite:
-        journal.clear()
-    elif paths["report"].is_file() and not journal.work.exists():
-        old = json.loads(paths["report"].read_text())
+        journal.clear()  # earlier progress only: the finished outputs stay until the new set replaces them
+    elif old is not None:
         # complete only if it also wrote every output asked for now (e.g. not when anndata is added to --formats)
-        if old.get("config_hash") == fingerprint_hash(fp) and old.get("status") == "complete" and set(paths) <= set(old.get("outputs", {})):
+        same = old.get("config_hash") == fingerprint_hash(fp) and set(paths) <= set(old.get("outputs", {}))
+        if same and not journal.active:
             log(f"{plan.path.name}: already complete in {folder} (pass --overwrite to redo)")
             job.finished_report = old
             return job
+        if old.get("config_hash") != fingerprint_hash(fp) and not journal.resumes(fp):  # only more outputs asked for: run, keep the rest
+            raise PipelineInputError(
+                folder, f"holds the finished results of this slide made with other settings (changed: {_changed(old, fp, paths)})",
+                "pass --overwrite to replace them (the old results stay until the new set is complete), or use another --out",
+            )
     grid = plan.grid
     if grid.window_grid and not grid.seamless and len(grid) > 1:
         window, step = grid.window_grid
@@ -184,13 +194,79 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
     return job
 
 
+def _finished_report(path: Path) -> dict[str, Any] | None:
+    """The folder's finished report, or None (none, unreadable, or not complete)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return old if isinstance(old, dict) and str(old.get("status", "")).startswith("complete") else None
+
+
+def _changed(old: dict[str, Any], fp: dict[str, Any], paths: dict[str, Path]) -> str:
+    """Which settings differ between a finished report and this run, for the refusal."""
+    before = old.get("fingerprint") if isinstance(old.get("fingerprint"), dict) else {}
+    changed = sorted(k for k in set(before) | set(fp) if before.get(k) != fp.get(k)) if before else []
+    missing = sorted(set(paths) - set(old.get("outputs") or {}))
+    if missing:
+        changed.append("outputs (" + ", ".join(missing) + " not written before)")
+    return ", ".join(changed) or "model or settings"
+
+
+def _previous_outputs(folder: Path, report_name: str) -> list[str]:
+    """The file names of the finished set in `folder` that the pipeline wrote: its report (first),
+    the outputs the report lists, and `promptnucseg report`'s pictures of it."""
+    report = folder / report_name
+    old = _finished_report(report) or {}
+    names = [report_name] if report.exists() else []
+    names += [Path(str(p)).name for p in (old.get("outputs") or {}).values()]
+    pictures = SlideOutputs(folder, folder.name).pictures()
+    try:
+        listed = json.loads(pictures["pictures"].read_text()).get("files") or {}
+        names += [Path(str(p)).name for p in listed.values()] + [pictures["pictures"].name]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return [n for n in dict.fromkeys(names) if n and n not in (".", "..")]
+
+
+def _same_run_outputs(report_path: Path, report: dict[str, Any], paths: dict[str, Path]) -> dict[str, Path]:
+    """Outputs of the finished run in the folder that this run does not rewrite, when that run had
+    the same settings (config hash): they stay, listed in the new report."""
+    old = _finished_report(report_path)
+    if old is None or old.get("config_hash") != report.get("config_hash"):
+        return {}
+    folder = report_path.parent
+    out = {}
+    for kind, named in (old.get("outputs") or {}).items():
+        path = folder / Path(str(named)).name
+        if kind not in paths and kind != "report" and path.exists():
+            out[str(kind)] = path
+    return out
+
+
 def finish_slide(job: SlideJob, model: ModelFacts, settings: SegmentSettings, run_facts: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export from the journaled parts, write the JSON report, then drop the journal."""
+    """Export from the journaled parts into the journal's staging folder, write the JSON
+    report there last, swap the set into the slide folder (journal.swap_in), then drop the journal."""
+    staging = job.journal.staging
     with disk_full_explained(job.folder):
-        report = finalize(job.plan, job.journal, model, settings, job.paths, job.fingerprint)
-        report.update({"wall_seconds": round(time.monotonic() - job.started, 3), **run_facts, "resumed": job.resumed})
-        atomic_write_text(job.paths["report"], json.dumps(report, indent=1, default=str))
-    job.journal.clear()
+        if staging.exists():
+            job.journal.clear_staging()
+        staging.mkdir(parents=True)
+        staged = {k: staging / p.name for k, p in job.paths.items()}
+        report = finalize(job.plan, job.journal, model, settings, staged, job.fingerprint)
+        job.paths.update({k: job.folder / p.name for k, p in staged.items()})  # the table may have become .csv
+        report["outputs"] = {k: str(p) for k, p in job.paths.items()}
+        report.update({"wall_seconds": round(time.monotonic() - job.started, 3), **run_facts, "resumed": job.resumed, "fingerprint": job.fingerprint})
+        report_name = job.paths["report"].name
+        new = [p.name for k, p in job.paths.items() if k != "report"] + [report_name]
+        kept = _same_run_outputs(job.folder / report_name, report, job.paths)  # e.g. the zarr of a run now asked for anndata too
+        report["outputs"].update({k: str(p) for k, p in kept.items()})
+        atomic_write_text(staged["report"], json.dumps(report, indent=1, default=str))
+        old = [n for n in _previous_outputs(job.folder, report_name) if n not in {p.name for p in kept.values()}]
+        job.journal.swap_in(new, old)
+    foreign = job.journal.clear()
+    if foreign:
+        log(f"{job.plan.path.name}: left {len(foreign)} file(s) that promptnucseg did not make in {job.journal.work}")
     for warning in report["warnings"]:
         log(f"{job.plan.path.name}: warning: {warning}")
     return report
@@ -236,6 +312,20 @@ def _segment_locked(path: str | Path, out_root: str | Path, predictor: NucleusPr
     )
 
 
+STATUS_COMPLETE = "complete"
+STATUS_UNREADABLE = "complete with unreadable regions"  # the rest of the slide is segmented; see unreadable_regions
+
+
+def unreadable_regions(journal: Journal, planning: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The blocks the planning reads and the batches could not read, once each (overlapping
+    tiles name the same block)."""
+    seen: dict[tuple, dict[str, Any]] = {}
+    batches = [r for _, rec in sorted(journal.done().items()) for r in rec.get("unreadable") or []]
+    for r in [*planning, *batches]:
+        seen.setdefault((r["level"], tuple(r["box"])), r)
+    return [seen[k] for k in sorted(seen, key=lambda k: (k[0], k[1][1], k[1][0]))]
+
+
 def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: SegmentSettings, paths: dict[str, Path], fp: dict[str, Any]) -> dict[str, Any]:
     """Write the final outputs by streaming the journaled parts in batch order."""
     from .exporters import write_anndata, write_geojson, write_label_tiff, write_table, write_zarr
@@ -252,6 +342,7 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
     median_area = float(np.nanmedian(np.concatenate(areas))) if total else None
     ranges = ranges_for(model.describe())
     small = sum(int(rec.get("small_dropped", 0)) for rec in journal.done().values())
+    unreadable = unreadable_regions(journal, plan.unreadable)
     meta = {
         "slide": str(plan.path),
         ZARR_SLIDE_MPP: plan.slide_mpp,
@@ -275,8 +366,16 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         write_anndata(paths["anndata"], iter_parts(journal), names, colors, plan.slide_mpp, meta)
     if "label_map" in paths:
         write_label_tiff(paths["label_map"], (plan.dimensions[1], plan.dimensions[0]), iter_parts(journal))
+    warnings = result_warnings(total, plan.tissue_mm2, median_area, plan.slide_mpp, plan.mpp_source, ranges)
+    if unreadable:
+        warnings.append(
+            f"{len(unreadable)} block(s) of the slide could not be decoded (corrupt image data in the file) and were segmented as blank: "
+            + "; ".join(f"level {r['level']} level-0 box {','.join(str(v) for v in r['box'])}" for r in unreadable[:5])
+            + (" ..." if len(unreadable) > 5 else "") + " (all in the report's unreadable_regions); re-export the slide to recover them"
+        )
     return {
-        "status": "complete",
+        "status": STATUS_UNREADABLE if unreadable else STATUS_COMPLETE,
+        "unreadable_regions": unreadable,
         "slide": str(plan.path),
         "outputs": {k: str(v) for k, v in paths.items()},
         "nuclei": total,
@@ -297,7 +396,7 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         "small_masks_dropped": small,
         "min_nucleus_um2": plan.min_nucleus_um2,
         "plausible_ranges": asdict(ranges),
-        "warnings": result_warnings(total, plan.tissue_mm2, median_area, plan.slide_mpp, plan.mpp_source, ranges),
+        "warnings": warnings,
         "stains": plan.stains.describe(),
         REPORT_SLIDE_MPP: plan.slide_mpp,
         "mpp_source": plan.mpp_source,

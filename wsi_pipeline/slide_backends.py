@@ -43,6 +43,8 @@ class OpenSlideReader(SlideReader):
         except openslide.OpenSlideError as exc:
             raise PipelineInputError(self.path, f"OpenSlide cannot open it ({exc})", CORRUPT_FIX) from exc
         slide = self._slide
+        self._reopen_lock = threading.Lock()
+        self._retired: list[Any] = []
         self.level_dimensions = tuple((int(w), int(h)) for w, h in slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in slide.level_downsamples)
         props = slide.properties
@@ -67,10 +69,32 @@ class OpenSlideReader(SlideReader):
 
     def _read_at(self, level: int, loc_x: int, loc_y: int, w: int, h: int) -> np.ndarray:
         # OpenSlide pads outside the slide with transparent pixels; to_rgb_uint8 makes them white.
-        region = self._slide.read_region((loc_x, loc_y), level, (w, h))
+        import openslide
+
+        for attempt in range(3):
+            handle = self._slide
+            try:
+                region = handle.read_region((loc_x, loc_y), level, (w, h))
+                break
+            except openslide.OpenSlideError:
+                # An OpenSlide handle stays failed after one bad tile, for every thread: read again
+                # on a fresh one, so only the region that is really corrupt is reported.
+                self._reopen(handle)
+                if attempt == 2:
+                    raise
         return to_rgb_uint8(np.asarray(region), self.path)
 
+    def _reopen(self, failed: Any) -> None:
+        import openslide
+
+        with self._reopen_lock:
+            if self._slide is failed:
+                self._retired.append(failed)  # other threads may still hold it: closed with the reader
+                self._slide = openslide.OpenSlide(str(self.path))
+
     def close(self) -> None:
+        for handle in getattr(self, "_retired", []):
+            handle.close()
         self._slide.close()
 
 

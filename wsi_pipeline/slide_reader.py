@@ -22,6 +22,29 @@ from .errors import PipelineInputError
 
 MPP_FIX = "pass --mpp, e.g. --mpp 0.25 for 40x, 0.5 for 20x"
 CORRUPT_FIX = "the file is truncated or corrupt: copy it again or re-export it from the scanner software"
+UNREADABLE_BLOCK = 256  # level px: a read that fails is retried in blocks this size, on a grid fixed to the level
+
+
+def _detail(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+
+
+class UnreadableRegion(PipelineInputError):
+    """Pixels a decoder cannot read (a corrupt tile): `regions` names each unreadable block as
+    {"level", "box": level-0 [x, y, w, h], "error"}; `pixels`, when set, is the read with those
+    blocks white, so a caller that can go on (the runner) keeps the rest."""
+
+    def __init__(self, path: str | Path, regions: list[dict[str, Any]], pixels: np.ndarray | None = None) -> None:
+        self.regions = regions
+        self.pixels = pixels
+        first = regions[0]
+        more = f" and {len(regions) - 1} more block(s)" if len(regions) > 1 else ""
+        super().__init__(path, f"cannot read pixels at level {first['level']}, level-0 box x,y,w,h = {','.join(str(v) for v in first['box'])}{more} ({first['error']})", CORRUPT_FIX)
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.path, self.regions))
+
+
 # A pyramid level may be up to this much coarser than asked for and still be used (OpenSlide
 # reports 2.0005 for a "2x" level; reading level 0 instead would cost 4x the I/O).
 LEVEL_TOLERANCE = 0.01
@@ -58,6 +81,7 @@ class SlideReader(ABC):
         self.metadata_mpp: float | None = None
         self.metadata_mpp_source: str = "none"
         self._mpp_override: float | None = None
+        self.unreadable_seen: list[dict[str, Any]] = []  # corrupt blocks met by overview reads (read_downsampled)
 
     # ----- geometry ------------------------------------------------------------------
     @property
@@ -137,11 +161,20 @@ class SlideReader(ABC):
         loc_y = self._location_for(level, math.floor(ly0) - margin)
         ox, oy = self._origin_of(level, loc_x), self._origin_of(level, loc_y)
         win_w, win_h = math.ceil(lx1 - ox) + margin, math.ceil(ly1 - oy) + margin
-        window = self._read_at_checked(level, loc_x, loc_y, win_w, win_h)
+        partial = None
+        try:
+            window = self._read_at_checked(level, loc_x, loc_y, win_w, win_h)
+        except UnreadableRegion as bad:  # a corrupt tile: resample what was read, then hand both on
+            if bad.pixels is None:
+                raise
+            window, partial = bad.pixels, bad
         box = (lx0 - ox, ly0 - oy, lx1 - ox, ly1 - oy)
         resample = Image.Resampling.BILINEAR if factor >= 1 else Image.Resampling.BICUBIC
-        resized = Image.fromarray(window).resize((out_w, out_h), resample=resample, box=box)
-        return np.asarray(resized)
+        resized = np.asarray(Image.fromarray(window).resize((out_w, out_h), resample=resample, box=box))
+        if partial is not None:
+            partial.pixels = resized
+            raise partial
+        return resized
 
     def read_at_mpp(self, x0: int, y0: int, w0: int, h0: int, target_mpp: float) -> tuple[np.ndarray, float]:
         """The level-0 box (x0, y0, w0, h0) at `target_mpp` um/px -> (rgb, scale).
@@ -177,8 +210,21 @@ class SlideReader(ABC):
         out = np.empty((out_h, out_w, 3), np.uint8)
         for r0 in range(0, out_h, rows):
             r1 = min(out_h, r0 + rows)
-            out[r0:r1] = self.read_scaled(0.0, r0 * scale, out_w, r1 - r0, scale)
+            out[r0:r1] = self.read_tolerant(0.0, r0 * scale, out_w, r1 - r0, scale)
         return out
+
+    def read_tolerant(self, x0: float, y0: float, out_w: int, out_h: int, scale: float) -> np.ndarray:
+        """`read_scaled` for overviews (thumbnails, tissue, stains, pictures): blocks a decoder
+        cannot read come back white and are added to `unreadable_seen` instead of failing."""
+        try:
+            return self.read_scaled(x0, y0, out_w, out_h, scale)
+        except UnreadableRegion as bad:
+            if bad.pixels is None:
+                raise
+            for region in bad.regions:
+                if region not in self.unreadable_seen:
+                    self.unreadable_seen.append(region)
+            return bad.pixels
 
     def thumbnail(self, max_side: int = 1024) -> np.ndarray:
         """The whole slide, longest side at most `max_side` (never enlarged)."""
@@ -235,8 +281,36 @@ class SlideReader(ABC):
         except (PipelineInputError, MemoryError):
             raise
         except Exception as exc:  # decoders raise anything from OSError to ValueError on bad data
-            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-            raise PipelineInputError(self.path, f"cannot read pixels at level {level} ({detail})", CORRUPT_FIX) from exc
+            return self._read_in_blocks(level, loc_x, loc_y, w, h, exc)
+
+    def _read_in_blocks(self, level: int, loc_x: int, loc_y: int, w: int, h: int, first: Exception) -> np.ndarray:
+        """A failed read again, block by block on a grid fixed to the level (so overlapping reads
+        name the same blocks): the readable blocks filled in, the others white and named in an
+        `UnreadableRegion` that carries the pixels; returns them if every block reads after all."""
+        ds = self.level_downsamples[level]
+        ox, oy = self._origin_of(level, loc_x), self._origin_of(level, loc_y)
+        out = np.full((h, w, 3), 255, np.uint8)
+        bad: list[dict[str, Any]] = []
+        width0, height0 = self.dimensions
+        b = UNREADABLE_BLOCK
+        for ky in range(math.floor(oy / b), math.floor((oy + h - 1) / b) + 1):
+            y_a, y_b = max(0, round(ky * b - oy)), min(h, round((ky + 1) * b - oy))
+            for kx in range(math.floor(ox / b), math.floor((ox + w - 1) / b) + 1):
+                x_a, x_b = max(0, round(kx * b - ox)), min(w, round((kx + 1) * b - ox))
+                if y_b <= y_a or x_b <= x_a:
+                    continue
+                try:
+                    at_x, at_y = self._location_for(level, round(ox + x_a)), self._location_for(level, round(oy + y_a))
+                    out[y_a:y_b, x_a:x_b] = self._read_at(level, at_x, at_y, x_b - x_a, y_b - y_a)
+                except (PipelineInputError, MemoryError):
+                    raise
+                except Exception as exc:  # this block is unreadable
+                    x0, y0 = max(0, round(kx * b * ds)), max(0, round(ky * b * ds))
+                    x1, y1 = min(width0, round((kx + 1) * b * ds)), min(height0, round((ky + 1) * b * ds))
+                    bad.append({"level": int(level), "box": [x0, y0, x1 - x0, y1 - y0], "error": _detail(exc)})
+        if bad:
+            raise UnreadableRegion(self.path, bad, out) from first
+        return out
 
     def _check_level(self, level: int) -> None:
         if not 0 <= int(level) < self.level_count:

@@ -43,6 +43,7 @@ def owned_nuclei(plan: SlidePlan, tile: Tile, nuclei: TileNuclei, origin: tuple[
 def stitch_batch(
     plan: SlidePlan, settings: SegmentSettings, journal: Journal, batch_index: int,
     results: list[tuple[Tile, np.ndarray, tuple[float, float], float, TileNuclei, TilePoints | None]],
+    unreadable: Sequence[dict[str, Any]] = (),
 ) -> int:
     """One finished batch: each tile's owned nuclei as slide records, fragments dropped (a
     person's points kept however small), saved as the batch's part and journaled; returns
@@ -66,7 +67,8 @@ def stitch_batch(
     batch = SlideNuclei.concatenate(parts)
     part = journal.part_path(batch_index)
     save_part(part, batch)
-    journal.record(batch_index, part, {"tiles": [t.index for t, *_ in results], "nuclei": len(batch), "small_dropped": small, **facts})
+    # blocks the decoder could not read (white in the tiles) are journaled with the batch, for the report
+    journal.record(batch_index, part, {"tiles": [t.index for t, *_ in results], "nuclei": len(batch), "small_dropped": small, **facts, **({"unreadable": list(unreadable)} if unreadable else {})})
     return len(batch)
 
 

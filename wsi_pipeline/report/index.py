@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 from ..errors import PipelineInputError
 from ..atomic import atomic_file
@@ -29,6 +31,9 @@ def render_run_report(out_dir: Path, max_side: int = 2048, *, force: bool = Fals
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise PipelineInputError(out_dir, "is not a folder", "pass the --out folder of a `promptnucseg segment` run")
+    path = out_dir / "report.html"
+    if path.is_dir() or path.is_symlink():  # a slide folder of an earlier version (slide report.html.png), or a link
+        raise PipelineInputError(path, "is a folder or a link, not the page this command writes", f"rename it (e.g. to report%2Ehtml, the name this version gives a slide called report.html) and run `promptnucseg report {out_dir}` again")
     entries = find_slides(out_dir)
     if not any(e.state == "finished" for e in entries):
         raise PipelineInputError(out_dir, f"has no finished slide (no <stem>/<stem>{REPORT_SUFFIX} with status complete)", "pass the --out folder of a `promptnucseg segment` run, or wait until a slide has finished")
@@ -46,7 +51,6 @@ def render_run_report(out_dir: Path, max_side: int = 2048, *, force: bool = Fals
             e.problem = f"pictures could not be drawn: {err}"
             if log:
                 log(f"{e.stem}: {e.problem}")
-    path = out_dir / "report.html"
     with atomic_file(path) as tmp:
         tmp.write_text(run_report_html(out_dir, entries), encoding="utf-8")
     return path
@@ -80,8 +84,23 @@ def _model_name(report: dict[str, Any]) -> str:
     return f"{name} ({Path(str(weights)).name})" if weights else name
 
 
-def _rel(path: Path, base: Path) -> str:
-    return os.path.relpath(path, base).replace(os.sep, "/")
+def _href(path: Path, base: Path) -> str | None:
+    """A link to `path` from the page in `base`: relative, inside `base`, percent-encoded and
+    starting with `./`, so no name (`javascript:...`, `#`, `?`, spaces, non-ASCII) is read as a
+    scheme, a fragment or a query; None for anything outside `base` or not there."""
+    rel = os.path.relpath(path, base).replace(os.sep, "/")
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts) or not os.path.lexists(path):
+        return None
+    if not Path(path).resolve().is_relative_to(Path(base).resolve()):
+        return None
+    return "./" + quote(rel.encode("utf-8", "surrogateescape"), safe="/")
+
+
+def anchor(stem: str) -> str:
+    """The `#` link to a slide's section, whose id is the stem itself: percent-encoded, which a
+    browser decodes before it looks for the id (so `#`, spaces and non-ASCII names work)."""
+    return "#" + quote(stem.encode("utf-8", "surrogateescape"), safe="")
 
 
 # Weights licences by model-name prefix (the bundle does not carry one yet; see models/weights/MODEL_CARD.md)
@@ -155,7 +174,7 @@ def _classes(entry: SlideEntry) -> list[dict[str, Any]]:
     tissue = float(entry.report.get("tissue_mm2") or 0)  # per mm² as the run report's class_per_mm2_tissue
     return [
         {
-            "name": str(c["class"]), "count": int(c["count"]), "color": c.get("color"), "percent": f"{100 * c['count'] / total:.1f}",
+            "name": str(c["class"]), "count": int(c["count"]), "color": c.get("color") if re.fullmatch(r"#[0-9a-fA-F]{6}", str(c.get("color"))) else None, "percent": f"{100 * c['count'] / total:.1f}",
             "per_mm2": f"{int(c['count']) / tissue:,.0f}" if tissue > 0 else "—",
         }
         for c in counts
@@ -167,11 +186,13 @@ def _files(entry: SlideEntry, base: Path) -> list[tuple[str, str, str]]:
     links = []
     for kind, named in (entry.report.get("outputs") or {}).items():
         p = entry.folder / Path(str(named)).name
-        if p.exists():
-            links.append((_rel(p, base), p.name, str(kind)))
+        href = _href(p, base)
+        if href:
+            links.append((href, p.name, str(kind)))
     csv_name = ((entry.pictures or {}).get("files") or {}).get("class_counts")
-    if csv_name:
-        links.append((_rel(entry.folder / csv_name, base), csv_name, "class counts"))
+    href = _href(entry.folder / Path(str(csv_name)).name, base) if csv_name else None
+    if href:
+        links.append((href, Path(str(csv_name)).name, "class counts"))
     return links
 
 
@@ -187,12 +208,13 @@ def _pictures(entry: SlideEntry, base: Path) -> list[tuple[str, str, bool]]:
         ("areas", "Nuclear areas (µm²)", False),
     )
     names = pics.get("files") or {}
-    return [(_rel(entry.folder / names[kind], base), caption, wide) for kind, caption, wide in wanted if names.get(kind)]
+    found = [(_href(entry.folder / Path(str(names[kind])).name, base), caption, wide) for kind, caption, wide in wanted if names.get(kind)]
+    return [(src, caption, wide) for src, caption, wide in found if src]
 
 
 def _section(entry: SlideEntry, base: Path) -> dict[str, Any]:
     """The values of one slide's section of the page."""
-    view: dict[str, Any] = {"stem": entry.stem, "state": entry.state, "problem": entry.problem or entry.state, "folder": str(entry.folder)}
+    view: dict[str, Any] = {"stem": entry.stem, "anchor": anchor(entry.stem), "state": entry.state, "problem": entry.problem or entry.state, "folder": str(entry.folder)}
     if entry.state != "finished":
         return view
     pics = entry.pictures or {}

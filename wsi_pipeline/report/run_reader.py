@@ -172,15 +172,19 @@ class SlideEntry:
 
 def find_slides(out_dir: Path) -> list[SlideEntry]:
     """Every slide folder under `out_dir` (and `out_dir` itself if it is one), by stem."""
-    from ..journal import Journal
+    from ..journal import SWAP, Journal
 
     entries: list[SlideEntry] = []
     folders = [out_dir] + sorted(p for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".zarr"))
+    real_out = out_dir.resolve()
     for folder in folders:
+        if folder != out_dir and real_out not in folder.resolve().parents:  # a link out of the run: never written into
+            entries.append(SlideEntry(folder, folder.name, "failed", problem=f"links outside the run folder (to {folder.resolve()}); promptnucseg report writes only inside {out_dir}"))
+            continue
         outputs = SlideOutputs.find(folder)
         journal = Journal(folder)
         if outputs is None:
-            if journal.work.is_dir():
+            if journal.active:
                 n = len(journal.done())
                 entries.append(SlideEntry(folder, folder.name, "unfinished", problem=f"{n} batch{'es' if n != 1 else ''} of tiles done so far; run the same `promptnucseg segment` command again to resume"))
             continue
@@ -191,11 +195,13 @@ def find_slides(out_dir: Path) -> list[SlideEntry]:
             entries.append(SlideEntry(folder, stem, "failed", problem=str(err)))
             continue
         status = str(report.get("status", "complete"))
-        if status != "complete":
+        if not status.startswith("complete"):  # "complete" or "complete with unreadable regions"
             why = report.get("error") or f"status {status!r}"
             entries.append(SlideEntry(folder, stem, "failed", report, problem=str(why)))
-        elif journal.work.is_dir():
-            entries.append(SlideEntry(folder, stem, "unfinished", report, problem="a rerun is in progress or was killed (the .work journal is present); the outputs may be from the earlier run"))
+        elif (journal.work / SWAP).is_file():
+            entries.append(SlideEntry(folder, stem, "unfinished", report, problem="a rerun was swapping in its outputs; run the same `promptnucseg segment` command again to finish"))
+        elif journal.active:  # outputs are swapped in as a set: these are the earlier run's, whole
+            entries.append(SlideEntry(folder, stem, "finished", report, problem="a rerun is in progress or was killed (the .work journal is present); these results are the earlier complete run's, which stay until the new set is complete"))
         else:
             entries.append(SlideEntry(folder, stem, "finished", report))
     return sorted(entries, key=lambda e: e.stem)

@@ -101,7 +101,7 @@ def _zoom_picture(columns: NucleusColumns, classes: np.ndarray, colors: list[tup
     x0 = float(np.clip(centre[0] - w0 / 2, rx, rx + rw - w0))
     y0 = float(np.clip(centre[1] - h0 / 2, ry, ry + rh - h0))
     out_w, out_h = max(1, int(w0 / zoom_scale)), max(1, int(h0 / zoom_scale))
-    crop = reader.read_scaled(x0, y0, out_w, out_h, zoom_scale) if reader is not None else np.full((out_h, out_w, 3), 255, np.uint8)
+    crop = reader.read_tolerant(x0, y0, out_w, out_h, zoom_scale) if reader is not None else np.full((out_h, out_w, 3), 255, np.uint8)
     image = Image.fromarray(crop)
     margin = 2 * diameter
     shown = 0
@@ -132,7 +132,7 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
         done = json.loads(paths["pictures"].read_text())
         return {k: folder / v for k, v in done["files"].items()} | {"pictures": paths["pictures"]}
     report = load_json(report_path)
-    if report.get("status", "complete") != "complete":
+    if not str(report.get("status", "complete")).startswith("complete"):
         raise PipelineInputError(report_path, f"slide is not finished (status {report.get('status')!r})", "rerun the slide with `promptnucseg segment`")
     zarr_path = outputs.named(report, "zarr")
     if not zarr_path.exists():
@@ -196,6 +196,16 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
             box = (x0 / scale - frame, y0 / scale - frame, (x0 + w0) / scale + frame, (y0 + h0) / scale + frame)
             d.rectangle(box, outline=(0, 0, 0), width=frame)
             d.rectangle(box, outline=(255, 255, 255), width=max(1, frame // 3))
+
+        unreadable = [r for r in report.get("unreadable_regions") or [] if isinstance(r, dict) and isinstance(r.get("box"), list) and len(r["box"]) == 4]
+        if unreadable:  # blocks the decoder could not read: red hatched boxes on the overview
+            d = ImageDraw.Draw(overlay_img)
+            width = max(2, max(thumb_w, thumb_h) // 500)
+            for r in unreadable:
+                x, y, w, h = (float(v) for v in r["box"])
+                d.rectangle((x / scale, y / scale, (x + w) / scale, (y + h) / scale), outline=(220, 0, 0), width=width)
+                d.line((x / scale, y / scale, (x + w) / scale, (y + h) / scale), fill=(220, 0, 0), width=width)
+            notes.append(f"{len(unreadable)} unreadable block(s) of the slide (corrupt image data), boxed in red on the overview, were segmented as blank")
 
     mode = f"dots (nuclei < {OUTLINE_MIN_DIAMETER_PX:g} px at this scale; outlines in the zoomed crop, boxed)" if dots else "outlines"
     title = f"{stem}: {columns.n:,} nuclei, {mode}; 1 px = {scale:.2f} level-0 px"
