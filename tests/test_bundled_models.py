@@ -122,7 +122,7 @@ def test_models_lists_the_bundled_models_from_their_files_and_cards(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("default: ") and "typed" in out
-    assert "nucleus (RGB 220,40,40)" in out and "CC BY-NC-SA 4.0" in out and "pq 0.478" in out
+    assert "nucleus (RGB 220,40,40)" in out and "CC BY-NC-SA 4.0" in out and "pq 0.480" in out
     assert main(["models", "--json"]) == 0
     listing = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     default = listing["default"]
