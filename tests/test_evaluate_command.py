@@ -118,7 +118,7 @@ def test_scores_two_folders_and_writes_json(folders, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     table = [ln for ln in lines if ln and not ln.startswith("-")]
     assert table[0].split()[:5] == ["image", "AJI", "DQ", "SQ", "PQ"]
-    assert [ln.split()[0] for ln in table[1:]] == ["perfect", "split", "three", "mean"]
+    assert [ln.split()[0] for ln in table[1:]] == ["perfect", "split", "three", "mean", "by"]
     assert table[2].split()[1:5] == [f"{3 / 7:.4f}", f"{2 / 3:.4f}", "0.6000", "0.4000"]
     # aligned: every metric column ends at the same character in every row
     pq_end = table[0].index("PQ") + 2

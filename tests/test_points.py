@@ -222,12 +222,15 @@ def test_add_points_corrects_the_prompter(predictor, kumar, tmp_path):
     auto_pts = np.asarray(store["point"][:])
     delete = auto_pts[len(auto_pts) // 2]  # an Ignore* point on one of the model's nuclei deletes it
     inner = xy[away_from_edge(xy, Image.open(png).size, EDGE)]  # (a nucleus cut by the image edge may not hold its point)
-    add = inner[np.argmax(np.linalg.norm(inner - delete, axis=1))]  # and a person's point, far from it
+    r = predictor.prompter.config.nms_distance * predictor.mpp / 0.25
+    nearest = np.linalg.norm(inner[:, None] - auto_pts[None], axis=2).min(1)
+    clear = inner[(nearest < r / 2) | (nearest > 2 * r)]  # not at the yield radius' edge, where a fraction of a pixel decides
+    add = clear[np.argmax(np.linalg.norm(clear - delete, axis=1))]  # and a person's point, far from it
     path = qupath_geojson(tmp_path / "fix.geojson", np.stack([delete, add]), ["Ignore*", "Lymphocyte"])
     fixed = segment_slide(png, tmp_path / "fixed", predictor, SegmentSettings(**settings, points=str(path), points_mode="add"), log=lambda m: None)
     polys, names = polygons(fixed)
     assert fixed["points"]["nuclei_deleted_by_ignore"] == 1 and fixed["points"]["without_nucleus"] == 0
     assert not held(polys, delete[None]).any()
     assert names.count("Lymphocyte") == 1 and held([p for p, n in zip(polys, names) if n == "Lymphocyte"], add[None]).all()
-    near = np.linalg.norm(auto_pts - add, axis=1) < predictor.prompter.config.nms_distance * predictor.mpp / 0.25
+    near = np.linalg.norm(auto_pts - add, axis=1) < r
     assert fixed["nuclei"] == auto["nuclei"] - 1 + 1 - int(near.sum())  # the prompter's point there yielded to the person's

@@ -71,17 +71,19 @@ class OpenSlideReader(SlideReader):
         # OpenSlide pads outside the slide with transparent pixels; to_rgb_uint8 makes them white.
         import openslide
 
-        for attempt in range(3):
-            handle = self._slide
+        handle = self._slide
+        try:
+            region = handle.read_region((loc_x, loc_y), level, (w, h))
+        except openslide.OpenSlideError:
+            # An OpenSlide handle stays failed after one bad tile, for every thread: the shared
+            # handle is replaced, and this read is tried again on a handle of its own, which no
+            # other thread's bad tile can break meanwhile, so only a really corrupt region fails.
+            self._reopen(handle)
+            private = openslide.OpenSlide(str(self.path))
             try:
-                region = handle.read_region((loc_x, loc_y), level, (w, h))
-                break
-            except openslide.OpenSlideError:
-                # An OpenSlide handle stays failed after one bad tile, for every thread: read again
-                # on a fresh one, so only the region that is really corrupt is reported.
-                self._reopen(handle)
-                if attempt == 2:
-                    raise
+                region = private.read_region((loc_x, loc_y), level, (w, h))
+            finally:
+                private.close()
         return to_rgb_uint8(np.asarray(region), self.path)
 
     def _reopen(self, failed: Any) -> None:
