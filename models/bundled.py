@@ -84,25 +84,33 @@ def bundled_facts(name: str) -> dict[str, Any]:
 
 def describe_bundled(model: BundledModel) -> dict[str, Any]:
     """What `promptnucseg models` shows of one bundled model, read from its file and card."""
+    facts = card_facts(model.card_path) if model.card_path.is_file() else {}
+    return {"name": model.name, **describe_file(model.path), "card": str(model.card_path), **facts}
+
+
+def describe_file(path: Path) -> dict[str, Any]:
+    """What a model file says of itself: model, size, classes, shared segmentor, recorded
+    validation, and for an adapted file where it came from and how it did on the held-out clicks."""
     from .checkpoints import CheckpointError, read_checkpoint
 
-    facts = card_facts(model.card_path) if model.card_path.is_file() else {}
-    out: dict[str, Any] = {"name": model.name, "file": str(model.path), "card": str(model.card_path), **facts}
-    if not model.path.is_file():
+    out: dict[str, Any] = {"file": str(path)}
+    if not path.is_file():
         out["missing"] = True
         return out
     try:
-        ckpt = read_checkpoint(model.path)
+        ckpt = read_checkpoint(path)
     except CheckpointError as err:
         out["error"] = str(err)
         return out
     config = ckpt.get("config", {})
     out["model"] = config.get("name")
-    out["size_mb"] = round(model.path.stat().st_size / 1e6, 1)
+    out["size_mb"] = round(path.stat().st_size / 1e6, 1)
     out["classes"] = {n: list(c) for n, c in zip(config.get("class_names", []), config.get("class_colors", []))}
     if "segmentor_ref" in ckpt:
         out["segmentor_from"] = ckpt["segmentor_ref"].get("file")
     out["validation"] = (ckpt.get("metrics") or {}).get("validation", {})
+    if isinstance(ckpt.get("adaptation"), dict):
+        out["adaptation"] = ckpt["adaptation"]
     return out
 
 
@@ -126,7 +134,7 @@ def _figures(validation: dict[str, Any]) -> list[str]:
 def format_listing(models: list[dict[str, Any]]) -> str:
     blocks = []
     for m in models:
-        lines = [f"{m['name']}: {m.get('summary', '')}".rstrip(": ")]
+        lines = [f"{m.get('name', m['file'])}: {m.get('summary', '')}".rstrip(": ")]
         lines.append(f"  file      {m['file']}" + (" (MISSING from this installation)" if m.get("missing") else f" ({m['size_mb']} MB, {m.get('model')})" if "size_mb" in m else ""))
         if m.get("segmentor_from"):
             lines.append(f"  segmentor shared with {m['segmentor_from']}")
@@ -139,18 +147,33 @@ def format_listing(models: list[dict[str, Any]]) -> str:
                 lines.append(f"  {label:<9} {' '.join(str(m[key]).split())}")
         for i, line in enumerate(_figures(m.get("validation") or {})):
             lines.append(f"  {'validated' if i == 0 else '':<9} {line}")
-        lines.append(f"  card      {m['card']}")
+        if m.get("adaptation"):
+            lines.extend(_adaptation_lines(m["adaptation"]))
+        if m.get("card"):
+            lines.append(f"  card      {m['card']}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
+def _adaptation_lines(a: dict[str, Any]) -> list[str]:
+    src = a.get("source_model") or {}
+    before, after = a.get("held_out_before") or {}, a.get("held_out_after") or {}
+    lines = [f"  adapted   from {src.get('bundled') or src.get('file')} (sha256 {str(src.get('sha256', ''))[:12]}...) on {a.get('train_points')} clicked nuclei"
+             f" of {len(a.get('slides') or [])} slide(s), {a.get('steps')} steps, {a.get('train_minutes')} min"]
+    if before and after:
+        lines.append(f"  held out  {a.get('held_out_points')} clicks: detection F1 {before.get('f1')} -> {after.get('f1')}"
+                     f" (precision {before.get('precision')} -> {after.get('precision')}, recall {before.get('recall')} -> {after.get('recall')})")
+    return lines
+
+
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--json", action="store_true", help="print the listing as JSON")
+    parser.add_argument("--path", metavar="FILE", help="describe this model file instead (e.g. one written by `promptnucseg adapt`)")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    models = [describe_bundled(m) for m in BUNDLED.values()]
+    models = [describe_file(Path(args.path))] if args.path else [describe_bundled(m) for m in BUNDLED.values()]
     print(json.dumps(models, indent=2) if args.json else format_listing(models))
     return 0 if not any("error" in m for m in models) else 2

@@ -134,6 +134,18 @@ class GivenPrompts:
             raise ValueError(f"GivenPrompts mode must be 'only' or 'add', not {self.mode!r}")
 
 
+@dataclass
+class ClickedRegion:
+    """A region a person clicked completely (one point on every nucleus in it), cut from a slide
+    at the model's microns per pixel, for `adapt_model`: outside `inside` nothing is known."""
+
+    name: str
+    image: np.ndarray  # uint8 (H, W, 3)
+    inside: np.ndarray  # bool (H, W)
+    points: np.ndarray  # float32 (N, 2) (x, y) in `TileNuclei.points`' convention
+    classes: np.ndarray  # int64 (N,) into the model's class_names
+
+
 def span_starts(length: int, size: int, step: int) -> list[int]:
     """Origins of spans of `size` every `step` covering [0, length); the last reaches past the end.
 
@@ -182,3 +194,37 @@ def load_predictor(weights: str | None = None, device: str = "auto", **options: 
     from .loading import load_predictor as _load
 
     return _load(weights=weights, device=device, **options)
+
+
+@dataclass
+class AdaptableModel:
+    """What the pipeline must know of a model before it cuts regions for `adapt_model`."""
+
+    path: str
+    sha256: str
+    mpp: float
+    class_names: tuple[str, ...]
+
+
+def adaptable_model(model: str | None = None) -> AdaptableModel:
+    """The bundled default, a bundled name or a model file, checked to hold a prompter to adapt."""
+    from .adaptation import open_source_model
+
+    src = open_source_model(model)
+    return AdaptableModel(str(src.path), src.sha256, src.mpp, src.class_names)
+
+
+def adapt_model(model: str | None, regions: Sequence[ClickedRegion], out: str, **options: Any) -> tuple[dict[str, Any], bool]:
+    """Fine-tune the model's prompter on the regions' clicks and write the adapted model file to
+    `out` unless it did worse on the held-out clicks (`force=True` writes it anyway). Options:
+    minutes, max_steps, seed, force, progress, state_path, fingerprint, provenance, device.
+    Returns (the adaptation's report, written)."""
+    from pathlib import Path
+
+    from .adaptation import AdaptSettings, adapt_model as _adapt, open_source_model
+
+    settings = AdaptSettings(**{k: options.pop(k) for k in ("minutes", "max_steps", "seed") if k in options})
+    state = options.pop("state_path", None)
+    outcome, written = _adapt(open_source_model(model), regions, settings, Path(out), state_path=Path(state) if state else None, **options)
+    return {"settings": settings.to_dict(), **outcome.report()}, written
+

@@ -15,7 +15,7 @@ from . import release
 from .checkpoints import CheckpointError, expect_kind, file_sha256, float_state, read_checkpoint
 from .config import ModelConfig, SegmentorConfig, from_dict, to_dict
 from .devices import resolve_device
-from .bundled import bundled_facts, resolve_model
+from .bundled import WEIGHTS_DIR, bundled_facts, resolve_model
 from .predictor import PromptNucSegPredictor
 from .prompter import Prompter
 from .segmentor import Segmentor, build_segmentor
@@ -41,13 +41,20 @@ def _load_bundle(path: Path, ckpt: dict | None = None) -> tuple[Prompter, Segmen
     return prompter, segmentor, config, ckpt.get("metrics", {})
 
 
+def referred_file(path: Path, ref: dict) -> Path:
+    """The model file a `segmentor_ref` names: beside the referring file, else, for a file adapted
+    from a bundled model (`bundled: true`), in the installed weights folder."""
+    beside = Path(path).parent / str(ref["file"])
+    return WEIGHTS_DIR / str(ref["file"]) if ref.get("bundled") and not beside.is_file() else beside
+
+
 def shared_segmentor(path: Path, ckpt: dict) -> tuple[dict, Path]:
     """The segmentor state a model file refers to (`segmentor_ref`), checked by hash, and its file."""
     ref = ckpt.get("segmentor_ref")
     fix = "export a self-contained model file: `promptnucseg export-model` without --share-segmentor"
     if not isinstance(ref, dict) or not ref.get("file") or not ref.get("sha256"):
         raise CheckpointError(path, "holds neither a segmentor nor a reference to one", "re-" + fix)
-    target = Path(path).parent / str(ref["file"])
+    target = referred_file(path, ref)
     if not target.is_file():
         raise CheckpointError(path, f"uses the segmentor of {ref['file']}, which is not beside it ({target} is missing)", f"put {ref['file']} (sha256 {ref['sha256'][:12]}...) next to it, or {fix}")
     actual = file_sha256(target)
@@ -89,7 +96,9 @@ def load_predictor(
         source["metrics"] = metrics
         if "segmentor_ref" in ckpt and "segmentor" not in ckpt:
             ref = ckpt["segmentor_ref"]
-            source["segmentor_weights"] = {"file": str(path.parent / ref["file"]), "sha256": ref["sha256"]}
+            source["segmentor_weights"] = {"file": str(referred_file(path, ref)), "sha256": ref["sha256"]}
+        if isinstance(ckpt.get("adaptation"), dict):  # adapted from a person's clicks: where from, how it did
+            source["adaptation"] = {k: ckpt["adaptation"].get(k) for k in ("source_model", "held_out_before", "held_out_after", "train_points")}
         if preset:
             config = release.apply_preset(config, release.load_preset(preset, config.segmentor.arch))
             source["release_preset"] = {"name": preset, "reason": "chosen by the user"}

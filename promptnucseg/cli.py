@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-release": ("promptnucseg.models.release_import", "one model file from the PromptNucSeg authors' released prompter + segmentor"),
     "models": ("promptnucseg.models.bundled", "list the bundled models (--model NAME): classes, training data, licence, validation"),
     "evaluate": ("promptnucseg.models.evaluation.cli_evaluate", "score a checkpoint on a dataset, or two label-map folders"),
+    "adapt": ("promptnucseg.wsi_pipeline.cli_adapt", "fine-tune a model's prompter from a pathologist's clicks (QuPath points in region annotations)"),
     "report": ("promptnucseg.wsi_pipeline.cli_report", "render an HTML page with pictures for a finished run"),
 }
 
