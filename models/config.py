@@ -33,6 +33,9 @@ class PrompterConfig:
     # loss
     match_distance_weight: float = 0.1  # Hungarian cost = w * L2 - p(class of GT)
     background_weight: float = 0.2  # CE weight of the background class
+    # CE weight of each nucleus class (typed prompters; () = 1 each): a rare class (CoNSeP's Other, 1.4%)
+    # is otherwise never predicted, as the anchors' background and common classes outvote it
+    class_weights: tuple[float, ...] = ()
     regression_weight: float = 5e-3
     aux_mask_weight: float = 1.0
     focal_gamma: float = 2.0

@@ -174,3 +174,21 @@ def test_a_head_only_run_freezes_the_rest_in_eval_mode():
     assert all(torch.equal(a, b) for a, b in zip(before, after))
     with pytest.raises(ValueError, match="names no parameter"):
         freeze_all_but(model, ["classifier"])
+
+
+def test_class_weights_scale_the_classification_loss_of_their_class_only():
+    from promptnucseg.models.prompter.network import PrompterOutput
+
+    torch.manual_seed(0)
+    out = PrompterOutput(points=torch.tensor([[[8.0, 8.0], [24.0, 8.0]]]), logits=torch.randn(1, 2, 3), mask_logits=torch.zeros(1, 1, 16, 32),
+                         anchors=torch.tensor([[8.0, 8.0], [24.0, 8.0]]))
+    targets = PrompterTargets([torch.tensor([[8.0, 8.0]])], [torch.tensor([0])], torch.zeros(1, 1, 16, 32))
+    plain = PrompterConfig(num_classes=2)
+    cls = lambda cfg: float(prompter_loss(out, targets, cfg)["cls"])  # noqa: E731
+    assert cls(PrompterConfig(num_classes=2, class_weights=(1.0, 1.0))) == pytest.approx(cls(plain))
+    # anchor 0 sits on the nucleus (class 0), anchor 1 is background (class 2): the weighted mean by hand
+    weighted = torch.nn.functional.cross_entropy(out.logits[0], torch.tensor([0, 2]), weight=torch.tensor([5.0, 1.0, 0.2]))
+    assert cls(PrompterConfig(num_classes=2, class_weights=(5.0, 1.0))) == pytest.approx(float(weighted))
+    assert cls(PrompterConfig(num_classes=2, class_weights=(5.0, 1.0))) != pytest.approx(cls(plain))
+    with pytest.raises(ValueError, match="class_weights"):
+        cls(PrompterConfig(num_classes=2, class_weights=(1.0,)))

@@ -38,6 +38,10 @@ def prompter_loss(out: PrompterOutput, targets: PrompterTargets, config: Prompte
         matched_pred.append(out.points[i][ai_t])
         matched_gt.append(targets.points[i][gi_t])
     weight = torch.ones(n_cls, device=out.logits.device)
+    if config.class_weights:
+        if len(config.class_weights) != n_cls - 1:
+            raise ValueError(f"prompter.class_weights has {len(config.class_weights)} values for {n_cls - 1} classes")
+        weight[:background] = torch.tensor(config.class_weights, dtype=weight.dtype, device=weight.device)
     weight[background] = config.background_weight
     loss_cls = F.cross_entropy(out.logits.reshape(-1, n_cls).float(), target_cls.reshape(-1), weight=weight)
     n_points = max(sum(len(p) for p in targets.points), 1)
