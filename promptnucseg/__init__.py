@@ -46,3 +46,21 @@ def _is_checkout() -> bool:
 
 if _is_checkout() and not any(isinstance(f, _CheckoutFinder) for f in sys.meta_path):
     sys.meta_path.insert(0, _CheckoutFinder())
+
+
+#: the Python API (promptnucseg/api.py, docs/python-api.md), imported on first use so that
+#: `import promptnucseg` stays light (no torch, pandas or zarr until a function is called)
+_API = ("segment_image", "segment_slide", "load_results", "SlideRun", "SlideFailed")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

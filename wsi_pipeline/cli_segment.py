@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from . import flags
 
@@ -39,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--mpp", type=flags.MPP, help="microns per pixel of the slide's level 0: overrides (or supplies missing) metadata; refused outside 0.05-10 unless --force-mpp")
     parser.add_argument("--force-mpp", action="store_true", help="accept an --mpp outside the plausible 0.05-10 um/px")
     parser.add_argument("--roi", help="x,y,w,h in level-0 pixels: segment only this region")
+    parser.add_argument(
+        "--regions", metavar="FILE",
+        help="QuPath's GeoJSON export of annotations (polygons, holes respected): keep only nuclei whose prompt lies in one; "
+        "each nucleus records its region, the report and <stem>_regions.csv give per-region area, counts and densities; "
+        "one slide; with --roi, only the parts of the regions inside --roi count",
+    )
     parser.add_argument("--formats", default="geojson,zarr,table", help="comma list of geojson, zarr, table, anndata (default: geojson,zarr,table; anndata writes <stem>.h5ad and needs promptnucseg[anndata])")
     parser.add_argument("--label-map", action="store_true", help="also write <stem>_labels.tif, the level-0 instance label map (small inputs only)")
     parser.add_argument("--gzip", action="store_true", help="write .geojson.gz")
@@ -65,6 +72,25 @@ def run(args: argparse.Namespace) -> int:
         except Interrupted as stop:
             print(stop.message(), file=sys.stderr)
             return stop.exit_status
+
+
+@dataclass
+class RunOutcome:
+    """What one `segment` invocation did: its exit status and every slide's result, in order
+    (refused slides first). `promptnucseg.segment_slide` returns from here; the CLI prints."""
+
+    status: int
+    results: list["SlideResult"] = field(default_factory=list)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .errors import PipelineInputError
+
+    try:
+        return execute(args, _print_result).status
+    except (PipelineInputError, ValueError, RuntimeError, OSError, TimeoutError) as err:  # setup: flags, files, model
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -95,7 +121,21 @@ def _check_points(path: str, slides: list[Path], roi: tuple[int, int, int, int] 
         check_points(points, reader.dimensions, roi)
 
 
-def _refuse_locked(slides: list[Path], out: Path) -> list["SlideResult"]:
+def _check_regions(path: str, slides: list[Path], roi: tuple[int, int, int, int] | None) -> None:
+    """A regions file is drawn on one slide; check it against that slide before the model loads."""
+    from .errors import PipelineInputError
+    from .regions import load_plan_regions
+    from .slides import open_slide
+
+    if len(slides) != 1:
+        raise PipelineInputError(
+            path, f"a regions file belongs to one slide, but {len(slides)} were given", "run each slide with its own --regions file"
+        )
+    with open_slide(slides[0]) as reader:
+        load_plan_regions(path, reader.dimensions, roi)
+
+
+def _refuse_locked(slides: list[Path], out: Path, on_result: Callable[["SlideResult"], None]) -> list["SlideResult"]:
     """Slides whose folders a live run holds, refused (one line each) before the model loads;
     the others still take their lock properly when their turn comes."""
     from .locking import FolderLock
@@ -108,11 +148,13 @@ def _refuse_locked(slides: list[Path], out: Path) -> list["SlideResult"]:
         holder = lock.held_by()
         if holder is not None:
             refused.append(failed_result(slide, lock.refusal(holder)))
-            _print_result(refused[-1])
+            on_result(refused[-1])
     return refused
 
 
-def _refuse_unusable(slides: list[Path], settings: "SegmentSettings") -> list["SlideResult"]:
+def _refuse_unusable(
+    slides: list[Path], settings: "SegmentSettings", on_result: Callable[["SlideResult"], None]
+) -> list["SlideResult"]:
     """Slides that cannot run (unreadable, no or implausible mpp, bad region, black, no tissue,
     grayscale), refused one line each before the model loads; the rest go on."""
     from .plan import check_slide
@@ -126,11 +168,13 @@ def _refuse_unusable(slides: list[Path], settings: "SegmentSettings") -> list["S
                 check_slide(reader, settings)
         except Exception as err:  # the same one-line message segment_slide would give
             refused.append(failed_result(slide, err))
-            _print_result(refused[-1])
+            on_result(refused[-1])
     return refused
 
 
-def _run(args: argparse.Namespace) -> int:
+def execute(args: argparse.Namespace, on_result: Callable[["SlideResult"], None] = lambda r: None) -> RunOutcome:
+    """The `segment` command: refusals, then each slide (or the dask run); `on_result` sees each
+    slide's result as it comes. Setup errors (bad flags, files, model) raise: the CLI exits 2."""
     from promptnucseg.models.interface import load_predictor
     from .errors import PipelineInputError
     from .plan import FORMATS, SegmentSettings
@@ -139,87 +183,82 @@ def _run(args: argparse.Namespace) -> int:
     from .slides import parse_roi
 
     slides = [Path(s) for s in args.slides]
-    try:
-        if args.sample:
-            from .sample import sample_slide
+    if args.sample:
+        from .sample import sample_slide
 
-            slides.append(sample_slide())
-        if not slides:
-            print("error: no slides given. Fix: name slide files, or pass --sample", file=sys.stderr)
-            return 2
-        formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-        bad = [f for f in formats if f not in FORMATS]
-        if bad:
-            print(f"error: unknown --formats {','.join(bad)}. Fix: choose from {','.join(FORMATS)}", file=sys.stderr)
-            return 2
-        if "anndata" in formats:  # its extra is optional: say so now, not after the slides are segmented
-            from .exporters.anndata_export import require_anndata
+        slides.append(sample_slide())
+    if not slides:
+        raise PipelineInputError(None, "no slides given", "name slide files, or pass --sample")
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise PipelineInputError(None, f"unknown --formats {','.join(bad)}", f"choose from {','.join(FORMATS)}")
+    if "anndata" in formats:  # its extra is optional: say so now, not after the slides are segmented
+        from .exporters.anndata_export import require_anndata
 
-            require_anndata()
-        # the same file twice would race for its own folder; different files with one stem get <stem>, <stem>~2 (jail.py)
-        real = [str(s.resolve()) for s in slides]
-        dupes = sorted({str(s) for s, r in zip(slides, real) if real.count(r) > 1})
-        if dupes:
-            print(f"error: the same slide is given more than once ({', '.join(dupes)}). Fix: name each slide once", file=sys.stderr)
-            return 2
-        _check_flags(args)
-        out = Path(args.out)
-        ensure_output_folder(out / ".run")
-        refused = [] if args.wait_for_lock else _refuse_locked(slides, out)
-        total = len(slides)
-        slides = [s for s in slides if str(s) not in {r.slide for r in refused}]
-        if not slides:  # every slide is held by another run: no need to load the model
-            print(f"{total} of {total} slides are held by other runs", file=sys.stderr)
-            return EXIT_LOCKED
-        points = args.points or args.add_points
-        roi = parse_roi(args.roi) if args.roi else None
-        if points:
-            _check_points(points, slides, roi)
-        settings = SegmentSettings(
-            tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size, workers=args.workers, mpp=args.mpp,
-            roi=roi, formats=formats, label_map=args.label_map, gzip=args.gzip,
-            use_tissue_mask=not args.no_tissue_mask, overwrite=args.overwrite, progress=not args.no_progress,
-            force_mpp=args.force_mpp, wait_for_lock=args.wait_for_lock,
-            points=str(Path(points).resolve()) if points else None, points_mode="only" if args.points else "add",
+        require_anndata()
+    # the same file twice would race for its own folder; different files with one stem get <stem>, <stem>~2 (jail.py)
+    real = [str(s.resolve()) for s in slides]
+    dupes = sorted({str(s) for s, r in zip(slides, real) if real.count(r) > 1})
+    if dupes:
+        raise PipelineInputError(
+            None, f"the same slide is given more than once ({', '.join(dupes)})", "name each slide once"
         )
-    except (PipelineInputError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    unusable = _refuse_unusable(slides, settings)
+    _check_flags(args)
+    out = Path(args.out)
+    ensure_output_folder(out / ".run")
+    refused = [] if args.wait_for_lock else _refuse_locked(slides, out, on_result)
+    total = len(slides)
+    slides = [s for s in slides if str(s) not in {r.slide for r in refused}]
+    if not slides:  # every slide is held by another run: no need to load the model
+        print(f"{total} of {total} slides are held by other runs", file=sys.stderr)
+        return RunOutcome(EXIT_LOCKED, refused)
+    points = args.points or args.add_points
+    roi = parse_roi(args.roi) if args.roi else None
+    if points:
+        _check_points(points, slides, roi)
+    if args.regions:
+        _check_regions(args.regions, slides, roi)
+    settings = SegmentSettings(
+        tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size, workers=args.workers, mpp=args.mpp,
+        roi=roi, formats=formats, label_map=args.label_map, gzip=args.gzip,
+        use_tissue_mask=not args.no_tissue_mask, overwrite=args.overwrite, progress=not args.no_progress,
+        force_mpp=args.force_mpp, wait_for_lock=args.wait_for_lock,
+        points=str(Path(points).resolve()) if points else None, points_mode="only" if args.points else "add",
+        regions=str(Path(args.regions).resolve()) if args.regions else None,
+    )
+    unusable = _refuse_unusable(slides, settings, on_result)
     slides = [s for s in slides if str(s) not in {r.slide for r in unusable}]
     refused += unusable
     if not slides:  # nothing can run: no need to load the model
         print(f"{len(refused)} of {total} slides failed: {', '.join(r.slide for r in refused)}", file=sys.stderr)
-        return EXIT_LOCKED if all(r.locked for r in refused) else 1
+        return RunOutcome(EXIT_LOCKED if all(r.locked for r in refused) else 1, refused)
+    results = list(refused)
     if args.scheduler or args.cluster:
         from .distributed import ModelSpec, run_distributed
 
         spec = ModelSpec(args.weights, args.prompter_weights, args.device, args.batch_size, preset=args.preset, tta=args.tta)
-        try:
-            results = run_distributed(slides, out, settings, spec, scheduler=args.scheduler, cluster=args.cluster, on_result=_print_result)
-        except (PipelineInputError, ValueError, RuntimeError, OSError, TimeoutError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        failed = refused + [r for r in results if not r.ok]
+        results += run_distributed(
+            slides, out, settings, spec, scheduler=args.scheduler, cluster=args.cluster, on_result=on_result
+        )
     else:
-        try:
-            predictor = load_predictor(args.weights, device=args.device, prompter_weights=args.prompter_weights, batch_size=args.batch_size, preset=args.preset, tta=args.tta)
-        except (PipelineInputError, ValueError, RuntimeError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        failed = list(refused)
+        predictor = load_predictor(
+            args.weights, device=args.device, prompter_weights=args.prompter_weights, batch_size=args.batch_size,
+            preset=args.preset, tta=args.tta,
+        )
+        log = lambda m: print(m, file=sys.stderr)  # noqa: E731
         for slide in slides:
             try:
-                report = segment_slide(slide, out, predictor, settings, log=lambda m: print(m, file=sys.stderr))
-                _print_result(SlideResult(str(slide), True, report))
+                result = SlideResult(str(slide), True, segment_slide(slide, out, predictor, settings, log=log))
             except Exception as err:  # one broken slide must not end an overnight run
                 result = failed_result(slide, err)
-                _print_result(result)
-                failed.append(result)
+            on_result(result)
+            results.append(result)
+    failed = [r for r in results if not r.ok]
     if failed:
         print(f"{len(failed)} of {total} slides failed: {', '.join(r.slide for r in failed)}", file=sys.stderr)
-        return EXIT_LOCKED if all(r.locked for r in failed) else 1
-    return 0
+        return RunOutcome(EXIT_LOCKED if all(r.locked for r in failed) else 1, results)
+    return RunOutcome(0, results)
 
 
 def _print_result(result: SlideResult) -> None:

@@ -64,6 +64,7 @@ class SlideNuclei:
     mask_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     polygons: list[shapely.Polygon] = field(default_factory=list)
     measurements: dict[str, np.ndarray] = field(default_factory=empty_measurements)
+    regions: np.ndarray | None = None  # (N,) int16 index into the run's --regions, -1 none; all -1 when not given
 
     def __post_init__(self) -> None:
         self.ids = [str(i) for i in self.ids]
@@ -75,9 +76,12 @@ class SlideNuclei:
         self.polygons = list(self.polygons)
         self.measurements = {k: np.asarray(v).reshape(-1) for k, v in self.measurements.items()}
         n = len(self.ids)
+        given = self.regions
+        self.regions = np.full(n, -1, np.int16) if given is None else np.asarray(given, np.int16).reshape(-1)
         sizes = {
             "points": len(self.points), "centroids": len(self.centroids), "classes": len(self.classes),
             "class_scores": len(self.class_scores), "mask_scores": len(self.mask_scores), "polygons": len(self.polygons),
+            "regions": len(self.regions),
             **{f"measurements[{k}]": len(v) for k, v in self.measurements.items()},
         }
         wrong = {k: v for k, v in sizes.items() if v != n}
@@ -102,6 +106,7 @@ class SlideNuclei:
             mask_scores=self.mask_scores[idx],
             polygons=[self.polygons[i] for i in idx],
             measurements={k: v[idx] for k, v in self.measurements.items()},
+            regions=self.regions[idx],
         )
 
     @staticmethod
@@ -123,6 +128,7 @@ class SlideNuclei:
             mask_scores=np.concatenate([p.mask_scores for p in parts]),
             polygons=[g for p in parts for g in p.polygons],
             measurements={k: np.concatenate([p.measurements[k] for p in parts]) for k in keys},
+            regions=np.concatenate([p.regions for p in parts]),
         )
 
     def polygon_arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +170,8 @@ def save_part(path: str | Path, nuclei: SlideNuclei) -> Path:
         "polygon_coords": coords,
         "measurement_keys": np.array(list(nuclei.measurements), dtype="U64").reshape(-1),
     }
+    if (nuclei.regions >= 0).any():  # only runs with --regions; older parts lack it and read as -1
+        arrays["regions"] = nuclei.regions
     for i, values in enumerate(nuclei.measurements.values()):
         arrays[f"{_MEASUREMENT_PREFIX}{i}"] = values
     with atomic_file(path) as tmp:
@@ -189,4 +197,5 @@ def load_part(path: str | Path) -> SlideNuclei:
             mask_scores=z["mask_scores"],
             polygons=SlideNuclei.polygons_from_arrays(z["polygon_offsets"], z["polygon_coords"]),
             measurements={k: z[f"{_MEASUREMENT_PREFIX}{i}"] for i, k in enumerate(keys)},
+            regions=z["regions"] if "regions" in z.files else None,
         )

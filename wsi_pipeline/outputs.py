@@ -10,6 +10,7 @@ unique by jail.py (`safe_name`, `~N` for another slide with the same stem):
     <stem>_nuclei.parquet     the feature table (`.csv` beside it when pyarrow is missing)
     <stem>.h5ad               AnnData, with --formats ...,anndata
     <stem>_labels.tif         level-0 label image, with --label-map
+    <stem>_regions.csv        per-region area, counts and densities, with --regions
     <stem>_overlay.png ...    `promptnucseg report`'s pictures, listed in <stem>_pictures.json
     .work/                    the resume journal (journal.py): manifest.json, parts/, progress.jsonl
     .promptnucseg.lock        the run holding the folder (locking.py)
@@ -49,6 +50,7 @@ class ZarrColumns:
     CLASS = "class"
     CLASS_SCORE = "class_score"
     MASK_SCORE = "mask_score"
+    REGION = "region"  # with --regions: int16 index into attrs["regions"]["regions"], -1 none
     POLYGON_OFFSETS = "polygon_offsets"
     POLYGON_COORDS = "polygon_coords"
     MEASUREMENTS = "measurements"  # a group: one array per morphometrics.MEASUREMENTS key
@@ -102,7 +104,13 @@ class SlideOutputs:
     def label_map(self) -> Path:
         return self.folder / f"{self.stem}_labels.tif"
 
-    def written(self, formats: tuple[str, ...] | list[str], gzip: bool, label_map: bool) -> dict[str, Path]:
+    @property
+    def regions(self) -> Path:
+        return self.folder / f"{self.stem}_regions.csv"
+
+    def written(
+        self, formats: tuple[str, ...] | list[str], gzip: bool, label_map: bool, regions: bool = False
+    ) -> dict[str, Path]:
         """The files a run with these settings writes, by the report's `outputs` keys."""
         paths = {"report": self.report}
         if "geojson" in formats:
@@ -115,6 +123,8 @@ class SlideOutputs:
             paths["anndata"] = self.anndata
         if label_map:
             paths["label_map"] = self.label_map
+        if regions:
+            paths["regions"] = self.regions
         return paths
 
     def pictures(self) -> dict[str, Path]:

@@ -15,6 +15,7 @@ import numpy as np
 from .errors import PipelineInputError
 from .journal import quick_file_hash
 from .points import PlanPoints, load_plan_points
+from .regions import RegionSet, load_plan_regions, tissue_mm2_in
 from .slides import SlideReader, resolve_mpp
 from .stains import StainModel, fit_stains
 from .tiling import Tile, TileGrid
@@ -45,6 +46,7 @@ class SegmentSettings:
     points: str | None = None  # a person's points file (points.py): prompts instead of, or besides, the prompter's
     points_mode: str = "only"  # "only" (--points) or "add" (--add-points)
     min_nucleus_um2: float | None = None  # masks smaller are dropped (counted); None: the model's (plausibility.py)
+    regions: str | None = None  # QuPath annotations (regions.py): only nuclei whose prompt lies inside one are kept
 
 # A region narrower than this many model px (8 um at 0.25 um/px) cannot hold a nucleus (5-20 um).
 MIN_REGION_MODEL_PX = 32
@@ -73,6 +75,8 @@ class SlidePlan:
     stains: StainModel = StainModel()  # the slide's colour deconvolution (stains.py), for the OD columns
     min_nucleus_um2: float = 0.0  # masks smaller than this are dropped and counted
     unreadable: list[dict[str, Any]] = field(default_factory=list)  # corrupt blocks met while planning (level, level-0 box)
+    regions: RegionSet | None = None  # --regions, clipped to the slide and --roi
+    region_tissue_mm2: list[float | None] = field(default_factory=list)  # each region's tissue (None without a mask)
 
     def level0_box(self, tile: Tile) -> tuple[float, float, float, float]:
         """The tile's level-0 box (x, y, w, h); exact floats, so tiles map back without drift."""
@@ -84,9 +88,10 @@ def plan_slide(
 ) -> SlidePlan:
     slide_mpp, mpp_source = resolve_mpp(reader, settings.mpp, force=settings.force_mpp)
     width0, height0 = reader.dimensions
-    x, y, w, h = _region(reader, settings)
+    regions = load_plan_regions(settings.regions, (width0, height0), settings.roi) if settings.regions else None
+    x, y, w, h = _region(reader, settings, regions)
     scale = model_mpp / slide_mpp
-    refuse_too_small(reader, (w, h), slide_mpp, scale, bool(settings.roi))
+    refuse_too_small(reader, (w, h), slide_mpp, scale, bool(settings.roi or regions))
     refuse_black(reader)
     points = load_plan_points(settings.points, settings.points_mode, (width0, height0), settings.roi, class_names) if settings.points else None
     only_points = points is not None and points.mode == "only"  # then the points, not the tissue, choose the tiles
@@ -96,16 +101,23 @@ def plan_slide(
         path=Path(reader.path), stem=Path(reader.path).stem, slide_key=quick_file_hash(reader.path), slide_mpp=slide_mpp,
         mpp_source=mpp_source, model_mpp=model_mpp, scale=scale, roi=(x, y, w, h), grid=grid, tiles=[], batches=[],
         tissue_fraction=1.0, slide_facts=reader.describe(), dimensions=(width0, height0),
-        read_level=reader.best_level_for_downsample(scale), tissue_mm2=region_mm2, points=points,
+        read_level=reader.best_level_for_downsample(scale), tissue_mm2=region_mm2, points=points, regions=regions,
     )
     tiles = list(grid)
+    mask = None
     if settings.use_tissue_mask and not only_points:
         mask = tissue_mask(reader)
         plan.tissue_fraction = mask.fraction
         plan.tissue_mm2 = region_mm2 * mask.fraction_in(plan.roi)
         tiles = [t for t in tiles if mask.fraction_in(plan.level0_box(t)) > 0]
-        if not tiles and points is None:
-            raise _no_tissue(reader, settings)
+    if regions is not None:  # only tiles whose core reaches a region can own a nucleus kept
+        tiles = tiles_in_regions(plan, tiles, regions)
+        union = regions.union
+        in_union = tissue_mm2_in(union, mask, slide_mpp)
+        plan.tissue_mm2 = union.area * slide_mpp**2 / 1e6 if in_union is None else in_union
+        plan.region_tissue_mm2 = [tissue_mm2_in(r.geometry, mask, slide_mpp) for r in regions.regions]
+    if mask is not None and not tiles and points is None:
+        raise _no_tissue(reader, settings)
     if points is not None:  # every tile that owns a given point runs, tissue or not
         gxy = points.region_xy(plan.roi, scale)
         held = grid.indices_owning(gxy[:, 0], gxy[:, 1]) | ({t.index for t in tiles} if not only_points else set())
@@ -116,6 +128,22 @@ def plan_slide(
     plan.stains = slide_stains(reader, plan)
     plan.unreadable = list(reader.unreadable_seen)  # corrupt blocks the overviews met (the batches add theirs)
     return plan
+
+
+def tiles_in_regions(plan: SlidePlan, tiles: list[Tile], regions: RegionSet) -> list[Tile]:
+    """The tiles whose core (cut at the grid's edge) touches a region, in level-0 pixels."""
+    if not tiles:
+        return tiles
+    import shapely
+
+    gw, gh = plan.grid.width, plan.grid.height
+    cores = np.array([[max(0.0, t.core[0]), max(0.0, t.core[1]), min(gw, t.core[2]), min(gh, t.core[3])] for t in tiles], float)
+    x0, y0 = plan.roi[0] + cores[:, 0] * plan.scale, plan.roi[1] + cores[:, 1] * plan.scale
+    x1, y1 = plan.roi[0] + cores[:, 2] * plan.scale, plan.roi[1] + cores[:, 3] * plan.scale
+    union = regions.union
+    shapely.prepare(union)
+    hit = shapely.intersects(union, shapely.box(x0, y0, x1, y1))
+    return [t for t, h in zip(tiles, hit) if h]
 
 
 def slide_stains(reader: SlideReader, plan: SlidePlan, patches: int = 6, side: int = 256) -> StainModel:
@@ -138,18 +166,28 @@ def check_slide(reader: SlideReader, settings: SegmentSettings) -> None:
     no tissue, grayscale), in its order: run on every slide before the model loads (7.7 s, 1 GB)
     so that a slide that cannot run is refused in a second."""
     mpp, _ = resolve_mpp(reader, settings.mpp, force=settings.force_mpp)
-    roi = _region(reader, settings)
-    refuse_too_small(reader, roi[2:], mpp, CHECK_MODEL_MPP / mpp, bool(settings.roi))  # before "no tissue": 3x3 px holds none
+    regions = load_plan_regions(settings.regions, reader.dimensions, settings.roi) if settings.regions else None
+    roi = _region(reader, settings, regions)
+    # before "no tissue": 3x3 px holds none
+    refuse_too_small(reader, roi[2:], mpp, CHECK_MODEL_MPP / mpp, bool(settings.roi or regions))
     refuse_black(reader)
     if settings.use_tissue_mask and not settings.points and tissue_mask(reader).fraction_in(roi) <= 0:
         raise _no_tissue(reader, settings)  # with given points, their tiles run whatever the tissue
     refuse_grayscale(reader)
 
 
-def _region(reader: SlideReader, settings: SegmentSettings) -> tuple[int, int, int, int]:
-    """The level-0 region to process: --roi, checked to lie inside the slide, or the whole slide."""
+def _region(
+    reader: SlideReader, settings: SegmentSettings, regions: RegionSet | None = None
+) -> tuple[int, int, int, int]:
+    """The level-0 region to process: --roi, checked to lie inside the slide, or the whole slide;
+    with --regions the box around them (already cut to --roi and the slide)."""
     width0, height0 = reader.dimensions
     x, y, w, h = settings.roi or (0, 0, width0, height0)
+    inside = w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= width0 and y + h <= height0
+    if regions is not None and inside:  # the regions are cut to --roi and the slide: their box lies within
+        bx, by, bw, bh = regions.bounds()
+        x0, y0 = max(x, bx), max(y, by)
+        x, y, w, h = x0, y0, min(x + w, bx + bw) - x0, min(y + h, by + bh) - y0
     if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width0 or y + h > height0:
         raise PipelineInputError(reader.path, f"--roi {x},{y},{w},{h} is not inside the slide ({width0}x{height0} level-0 px)", "give x,y,w,h within the slide")
     return x, y, w, h

@@ -27,6 +27,7 @@ from .plausibility import ranges_for, result_warnings
 from .points import output_classes, points_report
 from .preflight import check_free_space, disk_full_explained, plan_summary
 from .progress import SlideProgress
+from .regions import region_summary, write_region_table
 from .plan import SegmentSettings, SlidePlan, plan_slide
 from .runner import iter_parts, peak_rss_mb, run_batches
 from .slides import SlideReader, open_slide
@@ -89,6 +90,8 @@ def fingerprint(plan: SlidePlan, model: ModelFacts, settings: SegmentSettings) -
         "min_nucleus_um2": plan.min_nucleus_um2,
         # a resume with another points file (or mode) must not mix into this one's outputs
         **({"points": plan.points.fingerprint()} if plan.points is not None else {}),
+        # the regions file's content: a redrawn annotation is another run
+        **({"regions": plan.regions.fingerprint()} if plan.regions is not None else {}),
     }
 
 
@@ -154,7 +157,7 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
     folder = slide_folder(out_root, plan.path)
     outputs = SlideOutputs(folder, folder.name)
     ensure_output_folder(outputs.report)
-    paths = outputs.written(settings.formats, settings.gzip, settings.label_map)
+    paths = outputs.written(settings.formats, settings.gzip, settings.label_map, regions=plan.regions is not None)
     journal = Journal(folder)
     fp = fingerprint(plan, model, settings)
     job = SlideJob(plan, folder, paths, journal, fp, started=started)
@@ -334,11 +337,16 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
     counts = {name: 0 for name in names}
     total = 0
     areas = []
+    region_counts = np.zeros((len(plan.regions.regions) if plan.regions else 0, len(names)), np.int64)
     for part in iter_parts(journal):
         total += len(part)
         areas.append(part.measurements["area_um2"])
         for c in part.classes:
             counts[names[int(c)]] += 1
+        if plan.regions is not None and len(part):  # every nucleus inside each region, overlaps counted in each
+            for j, held in enumerate(plan.regions.inside(part.points).T):
+                region_counts[j] += np.bincount(part.classes[held], minlength=len(names))[: len(names)]
+    region_cols = (plan.regions.labels(), plan.regions.class_names()) if plan.regions is not None else None
     median_area = float(np.nanmedian(np.concatenate(areas))) if total else None
     ranges = ranges_for(model.describe())
     small = sum(int(rec.get("small_dropped", 0)) for rec in journal.done().values())
@@ -356,14 +364,21 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         "versions": package_versions(),
         "config_hash": fingerprint_hash(fp),
     }
+    regions = None
+    if plan.regions is not None:
+        summary = region_summary(plan.regions, region_counts, names, plan.slide_mpp, plan.region_tissue_mm2)
+        regions = {**plan.regions.describe(), "regions": summary}
+        meta["regions"] = regions
     if "geojson" in paths:
-        write_geojson(paths["geojson"], iter_parts(journal), names, colors, gzip=settings.gzip)
+        write_geojson(paths["geojson"], iter_parts(journal), names, colors, gzip=settings.gzip, regions=region_cols)
     if "zarr" in paths:
         write_zarr(paths["zarr"], iter_parts(journal), meta)
     if "table" in paths:
-        paths["table"] = write_table(paths["table"], iter_parts(journal), class_names=names)
+        paths["table"] = write_table(paths["table"], iter_parts(journal), class_names=names, regions=region_cols)
     if "anndata" in paths:
-        write_anndata(paths["anndata"], iter_parts(journal), names, colors, plan.slide_mpp, meta)
+        write_anndata(paths["anndata"], iter_parts(journal), names, colors, plan.slide_mpp, meta, regions=region_cols)
+    if "regions" in paths and regions is not None:
+        write_region_table(paths["regions"], regions["regions"], names)
     if "label_map" in paths:
         write_label_tiff(paths["label_map"], (plan.dimensions[1], plan.dimensions[0]), iter_parts(journal))
     warnings = result_warnings(total, plan.tissue_mm2, median_area, plan.slide_mpp, plan.mpp_source, ranges)
@@ -408,4 +423,5 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         "settings": asdict(settings),
         "versions": package_versions(),
         **({"points": points_report(plan.points, journal)} if plan.points is not None else {}),
+        **({"regions": regions} if regions is not None else {}),
     }

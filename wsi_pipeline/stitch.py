@@ -62,8 +62,13 @@ def stitch_batch(
         if given is not None and len(found):  # a person's point keeps its nucleus, however small
             chosen = {tuple(p) for p in mask_pixel_to_level0(given.prompts.points.astype(np.float64), origin, scale).tolist()}
             big |= np.fromiter((tuple(p) in chosen for p in found.points.tolist()), bool, len(found))
-        small += int((~big).sum())
-        parts.append(found if big.all() else found.select(big))
+        inside = np.ones(len(found), bool)
+        if plan.regions is not None and len(found):  # --regions: the prompt must lie in one (edge in); record which
+            found.regions = plan.regions.assign(found.points)
+            inside = found.regions >= 0
+        small += int((inside & ~big).sum())
+        keep = big & inside
+        parts.append(found if keep.all() else found.select(keep))
     batch = SlideNuclei.concatenate(parts)
     part = journal.part_path(batch_index)
     save_part(part, batch)

@@ -53,6 +53,24 @@ def require_anndata() -> Any:
     return write_elem
 
 
+def _region_categories(regions: tuple[Sequence[str], Sequence[str]]) -> dict[str, Any]:
+    """The empty categorical `region` and `region_class` columns (their categories: each distinct name)."""
+    import pandas as pd
+
+    labels = list(dict.fromkeys(str(n) for n in regions[0]))
+    classes = list(dict.fromkeys(str(c) for c in regions[1] if c))
+    return {"region": pd.Categorical([], categories=labels), "region_class": pd.Categorical([], categories=classes)}
+
+
+def _region_codes(regions: tuple[Sequence[str], Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Lookups from region index + 1 (0: no region) to the codes of the `region` and `region_class` categories."""
+    labels = list(dict.fromkeys(str(n) for n in regions[0]))
+    classes = list(dict.fromkeys(str(c) for c in regions[1] if c))
+    by_label = np.array([-1] + [labels.index(str(n)) for n in regions[0]], np.int64)
+    by_class = np.array([-1] + [classes.index(str(c)) if c else -1 for c in regions[1]], np.int64)
+    return by_label, by_class
+
+
 def _hex(color: Sequence[int]) -> str:
     return "#" + "".join(f"{int(c):02x}" for c in color[:3])
 
@@ -66,8 +84,12 @@ def write_anndata(
     metadata: dict[str, Any] | None = None,
     measurement_keys: Sequence[str] | None = None,
     chunk_rows: int = 65536,
+    regions: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> Path:
     """Stream nuclei into `path` (`.h5ad`), which appears only once complete.
+
+    `regions` (each --regions region's label and class) adds the categorical obs columns
+    `region` and `region_class` (missing for a nucleus in no region).
 
     `mpp` is the slide's level-0 microns per pixel; `measurement_keys` (default: every
     key of `morphometrics.MEASUREMENTS`) fixes the variables, and a batch whose
@@ -98,6 +120,7 @@ def write_anndata(
                 "class": pd.Categorical([], categories=names),
                 "class_score": np.zeros(0, np.float32),
                 "mask_score": np.zeros(0, np.float32),
+                **(_region_categories(regions) if regions is not None else {}),
             },
             index=pd.Index([], dtype=object, name="id"),
         )
@@ -115,9 +138,11 @@ def write_anndata(
             "codes": ChunkAppender(f["obs/class/codes"]),
             "class_score": ChunkAppender(f["obs/class_score"]),
             "mask_score": ChunkAppender(f["obs/mask_score"]),
+            **({k: ChunkAppender(f[f"obs/{k}/codes"]) for k in ("region", "region_class")} if regions is not None else {}),
             "X": ChunkAppender(f["X"]),
             "spatial": ChunkAppender(f["obsm/spatial"]),
         }
+        region_codes = _region_codes(regions) if regions is not None else None
         n = 0
         for batch in batches:
             if list(batch.measurements) != keys:
@@ -131,6 +156,9 @@ def write_anndata(
             cols["codes"].add(batch.classes.astype(codes_dtype))
             cols["class_score"].add(np.asarray(batch.class_scores, np.float32))
             cols["mask_score"].add(np.asarray(batch.mask_scores, np.float32))
+            if regions is not None:  # categorical codes: -1 is missing (no region, or a region without class)
+                cols["region"].add(region_codes[0][batch.regions + 1].astype(f["obs/region/codes"].dtype))
+                cols["region_class"].add(region_codes[1][batch.regions + 1].astype(f["obs/region_class/codes"].dtype))
             cols["X"].add(np.stack([np.asarray(batch.measurements[k], np.float32) for k in keys], axis=1).reshape(len(batch), len(keys)))
             cols["spatial"].add(np.asarray(batch.centroids, np.float64))
             n += len(batch)

@@ -38,7 +38,9 @@ def _short_floats(values: np.ndarray) -> np.ndarray:
     return values.astype(np.float64)
 
 
-def _features(batch: "SlideNuclei", class_names: Sequence[str], classifications: list[dict]) -> Iterable[dict]:
+def _features(
+    batch: "SlideNuclei", class_names: Sequence[str], classifications: list[dict], regions: list[dict] | None = None
+) -> Iterable[dict]:
     n = len(batch)
     if n == 0:
         return
@@ -55,22 +57,22 @@ def _features(batch: "SlideNuclei", class_names: Sequence[str], classifications:
     finite = np.isfinite(table)
     rows = table.tolist()
     points = np.round(batch.points, COORD_DECIMALS).tolist()
+    region_of = batch.regions.tolist()
     for i in range(n):
         ring = coords[offsets[i] : offsets[i + 1]].tolist()
         ring.append(ring[0])
         values = rows[i]
         measurements = {name: values[j] for j, name in enumerate(names) if finite[i, j]}
-        yield {
-            "type": "Feature",
-            "id": batch.ids[i],
-            "geometry": {"type": "Polygon", "coordinates": [ring]},
-            "properties": {
-                "objectType": "detection",
-                "classification": classifications[int(batch.classes[i])],
-                "prompt_point": points[i],
-                "measurements": measurements,
-            },
+        properties = {
+            "objectType": "detection",
+            "classification": classifications[int(batch.classes[i])],
+            "prompt_point": points[i],
+            "measurements": measurements,
         }
+        if regions is not None and region_of[i] >= 0:
+            properties["metadata"] = regions[region_of[i]]
+        geometry = {"type": "Polygon", "coordinates": [ring]}
+        yield {"type": "Feature", "id": batch.ids[i], "geometry": geometry, "properties": properties}
 
 
 def write_geojson(
@@ -79,8 +81,13 @@ def write_geojson(
     class_names: Sequence[str],
     class_colors: Sequence[Sequence[int]],
     gzip: bool = False,
+    regions: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> Path:
     """Stream all nuclei into one FeatureCollection; returns the path written.
+
+    `regions` (each --regions region's label and class): a nucleus in one carries them in
+    `properties.metadata` (`region`, `region_class`), which QuPath 0.5+ reads as the object's
+    metadata (strings; its `PathObjectTypeAdapter`).
 
     `gzip` (or a `.gz` name) writes `.geojson.gz`: QuPath's File > Import objects reads
     .geojson/.json/.zip but not .gz (its PathIO.readObjects), so import it with
@@ -95,6 +102,7 @@ def write_geojson(
     if len(class_colors) < len(class_names):
         raise ValueError(f"{len(class_names)} class names but {len(class_colors)} colours")
     classifications = [{"name": str(name), "color": [int(c) for c in class_colors[i]]} for i, name in enumerate(class_names)]
+    region_meta = None if regions is None else [{"region": str(n), "region_class": str(c)} for n, c in zip(*regions)]
     dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
     with atomic_file(path) as tmp, open(tmp, "wb") as fh:
         # no name and mtime 0 in the gzip header: the same nuclei give the same bytes
@@ -103,7 +111,7 @@ def write_geojson(
             out.write('{"type":"FeatureCollection","features":[')
             first = True
             for batch in batches:
-                for feature in _features(batch, class_names, classifications):
+                for feature in _features(batch, class_names, classifications, region_meta):
                     out.write("\n" if first else ",\n")
                     out.write(dumps(feature))
                     first = False

@@ -24,12 +24,24 @@ BASE_COLUMNS = {
     "id": "string", "point_x": "float64", "point_y": "float64", "centroid_x": "float64", "centroid_y": "float64",
     "class": "int16", "class_name": "string", "class_score": "float32", "mask_score": "float32",
 }
+REGION_COLUMNS = {"region": "string", "region_class": "string"}  # with --regions only
 
 
 ROW_GROUP_ROWS = 65536  # rows held back until a whole Parquet row group is full
 
 
-def _columns(batch: "SlideNuclei", class_names: Sequence[str] | None) -> dict[str, np.ndarray | list]:
+def _names_of(index: np.ndarray, names: Sequence[str]) -> list[str]:
+    """Each index's name; "" for -1 (no region) or an index without a name."""
+    table = np.asarray(list(names) + [""], dtype=object)
+    return list(table[np.where((index >= 0) & (index < len(names)), index, len(names))])
+
+
+RegionNames = tuple[Sequence[str], Sequence[str]]  # each --regions region's label and class
+
+
+def _columns(
+    batch: "SlideNuclei", class_names: Sequence[str] | None, regions: RegionNames | None = None
+) -> dict[str, np.ndarray | list]:
     cls = batch.classes
     cols: dict[str, np.ndarray | list] = {
         "id": batch.ids,
@@ -44,6 +56,9 @@ def _columns(batch: "SlideNuclei", class_names: Sequence[str] | None) -> dict[st
         cols["class_name"] = list(names[np.where((cls >= 0) & (cls < len(class_names)), cls, len(class_names))])
     cols["class_score"] = batch.class_scores
     cols["mask_score"] = batch.mask_scores
+    if regions is not None:  # --regions: the region holding the prompt (its name) and its QuPath class
+        cols["region"] = _names_of(batch.regions, regions[0])
+        cols["region_class"] = _names_of(batch.regions, regions[1])
     for k, v in batch.measurements.items():
         if k in cols:
             raise ValueError(f"measurement {k!r} clashes with a table column")
@@ -66,9 +81,11 @@ def write_table(
     engine: Literal["auto", "parquet", "csv"] = "auto",
     class_names: Sequence[str] | None = None,
     row_group_rows: int = ROW_GROUP_ROWS,
+    regions: RegionNames | None = None,
 ) -> Path:
     """Write the nucleus table; returns the path written (`.csv` beside a requested
-    `.parquet` name when CSV is used). `class_names` adds a `class_name` column."""
+    `.parquet` name when CSV is used). `class_names` adds a `class_name` column, `regions`
+    (each region's label and class) `region` and `region_class` columns."""
     path = Path(path)
     if engine not in ("auto", "parquet", "csv"):
         raise ValueError(f"engine must be auto, parquet or csv, not {engine!r}")
@@ -80,13 +97,17 @@ def write_table(
     ensure_output_folder(path)
     with atomic_file(path) as tmp:
         if use_parquet:
-            _write_parquet(tmp, batches, class_names, row_group_rows)
+            _write_parquet(tmp, batches, class_names, row_group_rows, regions)
         else:
-            _write_csv(tmp, batches, class_names)
+            _write_csv(tmp, batches, class_names, regions)
     return path
 
 
-def _write_parquet(tmp: Path, batches: Iterable["SlideNuclei"], class_names: Sequence[str] | None, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+def _write_parquet(
+    tmp: Path, batches: Iterable["SlideNuclei"], class_names: Sequence[str] | None,
+    row_group_rows: int = ROW_GROUP_ROWS,
+    regions: RegionNames | None = None,
+) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -96,9 +117,10 @@ def _write_parquet(tmp: Path, batches: Iterable["SlideNuclei"], class_names: Seq
     count = 0
     try:
         for batch in batches:
-            cols = _columns(batch, class_names)
+            cols = _columns(batch, class_names, regions)
             if schema is None:
-                schema = pa.schema([pa.field(k, pa.type_for_alias(BASE_COLUMNS.get(k, "float32"))) for k in cols])
+                types = {**BASE_COLUMNS, **REGION_COLUMNS}
+                schema = pa.schema([pa.field(k, pa.type_for_alias(types.get(k, "float32"))) for k in cols])
                 writer = pq.ParquetWriter(tmp, schema, compression="zstd")
             elif list(cols) != schema.names:
                 raise ValueError(f"batch columns {list(cols)} differ from the first batch's {schema.names}")
@@ -130,12 +152,14 @@ def _text(values: np.ndarray | list) -> list[str]:
     return [str(v) for v in (arr.tolist() if isinstance(values, np.ndarray) else values)]
 
 
-def _write_csv(tmp: Path, batches: Iterable["SlideNuclei"], class_names: Sequence[str] | None) -> None:
+def _write_csv(
+    tmp: Path, batches: Iterable["SlideNuclei"], class_names: Sequence[str] | None, regions: RegionNames | None = None
+) -> None:
     header: list[str] | None = None
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         for batch in batches:
-            cols = _columns(batch, class_names)
+            cols = _columns(batch, class_names, regions)
             if header is None:
                 header = list(cols)
                 writer.writerow(header)

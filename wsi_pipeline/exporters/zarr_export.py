@@ -116,6 +116,8 @@ def write_zarr(
         cols[C.CLASS] = column(C.CLASS, "int16")
         cols[C.CLASS_SCORE] = column(C.CLASS_SCORE, "float32")
         cols[C.MASK_SCORE] = column(C.MASK_SCORE, "float32")
+        if metadata.get("regions"):  # --regions: index into attrs["regions"]["regions"], -1 none
+            cols[C.REGION] = column(C.REGION, "int16")
         cols[C.POLYGON_OFFSETS] = column(C.POLYGON_OFFSETS, "int64")
         cols[C.POLYGON_COORDS] = column(C.POLYGON_COORDS, "float64", 2, chunk=4 * chunk_rows)
         cols[C.POLYGON_OFFSETS].add(np.zeros(1, np.int64))
@@ -144,6 +146,8 @@ def write_zarr(
             cols[C.CLASS].add(batch.classes)
             cols[C.CLASS_SCORE].add(batch.class_scores)
             cols[C.MASK_SCORE].add(batch.mask_scores)
+            if C.REGION in cols:
+                cols[C.REGION].add(batch.regions)
             cols[C.POLYGON_OFFSETS].add(offsets[1:] + n_coords)
             cols[C.POLYGON_COORDS].add(coords)
             for k in measurement_keys:
