@@ -73,7 +73,7 @@ def main() -> None:
             d = detection_scores(gp, None, pp, None, None, radius=12.0)
             det = d if det is None else det + d
         scores = score_label_maps(pairs)
-        return {"pq": round(scores["pq"], 4), "aji": round(scores["aji"], 4), "det_f1": round(det.f1, 4)}
+        return {"pq": round(scores["mean"]["pq"], 4), "aji": round(scores["mean"]["aji"], 4), "det_f1": round(det.f1, 4)}
 
     base = score(args.model)
     print(f"before: {base} on the other three quarters of {len(samples)} images", flush=True)

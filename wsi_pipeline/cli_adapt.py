@@ -193,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
             f"recall {b['recall']:.3f} -> {a['recall']:.3f}, F1 {b['f1']:.3f} -> {a['f1']:.3f}")
     if report["held_out_points"] < FEW_HELD_OUT:
         print(f"warning: only {report['held_out_points']} clicks were held out, too few to tell a better model from a worse one "
-              f"(measured: 50 clicks made a model worse on unseen tissue while its 22 held-out clicks said better); click 100 or more", file=sys.stderr)
+              "(docs/adapting.md); click 100 or more in several regions", file=sys.stderr)
     if not written:
         print(f"{line}; NOT written: the adapted prompter did worse on the held-out clicks. Fix: click more regions (or check the clicks), "
               f"or pass --force to write it anyway (report: {report_path(out)})", file=sys.stderr)
