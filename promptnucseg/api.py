@@ -250,7 +250,7 @@ def segment_slide(path: str | Path, out: str | Path, **options: Any) -> SlideRun
             or "failed",
         )
     report = result.report
-    outputs = {k: Path(v) for k, v in (report.get("outputs") or {}).items()}
+    outputs = {k: Path(v).resolve() for k, v in (report.get("outputs") or {}).items()}  # absolute: the cwd may change
     return SlideRun(
         result.slide,
         outputs["report"].parent,
@@ -342,9 +342,10 @@ def load_results(folder: str | Path) -> "pd.DataFrame":
     found, report = _finished(Path(folder))
     table, zarr_path = found.named(report, "table"), found.named(report, "zarr")
     polygons: list[Any] | None = None
-    frame = None
+    frame, zarr_ids = None, None
     if zarr_path.exists():
         frame, polygons = _from_zarr(zarr_path)
+        zarr_ids = list(frame["id"])
     if table.exists():
         frame = (
             pd.read_parquet(table)
@@ -355,6 +356,12 @@ def load_results(folder: str | Path) -> "pd.DataFrame":
         frame = pd.read_csv(table.with_suffix(".csv"), keep_default_na=False, na_values=[""])
     if polygons is None:
         polygons = _geojson_polygons(found, report)
+    if frame is not None and zarr_ids is not None and list(frame["id"].astype(str)) != zarr_ids:
+        raise PipelineInputError(
+            found.folder,
+            "its table and zarr store list different nuclei",
+            "rerun the slide with `promptnucseg segment --overwrite`",
+        )
     if frame is None or polygons is None:
         raise PipelineInputError(
             found.folder,
@@ -386,4 +393,3 @@ def _geojson_polygons(found: Any, report: dict[str, Any]) -> list[Any] | None:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as fh:
         return [shapely.geometry.shape(f["geometry"]) for f in json.load(fh)["features"]]
-

@@ -1,5 +1,6 @@
 """The Python API (promptnucseg/api.py): refusals before any model loads, the light import, and the
 example of docs/python-api.md run verbatim on the real sample slide with the bundled model (slow)."""
+
 from __future__ import annotations
 
 import re
@@ -24,7 +25,16 @@ def test_import_stays_light():
     assert out.stdout.strip() == "[]", out.stdout
 
 
-@pytest.mark.parametrize("mpp,says", [(None, "mpp is missing"), (0.0, "not a plausible"), (float("nan"), "not a plausible"), (25, "not a plausible"), ("x", "not a number")])
+@pytest.mark.parametrize(
+    "mpp,says",
+    [
+        (None, "mpp is missing"),
+        (0.0, "not a plausible"),
+        (float("nan"), "not a plausible"),
+        (25, "not a plausible"),
+        ("x", "not a number"),
+    ],
+)
 def test_segment_image_refuses_missing_or_absurd_mpp(mpp, says):
     with pytest.raises(PipelineInputError, match=says) as err:
         promptnucseg.segment_image(np.zeros((64, 64, 3), np.uint8), mpp=mpp)
@@ -59,7 +69,8 @@ def test_the_documented_example_runs(tmp_path, monkeypatch):
     bounds = np.array([p.bounds for p in nuclei["polygon"]])
     assert bounds.min() >= -1 and bounds[:, 2:].max() <= 161
     assert 10 < nuclei["area_um2"].median() < 120
-    assert run.folder == tmp_path / "api-run" / "cmu_small_region" and run.nuclei == len(table) > 0
+    assert run.folder == (tmp_path / "api-run" / "cmu_small_region").resolve() and run.nuclei == len(table) > 0
+    assert run.outputs["table"].is_file() and table.attrs["report"]["config_hash"] == run.report["config_hash"]
     assert table["polygon"].map(lambda p: p.is_valid).all()
     inside = (table["point_x"].between(700, 860)) & (table["point_y"].between(1000, 1160))
     assert inside.all()  # the tiles read only the --roi region

@@ -202,3 +202,55 @@ def test_a_polygon_with_a_hole_keeps_exactly_the_nuclei_whose_prompt_is_inside(t
         segment_slide(slide, tmp_path / "regions", predictor, inside, log=lambda m: None)["config_hash"]
         == got["config_hash"]
     )
+
+
+def test_every_output_records_each_nucleus_region(tmp_path):
+    """Real records (from_tile_nuclei on synthetic tiles) through the part journal and every exporter."""
+    import anndata
+    import pandas as pd
+    import zarr
+
+    from promptnucseg.wsi_pipeline.exporters import write_anndata, write_geojson, write_table, write_zarr
+    from promptnucseg.wsi_pipeline.nuclei import load_part, save_part
+    from test_records import synthetic_slide_nuclei
+
+    nuclei = synthetic_slide_nuclei(n_tiles=1, size=256, scale=1.0, seed=3)
+    x0, y0, x1, y1 = shapely.union_all(nuclei.polygons).bounds
+    xm = (x0 + x1) / 2
+    left = [[x0 - 1, y0 - 1], [xm, y0 - 1], [xm, y1 + 1], [x0 - 1, y1 + 1], [x0 - 1, y0 - 1]]
+    spot = [[x0 - 1, y0 - 1], [x0 + 40, y0 - 1], [x0 + 40, y0 + 40], [x0 - 1, y0 + 40], [x0 - 1, y0 - 1]]
+    regions = read_regions(
+        _write(tmp_path, [_annotation([left], "left", {"name": "Tumor"}), _annotation([spot], "spot")])
+    )
+    nuclei.regions = regions.assign(nuclei.points)
+    kept = nuclei.select(nuclei.regions >= 0)
+    assert 0 < len(kept) < len(nuclei) and {0, 1} <= set(kept.regions.tolist())
+    back = load_part(save_part(tmp_path / "part.npz", kept))
+    np.testing.assert_array_equal(back.regions, kept.regions)
+    assert (load_part(save_part(tmp_path / "plain.npz", nuclei.select(nuclei.regions < 0))).regions == -1).all()
+
+    names = (regions.labels(), regions.class_names())
+    classes = [f"class {i}" for i in range(int(nuclei.classes.max()) + 1)]
+    colors = [(255, 0, 0)] * len(classes)
+    expect = [names[0][r] for r in kept.regions]
+    table = pd.read_parquet(write_table(tmp_path / "t.parquet", [back], class_names=classes, regions=names))
+    assert table["region"].tolist() == expect and table["region_class"].tolist() == [names[1][r] for r in kept.regions]
+    csv = pd.read_csv(
+        write_table(tmp_path / "t.csv", [back], engine="csv", class_names=classes, regions=names),
+        keep_default_na=False,
+    )
+    assert csv["region"].tolist() == expect
+    fc = json.loads(
+        write_geojson(tmp_path / "n.geojson", [back], classes, colors, regions=regions.metadata()).read_text()
+    )
+    meta = [f["properties"]["metadata"] for f in fc["features"]]
+    assert [m["region"] for m in meta] == expect and {m["region_id"] for m in meta} == {
+        "1b7c6f0e-8a55-4d0e-9a0c-2a3d2b1b0c01"
+    }
+    adata = anndata.read_h5ad(write_anndata(tmp_path / "n.h5ad", [back], classes, colors, 0.25, {}, regions=names))
+    assert adata.obs["region"].astype(str).tolist() == expect
+    assert adata.obs["region_class"].isna().tolist() == [names[1][r] == "" for r in kept.regions]
+    store = zarr.open_group(
+        str(write_zarr(tmp_path / "n.zarr", [back], {"class_names": classes, "regions": {"regions": []}})), mode="r"
+    )
+    np.testing.assert_array_equal(store["region"][:], kept.regions)

@@ -97,6 +97,10 @@ class RegionSet:
     def class_names(self) -> list[str]:
         return [r.class_name for r in self.regions]
 
+    def metadata(self) -> list[dict[str, str]]:
+        """What each region's nuclei carry in the GeoJSON (`properties.metadata`): label, class, QuPath id."""
+        return [{"region": r.label, "region_class": r.class_name, "region_id": r.feature_id} for r in self.regions]
+
     def fingerprint(self) -> dict[str, Any]:
         """The file's content (a changed drawing is another run) and the clipping applied to it."""
         return {"sha256": self.sha256, "bounds": list(self.bounds()), "regions": len(self.regions)}

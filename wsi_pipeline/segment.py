@@ -370,7 +370,8 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         regions = {**plan.regions.describe(), "regions": summary}
         meta["regions"] = regions
     if "geojson" in paths:
-        write_geojson(paths["geojson"], iter_parts(journal), names, colors, gzip=settings.gzip, regions=region_cols)
+        region_meta = plan.regions.metadata() if plan.regions is not None else None
+        write_geojson(paths["geojson"], iter_parts(journal), names, colors, gzip=settings.gzip, regions=region_meta)
     if "zarr" in paths:
         write_zarr(paths["zarr"], iter_parts(journal), meta)
     if "table" in paths:

@@ -81,13 +81,14 @@ def write_geojson(
     class_names: Sequence[str],
     class_colors: Sequence[Sequence[int]],
     gzip: bool = False,
-    regions: tuple[Sequence[str], Sequence[str]] | None = None,
+    regions: Sequence[dict[str, str]] | None = None,
 ) -> Path:
     """Stream all nuclei into one FeatureCollection; returns the path written.
 
-    `regions` (each --regions region's label and class): a nucleus in one carries them in
-    `properties.metadata` (`region`, `region_class`), which QuPath 0.5+ reads as the object's
-    metadata (strings; its `PathObjectTypeAdapter`).
+    `regions` (each --regions region's `region`, `region_class`, `region_id`: the annotation's
+    QuPath id): a nucleus in one carries them as `properties.metadata`, which QuPath 0.5+ reads
+    as the object's metadata (strings; its `PathObjectTypeAdapter`), so a script can make the
+    nuclei children of their annotation (scripts/qupath/segment_annotations.groovy).
 
     `gzip` (or a `.gz` name) writes `.geojson.gz`: QuPath's File > Import objects reads
     .geojson/.json/.zip but not .gz (its PathIO.readObjects), so import it with
@@ -102,7 +103,7 @@ def write_geojson(
     if len(class_colors) < len(class_names):
         raise ValueError(f"{len(class_names)} class names but {len(class_colors)} colours")
     classifications = [{"name": str(name), "color": [int(c) for c in class_colors[i]]} for i, name in enumerate(class_names)]
-    region_meta = None if regions is None else [{"region": str(n), "region_class": str(c)} for n, c in zip(*regions)]
+    region_meta = None if regions is None else [{k: str(v) for k, v in meta.items()} for meta in regions]
     dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
     with atomic_file(path) as tmp, open(tmp, "wb") as fh:
         # no name and mtime 0 in the gzip header: the same nuclei give the same bytes
