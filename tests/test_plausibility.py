@@ -24,6 +24,8 @@ def test_warnings_name_mpp_only_when_figures_are_far_off():
     tiny = result_warnings(5000, 1.0, 1.2, 0.25, "override", ranges)
     assert len(tiny) == 1 and "median nucleus area 1.2" in tiny[0]
     assert result_warnings(0, 0.001, None, 0.25, "override", ranges) == []  # too little tissue to judge
+    coarse = result_warnings(40, 1.0, 2.0, 1.0, "metadata", ranges)  # a 10x slide: the scan is the cause, not --mpp
+    assert len(coarse) == 1 and "too coarse for nuclei (1 um/px" in coarse[0] and "--mpp" not in coarse[0]
 
 
 @pytest.fixture()
@@ -47,6 +49,19 @@ def test_missing_mpp_and_no_tissue_are_refused_without_loading_the_model(tmp_pat
     code = main(["segment", str(blank), "--out", str(tmp_path / "out"), "--no-progress", "--mpp", "0.25"])
     err = capsys.readouterr().err
     assert code == 1 and "no tissue found" in err
+
+
+def test_a_thumbnail_scale_slide_is_refused_without_loading_the_model_and_warned_when_forced(tmp_path, capsys, no_model):
+    from promptnucseg.wsi_pipeline.plan import SegmentSettings, plan_slide
+    from promptnucseg.wsi_pipeline.slides import open_slide
+
+    code = main(["segment", str(need(TCGA)), "--out", str(tmp_path / "out"), "--no-progress", "--mpp", "4"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("error:") == 1
+    assert "finest level is 4 um/px" in err and "0.5 um/px or finer" in err and "--force-mpp" in err
+    with open_slide(need(TCGA)) as reader:  # forced: planned, with the upsampling said
+        plan = plan_slide(reader, SegmentSettings(mpp=4.0, force_mpp=True, roi=(2000, 1500, 64, 64)), 0.25)
+    assert len(plan.warnings) == 1 and "upsampled x16" in plan.warnings[0] and "few or no real nuclei" in plan.warnings[0]
 
 
 @pytest.mark.slow

@@ -191,6 +191,8 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
     if job.resumed:
         log(f"{plan.path.name}: resuming, {len(journal.done())}/{len(plan.batches)} batches already done")
     log(plan_summary(plan, len(plan.tiles) - job.tiles_done(), len(job.pending()), str(model.describe().get("device", "cpu"))))
+    for warning in plan.warnings:
+        log(f"{plan.path.name}: warning: {warning}")
     return job
 
 
@@ -366,7 +368,7 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         write_anndata(paths["anndata"], iter_parts(journal), names, colors, plan.slide_mpp, meta)
     if "label_map" in paths:
         write_label_tiff(paths["label_map"], (plan.dimensions[1], plan.dimensions[0]), iter_parts(journal))
-    warnings = result_warnings(total, plan.tissue_mm2, median_area, plan.slide_mpp, plan.mpp_source, ranges)
+    warnings = [*plan.warnings, *result_warnings(total, plan.tissue_mm2, median_area, plan.slide_mpp, plan.mpp_source, ranges)]
     if unreadable:
         warnings.append(
             f"{len(unreadable)} block(s) of the slide could not be decoded (corrupt image data in the file) and were segmented as blank: "
