@@ -86,3 +86,19 @@ def test_a_wrong_mpp_on_a_real_slide_warns_and_a_right_one_does_not(tmp_path):
     good = segment_slide(crop, tmp_path, predictor, SegmentSettings(tile_size=512, overlap=64, mpp=0.25, formats=("table",), progress=False), log=said.append)
     assert good["nuclei"] > 50 and good["warnings"] == [], good["warnings"]
     assert 300 < good["nuclei_per_mm2_tissue"] < 60000 and 5 < good["median_area_um2"] < 120
+
+
+def test_a_folder_of_slides_is_segmented_by_pattern(tmp_path, capsys, no_model):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in ("b.png", "a.png"):
+        Image.fromarray(np.full((400, 400, 3), 242, np.uint8)).save(folder / name)
+    (folder / "notes.txt").write_text("not a slide")
+    code = main(["segment", str(folder), "--out", str(tmp_path / "out"), "--no-progress", "--mpp", "0.25"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 2 and "notes.txt" not in err, err  # both images taken (and refused: blank), in order
+    assert str(folder / "a.png") in lines[0] and str(folder / "b.png") in lines[1] and "no tissue found" in lines[0]
+    code = main(["segment", str(folder), "--pattern", "*.svs", "--out", str(tmp_path / "out"), "--no-progress", "--mpp", "0.25"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a folder with no slide files matching --pattern '*.svs'" in err and "Fix:" in err

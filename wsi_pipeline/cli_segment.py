@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("slides", nargs="*", metavar="SLIDE", help="slide files (svs, ndpi, mrxs, scn, tiff, ome.tiff, png, jpg)")
+    parser.add_argument("slides", nargs="*", metavar="SLIDE", help="slide files (svs, ndpi, mrxs, scn, tiff, ome.tiff, png, jpg), or folders of them (see --pattern)")
+    parser.add_argument("--pattern", default="*", help="for a folder given as SLIDE: the file names to take, a glob (default *: every slide file in it, not its sub-folders; e.g. '*.svs')")
     parser.add_argument("--out", required=True, help="output folder; one sub-folder per slide")
     parser.add_argument("--sample", action="store_true", help="add the bundled sample slide (CMU-1-Small-Region, Aperio SVS) to the inputs")
     parser.add_argument("--model", "--weights", dest="weights", help="a bundled model by name (default, typed: `promptnucseg models`), or a model file: a promptnucseg model (export-model), a segmentor, or an official sam_vit_b/l/h checkpoint; default: the bundled default")
@@ -130,6 +131,25 @@ def _refuse_unusable(slides: list[Path], settings: "SegmentSettings") -> list["S
     return refused
 
 
+def slides_in(given: list[str], pattern: str = "*") -> list[Path]:
+    """The slides named, with each folder replaced by its slide files matching `pattern` (sorted, not recursive)."""
+    from .errors import PipelineInputError
+    from .slides import SUPPORTED_EXTENSIONS
+
+    out: list[Path] = []
+    for name in given:
+        path = Path(name)
+        if not path.is_dir() or path.suffix.lower() in SUPPORTED_EXTENSIONS:  # a MIRAX slide's folder is named by its .mrxs
+            out.append(path)
+            continue
+        found = sorted(f for f in path.glob(pattern) if f.is_file() and f.suffix.lower() in SUPPORTED_EXTENSIONS)
+        if not found:
+            raise PipelineInputError(path, f"is a folder with no slide files matching --pattern {pattern!r}",
+                                     f"put slides ({' '.join(SUPPORTED_EXTENSIONS)}) in it, or give a --pattern that matches them")
+        out += found
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
     from promptnucseg.models.interface import load_predictor
     from .errors import PipelineInputError
@@ -138,8 +158,8 @@ def _run(args: argparse.Namespace) -> int:
     from .segment import SlideResult, failed_result, segment_slide
     from .slides import parse_roi
 
-    slides = [Path(s) for s in args.slides]
     try:
+        slides = slides_in(args.slides, args.pattern)
         if args.sample:
             from .sample import sample_slide
 

@@ -296,7 +296,7 @@ def _segment_locked(path: str | Path, out_root: str | Path, predictor: NucleusPr
 
         try:
             with disk_full_explained(job.folder):
-                stats = run_batches(reader, plan, range(len(plan.batches)), predictor, job.journal, settings, lambda _t, n: bar.batch_done(n), bar.tile_done)
+                stats = run_batches(reader, plan, range(len(plan.batches)), predictor, job.journal, settings, lambda t, n: bar.batch_done(n, t), bar.tile_done)
         except Interrupted as stop:
             stop.progress = (len(job.journal.done()), len(plan.batches))
             raise
