@@ -255,6 +255,8 @@ def test_run_page_shows_every_slide_with_pictures_counts_and_failures(tmp_path, 
     report = json.loads((mosaic / "mosaic_report.json").read_text())
     (mosaic / "mosaic_report.json").write_text(json.dumps({**report, "tissue_mm2": 0.05}))  # for the per-class densities
     gone = write_slide_folder(out, "moved", kumar[0], kumar[2], ["nucleus"], [NUCLEUS_COLOR])
+    moved_report = json.loads((gone / "moved_report.json").read_text())  # a result to check: not a green "finished"
+    (gone / "moved_report.json").write_text(json.dumps({**moved_report, "warnings": ["median nucleus area 1.2 um^2, outside"]}))
     (out.parent / "slides" / "moved.png").unlink()  # slide file gone: outlines on white, said so
     (out / "broken").mkdir()
     (out / "broken" / "broken_report.json").write_text('{"status": "compl')  # cut short
@@ -266,7 +268,8 @@ def test_run_page_shows_every_slide_with_pictures_counts_and_failures(tmp_path, 
     text = page.read_text()
     for stem in ("kumar", "mosaic", "moved", "broken", "crashed", "half-done"):
         assert f'id="{stem}"' in text, stem
-    assert text.count('class="state finished"') == 3 and text.count('class="state failed"') == 2 and text.count('class="state unfinished"') == 1
+    assert text.count('class="state finished"') == 2 and text.count('class="state failed"') == 2 and text.count('class="state unfinished"') == 1
+    assert text.count('<span class="state warned">finished with warnings</span>') == 1 and "Check this result: median nucleus area" in text
     assert "CUDA out of memory" in text and "broken_report.json" in text and "2 batches of tiles done" in text
     assert "not found" in text  # the moved slide
     for nuclei in (kumar[2], consep[2]):
