@@ -81,7 +81,8 @@ def consep() -> tuple[np.ndarray, np.ndarray, SlideNuclei]:
     return rgb, labels, nuclei_from_labels(labels, rgb, classes, "consep")
 
 
-def write_slide_folder(out: Path, stem: str, rgb: np.ndarray, nuclei: SlideNuclei, names: list[str], colors: list[tuple[int, int, int]]) -> Path:
+def write_slide_folder(out: Path, stem: str, rgb: np.ndarray, nuclei: SlideNuclei, names: list[str], colors: list[tuple[int, int, int]],
+                       roi: list[int] | None = None) -> Path:
     """`out/<stem>/` as `segment` leaves it; the slide PNG lies in `out/../slides/`."""
     slide = out.parent / "slides" / f"{stem}.png"
     slide.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +90,7 @@ def write_slide_folder(out: Path, stem: str, rgb: np.ndarray, nuclei: SlideNucle
     folder = out / stem
     folder.mkdir(parents=True)
     batches = [nuclei.select(slice(a, a + 50)) for a in range(0, len(nuclei), 50)]  # several batches, as from tiles
-    meta = {"slide": str(slide), "slide_mpp": MPP, "mpp_source": "override", "roi": [0, 0, rgb.shape[1], rgb.shape[0]], "class_names": names, "class_colors": [list(c) for c in colors]}
+    meta = {"slide": str(slide), "slide_mpp": MPP, "mpp_source": "override", "roi": roi or [0, 0, rgb.shape[1], rgb.shape[0]], "class_names": names, "class_colors": [list(c) for c in colors]}
     write_zarr(folder / f"{stem}.zarr", batches, meta, chunk_rows=64)  # several chunks: the renderer must stream
     write_geojson(folder / f"{stem}.geojson", batches, names, colors)
     table = write_table(folder / f"{stem}_nuclei.parquet", batches, class_names=names)
@@ -164,6 +165,20 @@ def test_outline_overlay_colours_each_nucleus_by_class_and_nothing_else(tmp_path
     got = {r.split(",")[1]: int(r.split(",")[2]) for r in rows[1:]}
     assert got == {n: int(np.sum(nuclei.classes == i)) for i, n in enumerate(CONSEP_NAMES)}
     assert sum(got.values()) == len(nuclei)
+
+
+def test_the_overview_boxes_the_roi_that_was_segmented(tmp_path, consep):
+    from promptnucseg.wsi_pipeline.report.slide import ROI_COLOR
+
+    rgb, _, nuclei = consep
+    assert not colour_mask(rgb, ROI_COLOR).any()
+    folder = write_slide_folder(tmp_path / "run", "mosaic", rgb, nuclei, CONSEP_NAMES, CONSEP_COLORS, roi=[100, 150, 200, 250])
+    files = render_slide_report(folder)
+    img = overlay_part(files["overlay"], (512, 512))
+    blue = colour_mask(img, ROI_COLOR)
+    assert blue[150:400, 100].all() and blue[150:400, 299].all() and blue[150, 100:300].all() and blue[399, 100:300].all()
+    assert not blue[:140].any() and not blue[410:].any() and not blue[:, 310:].any()  # the box and nothing else
+    assert any("--roi region x 100-300, y 150-400" in n for n in json.loads(files["pictures"].read_text())["notes"])
 
 
 def test_dots_and_a_zoomed_crop_when_outlines_would_be_too_small(tmp_path, kumar):
