@@ -108,10 +108,21 @@ def describe_file(path: Path) -> dict[str, Any]:
     out["classes"] = {n: list(c) for n, c in zip(config.get("class_names", []), config.get("class_colors", []))}
     if "segmentor_ref" in ckpt:
         out["segmentor_from"] = ckpt["segmentor_ref"].get("file")
-    out["validation"] = (ckpt.get("metrics") or {}).get("validation", {})
+    out["validation"] = dict((ckpt.get("metrics") or {}).get("validation", {}))
+    if isinstance(out["validation"].get("data"), str):
+        out["validation"]["data"] = data_set_name(out["validation"]["data"])
     if isinstance(ckpt.get("adaptation"), dict):
         out["adaptation"] = ckpt["adaptation"]
     return out
+
+
+def data_set_name(path: str) -> str:
+    """A recorded validation path as the data set's name ("kumar/train"): the build machine's folders
+    ("../shared/data/...") mean nothing to a user and are not theirs to have."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    if "data" in parts:
+        parts = parts[len(parts) - parts[::-1].index("data"):]
+    return "/".join(parts[-2:]) or path
 
 
 def _figures(validation: dict[str, Any]) -> list[str]:
@@ -127,7 +138,7 @@ def _figures(validation: dict[str, Any]) -> list[str]:
         shown = validation["images"]
         lines.append("on " + ", ".join(map(str, shown[:6])) + (f" and {len(shown) - 6} more" if len(shown) > 6 else ""))
     if isinstance(validation.get("data"), str):
-        lines.append(f"data {validation['data']}")
+        lines.append(f"data set {validation['data']}")
     return lines
 
 

@@ -123,11 +123,14 @@ def test_models_lists_the_bundled_models_from_their_files_and_cards(capsys):
     out = capsys.readouterr().out
     assert out.startswith("default: ") and "typed" in out
     assert "nucleus (RGB 220,40,40)" in out and "CC BY-NC-SA 4.0" in out and "pq 0.480" in out
+    assert "data set kumar/train" in out and "shared/data" not in out and "../" not in out  # not the build machine's folders
     assert main(["models", "--json"]) == 0
     listing = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     default = listing["default"]
     ckpt = read_checkpoint(bundled.DEFAULT_WEIGHTS)
-    assert default["classes"] == {"nucleus": [220, 40, 40]} and default["validation"] == ckpt["metrics"]["validation"]
+    recorded = {**ckpt["metrics"]["validation"], "data": bundled.data_set_name(ckpt["metrics"]["validation"]["data"])}
+    assert default["classes"] == {"nucleus": [220, 40, 40]} and default["validation"] == recorded
+    assert bundled.data_set_name("../shared/data/consep-patches/train") == "consep-patches/train"
     assert default["licence"] == bundled.card_facts(bundled.BUNDLED["default"].card_path)["licence"]
     typed = listing["typed"]
     if typed.get("missing"):

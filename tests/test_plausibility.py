@@ -24,6 +24,8 @@ def test_warnings_name_mpp_only_when_figures_are_far_off():
     tiny = result_warnings(5000, 1.0, 1.2, 0.25, "override", ranges)
     assert len(tiny) == 1 and "median nucleus area 1.2" in tiny[0]
     assert result_warnings(0, 0.001, None, 0.25, "override", ranges) == []  # too little tissue to judge
+    coarse = result_warnings(40, 1.0, 2.0, 1.0, "metadata", ranges)  # a 10x slide: the scan is the cause, not --mpp
+    assert len(coarse) == 1 and "too coarse for nuclei (1 um/px" in coarse[0] and "--mpp" not in coarse[0]
 
 
 @pytest.fixture()
@@ -49,6 +51,19 @@ def test_missing_mpp_and_no_tissue_are_refused_without_loading_the_model(tmp_pat
     assert code == 1 and "no tissue found" in err
 
 
+def test_a_thumbnail_scale_slide_is_refused_without_loading_the_model_and_warned_when_forced(tmp_path, capsys, no_model):
+    from promptnucseg.wsi_pipeline.plan import SegmentSettings, plan_slide
+    from promptnucseg.wsi_pipeline.slides import open_slide
+
+    code = main(["segment", str(need(TCGA)), "--out", str(tmp_path / "out"), "--no-progress", "--mpp", "4"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("error:") == 1
+    assert "finest level is 4 um/px" in err and "0.5 um/px or finer" in err and "--force-mpp" in err
+    with open_slide(need(TCGA)) as reader:  # forced: planned, with the upsampling said
+        plan = plan_slide(reader, SegmentSettings(mpp=4.0, force_mpp=True, roi=(2000, 1500, 64, 64)), 0.25)
+    assert len(plan.warnings) == 1 and "upsampled x16" in plan.warnings[0] and "few or no real nuclei" in plan.warnings[0]
+
+
 @pytest.mark.slow
 def test_a_wrong_mpp_on_a_real_slide_warns_and_a_right_one_does_not(tmp_path):
     from promptnucseg.models.interface import load_predictor
@@ -71,3 +86,19 @@ def test_a_wrong_mpp_on_a_real_slide_warns_and_a_right_one_does_not(tmp_path):
     good = segment_slide(crop, tmp_path, predictor, SegmentSettings(tile_size=512, overlap=64, mpp=0.25, formats=("table",), progress=False), log=said.append)
     assert good["nuclei"] > 50 and good["warnings"] == [], good["warnings"]
     assert 300 < good["nuclei_per_mm2_tissue"] < 60000 and 5 < good["median_area_um2"] < 120
+
+
+def test_a_folder_of_slides_is_segmented_by_pattern(tmp_path, capsys, no_model):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in ("b.png", "a.png"):
+        Image.fromarray(np.full((400, 400, 3), 242, np.uint8)).save(folder / name)
+    (folder / "notes.txt").write_text("not a slide")
+    code = main(["segment", str(folder), "--out", str(tmp_path / "out"), "--no-progress", "--mpp", "0.25"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 2 and "notes.txt" not in err, err  # both images taken (and refused: blank), in order
+    assert str(folder / "a.png") in lines[0] and str(folder / "b.png") in lines[1] and "no tissue found" in lines[0]
+    code = main(["segment", str(folder), "--pattern", "*.svs", "--out", str(tmp_path / "out"), "--no-progress", "--mpp", "0.25"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a folder with no slide files matching --pattern '*.svs'" in err and "Fix:" in err

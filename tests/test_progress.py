@@ -21,3 +21,14 @@ def test_rate_starts_after_the_warm_up_tile_and_counts_this_run_only():
     bar.batch_done(40)
     assert "tissue 1.20/2.00 mm²" in fmt["postfix"] and bar.nuclei_done == 540
     bar.close()
+
+
+def test_nuclei_count_moves_with_each_tile_before_its_batch_is_journaled():
+    bar = SlideProgress("slide", total_tiles=16, tiles_done=0, tissue_mm2=1.0)
+    bar.tile_done(30)
+    assert "~30 nuclei" in bar._bar.format_dict["postfix"]  # used to read 0 until 8 tiles were journaled
+    bar.tile_done(12)
+    assert "~42 nuclei" in bar._bar.format_dict["postfix"]
+    bar.batch_done(38, tiles=2)  # stitched: overlap duplicates gone, the exact count replaces the estimate
+    assert bar.nuclei_done == 38 and "38 nuclei" in bar._bar.format_dict["postfix"] and "~" not in bar._bar.format_dict["postfix"]
+    bar.close()

@@ -81,7 +81,8 @@ def consep() -> tuple[np.ndarray, np.ndarray, SlideNuclei]:
     return rgb, labels, nuclei_from_labels(labels, rgb, classes, "consep")
 
 
-def write_slide_folder(out: Path, stem: str, rgb: np.ndarray, nuclei: SlideNuclei, names: list[str], colors: list[tuple[int, int, int]]) -> Path:
+def write_slide_folder(out: Path, stem: str, rgb: np.ndarray, nuclei: SlideNuclei, names: list[str], colors: list[tuple[int, int, int]],
+                       roi: list[int] | None = None) -> Path:
     """`out/<stem>/` as `segment` leaves it; the slide PNG lies in `out/../slides/`."""
     slide = out.parent / "slides" / f"{stem}.png"
     slide.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +90,7 @@ def write_slide_folder(out: Path, stem: str, rgb: np.ndarray, nuclei: SlideNucle
     folder = out / stem
     folder.mkdir(parents=True)
     batches = [nuclei.select(slice(a, a + 50)) for a in range(0, len(nuclei), 50)]  # several batches, as from tiles
-    meta = {"slide": str(slide), "slide_mpp": MPP, "mpp_source": "override", "roi": [0, 0, rgb.shape[1], rgb.shape[0]], "class_names": names, "class_colors": [list(c) for c in colors]}
+    meta = {"slide": str(slide), "slide_mpp": MPP, "mpp_source": "override", "roi": roi or [0, 0, rgb.shape[1], rgb.shape[0]], "class_names": names, "class_colors": [list(c) for c in colors]}
     write_zarr(folder / f"{stem}.zarr", batches, meta, chunk_rows=64)  # several chunks: the renderer must stream
     write_geojson(folder / f"{stem}.geojson", batches, names, colors)
     table = write_table(folder / f"{stem}_nuclei.parquet", batches, class_names=names)
@@ -164,6 +165,20 @@ def test_outline_overlay_colours_each_nucleus_by_class_and_nothing_else(tmp_path
     got = {r.split(",")[1]: int(r.split(",")[2]) for r in rows[1:]}
     assert got == {n: int(np.sum(nuclei.classes == i)) for i, n in enumerate(CONSEP_NAMES)}
     assert sum(got.values()) == len(nuclei)
+
+
+def test_the_overview_boxes_the_roi_that_was_segmented(tmp_path, consep):
+    from promptnucseg.wsi_pipeline.report.slide import ROI_COLOR
+
+    rgb, _, nuclei = consep
+    assert not colour_mask(rgb, ROI_COLOR).any()
+    folder = write_slide_folder(tmp_path / "run", "mosaic", rgb, nuclei, CONSEP_NAMES, CONSEP_COLORS, roi=[100, 150, 200, 250])
+    files = render_slide_report(folder)
+    img = overlay_part(files["overlay"], (512, 512))
+    blue = colour_mask(img, ROI_COLOR)
+    assert blue[150:400, 100].all() and blue[150:400, 299].all() and blue[150, 100:300].all() and blue[399, 100:300].all()
+    assert not blue[:140].any() and not blue[410:].any() and not blue[:, 310:].any()  # the box and nothing else
+    assert any("--roi region x 100-300, y 150-400" in n for n in json.loads(files["pictures"].read_text())["notes"])
 
 
 def test_dots_and_a_zoomed_crop_when_outlines_would_be_too_small(tmp_path, kumar):
@@ -255,6 +270,8 @@ def test_run_page_shows_every_slide_with_pictures_counts_and_failures(tmp_path, 
     report = json.loads((mosaic / "mosaic_report.json").read_text())
     (mosaic / "mosaic_report.json").write_text(json.dumps({**report, "tissue_mm2": 0.05}))  # for the per-class densities
     gone = write_slide_folder(out, "moved", kumar[0], kumar[2], ["nucleus"], [NUCLEUS_COLOR])
+    moved_report = json.loads((gone / "moved_report.json").read_text())  # a result to check: not a green "finished"
+    (gone / "moved_report.json").write_text(json.dumps({**moved_report, "warnings": ["median nucleus area 1.2 um^2, outside"]}))
     (out.parent / "slides" / "moved.png").unlink()  # slide file gone: outlines on white, said so
     (out / "broken").mkdir()
     (out / "broken" / "broken_report.json").write_text('{"status": "compl')  # cut short
@@ -266,7 +283,8 @@ def test_run_page_shows_every_slide_with_pictures_counts_and_failures(tmp_path, 
     text = page.read_text()
     for stem in ("kumar", "mosaic", "moved", "broken", "crashed", "half-done"):
         assert f'id="{stem}"' in text, stem
-    assert text.count('class="state finished"') == 3 and text.count('class="state failed"') == 2 and text.count('class="state unfinished"') == 1
+    assert text.count('class="state finished"') == 2 and text.count('class="state failed"') == 2 and text.count('class="state unfinished"') == 1
+    assert text.count('<span class="state warned">finished with warnings</span>') == 1 and "Check this result: median nucleus area" in text
     assert "CUDA out of memory" in text and "broken_report.json" in text and "2 batches of tiles done" in text
     assert "not found" in text  # the moved slide
     for nuclei in (kumar[2], consep[2]):

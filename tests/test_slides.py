@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.models.interface import to_rgb_uint8
-from promptnucseg.wsi_pipeline.slides import open_slide, resolve_mpp
+from promptnucseg.wsi_pipeline.slides import coarse_warning, open_slide, resolve_mpp
 from conftest import SHARED_DATA
 
 DATA = SHARED_DATA
@@ -154,6 +154,36 @@ def test_missing_mpp_is_refused_and_override_is_recorded():
         for bad in (-1, 0, "abc", float("nan")):
             with pytest.raises(PipelineInputError, match="positive number"):
                 resolve_mpp(reader, bad)
+
+
+@needs_slides
+def test_a_slide_too_coarse_for_nuclei_says_so_and_is_refused_past_the_limit(tmp_path):
+    # the TCGA file is a whole section in 4,443 px: ~4 um/px is its true scale
+    with open_slide(TCGA) as reader:
+        with pytest.raises(PipelineInputError) as err:
+            resolve_mpp(reader, 4.0)
+        message = str(err.value)
+        for words in (TCGA.name, "finest level is 4 um/px (given by --mpp)", "0.5 um/px or finer", "refused above 2 um/px",
+                      "full-resolution scan", "--force-mpp"):
+            assert words in message, (words, message)
+        assert "\n" not in message
+        assert resolve_mpp(reader, 4.0, force=True) == (4.0, "override")
+        assert resolve_mpp(reader, 2.0) == (2.0, "override")  # at the limit: warned, not refused
+    # the same rule for a file's own metadata: the kidney pixels saved as a TIFF that says 5 um/px
+    coarse = tmp_path / "kidney-5um.tif"
+    tifffile.imwrite(coarse, tifffile.imread(KIDNEY), photometric="rgb", resolution=(2000, 2000), resolutionunit="CENTIMETER")
+    with open_slide(coarse) as reader:
+        assert reader.mpp == pytest.approx(5.0)
+        with pytest.raises(PipelineInputError, match=r"kidney-5um.tif: its finest level is 5 um/px \(tiff resolution tags"):
+            resolve_mpp(reader)
+
+
+def test_coarse_warning_names_the_upsampling():
+    assert coarse_warning(0.25, "metadata", 0.25) is None and coarse_warning(0.504, "metadata", 0.25) is None
+    ten_x = coarse_warning(1.0, "metadata: openslide.mpp-x", 0.25)
+    assert "finest level is 1 um/px (metadata: openslide.mpp-x)" in ten_x and "upsampled x4" in ten_x and "0.5 um/px" in ten_x
+    forced = coarse_warning(20.0, "override", 0.25)
+    assert "upsampled x80" in forced and "--force-mpp" in forced and "few or no real nuclei" in forced
 
 
 @needs_slides

@@ -24,11 +24,13 @@ needs_data = pytest.mark.skipif(not SLIDES.is_dir(), reason=f"real data not foun
 @needs_data
 @pytest.mark.parametrize(
     "name, override, low, high",
-    [  # measured: 0.410, 0.630, 0.686, 0.0035 (the kidney slide is one small fragment on glass)
+    [  # measured: 0.391, 0.630, 0.661, 0.0035, 0.0039 (the kidney slide is one small fragment on glass)
         ("cmu_small_region.svs", None, 0.30, 0.55),
         ("tcga-cr-7395-01a-01-ts1.svs", None, 0.50, 0.75),
         ("tcga-cr-7395-01a-01-ts1.svs", 0.25, 0.55, 0.80),
         ("kidney-48-5.tif", None, 0.001, 0.01),
+        # told 0.25 um/px, the 1493-px image was a 47 x 29 px mask at 8 um/px and the fragment 2 px: "no tissue"
+        ("kidney-48-5.tif", 0.25, 0.001, 0.01),
     ],
 )
 def test_real_slides_have_plausible_tissue(name, override, low, high):
@@ -38,17 +40,49 @@ def test_real_slides_have_plausible_tissue(name, override, low, high):
     assert not mask.is_empty
     assert low < mask.fraction < high
     json.dumps(mask.describe())
+    if name.startswith("kidney"):
+        assert mask.fraction_in((290, 505, 100, 55)) > 0.6  # the biopsy fragment
+        assert mask.fraction_in((1000, 100, 200, 200)) == 0.0  # glass with a smudge
+
+
+@needs_data
+def test_kidney_biopsy_told_quarter_micron_is_not_refused_as_no_tissue():
+    from promptnucseg.wsi_pipeline.plan import SegmentSettings, check_slide
+
+    with open_slide(SLIDES / "kidney-48-5.tif") as reader:
+        check_slide(reader, SegmentSettings(mpp=0.25))  # used to raise "no tissue found in the slide"
+
+
+@needs_data
+@pytest.mark.parametrize("mpp", [None, 0.25])
+def test_pale_and_small_fragments_on_real_glass_are_found_and_the_glass_is_not(tmp_path, mpp):
+    with open_slide(SLIDES / "kidney-48-5.tif") as reader:
+        glass = reader.read_downsampled(1.0)[0:600, 700:1493].copy()  # real glass: a smudge, dust, a scratch
+    tissue = np.asarray(Image.open(KUMAR / "TCGA-18-5592-01Z-00-DX1.png").convert("RGB"))
+    yy, xx = np.mgrid[:120, :160]
+    oval = ((yy - 60) / 60) ** 2 + ((xx - 80) / 80) ** 2 < 1
+    pale = (tissue[:120, :160] * 0.3 + 255 * 0.7).astype(np.uint8)  # 70% white: a faint section edge
+    glass[300:420, 100:260][oval] = pale[oval]
+    glass[450:490, 650:680] = tissue[500:540, 500:530]  # 40 x 30 px: a crumb of a biopsy
+    path = tmp_path / "fragments.png"
+    Image.fromarray(glass).save(path)
+    with open_slide(path, mpp_override=mpp) as reader:
+        mask = tissue_mask(reader)
+    assert mask.fraction_in((100, 300, 160, 120)) > 0.6
+    assert mask.fraction_in((650, 450, 30, 40)) > 0.9
+    assert mask.fraction_in((0, 0, 793, 280)) == 0.0  # glass, the smudge (x 440-560) and dust
+    assert mask.fraction_in((300, 300, 300, 300)) == 0.0
 
 
 @needs_data
 def test_mask_resolution_follows_mpp_and_max_side():
     with open_slide(SLIDES / "cmu_small_region.svs") as reader:  # 0.499 um/px, 2220 x 2967
-        mask = tissue_mask(reader, mask_mpp=8.0)
-        assert mask.downsample == pytest.approx(8.0 / 0.499)
+        mask = tissue_mask(reader, mask_mpp=2.0)
+        assert mask.downsample == pytest.approx(2.0 / 0.499)
         assert mask.array.shape == (math.ceil(2967 / mask.downsample), math.ceil(2220 / mask.downsample))
-        assert mask.details["mask_mpp"] == pytest.approx(8.0)
-        coarse = tissue_mask(reader, mask_mpp=16.0)
-        assert coarse.downsample == pytest.approx(2 * mask.downsample)
+        assert mask.details["mask_mpp"] == pytest.approx(2.0)
+        coarse = tissue_mask(reader, mask_mpp=8.0)  # 186 px long at 8 um/px: held at the 512-px least side instead
+        assert coarse.downsample == pytest.approx(2967 / 512) and max(coarse.array.shape) == 512
         capped = tissue_mask(reader, mask_mpp=1.0, max_side=300)
         assert max(capped.array.shape) <= 300
         assert abs(coarse.fraction - mask.fraction) < 0.05 and abs(capped.fraction - mask.fraction) < 0.05

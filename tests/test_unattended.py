@@ -289,3 +289,22 @@ cp -a {disk}/out {keep}/after_resume
     assert journal_lines(full) >= 2 and not (full / "cmu_small_region_report.json").exists() and not (full / LOCK_NAME).exists()
     assert rc[2] == 0 and "resuming" in err[2], err[2]
     assert_complete(keep / "after_resume" / "cmu_small_region")
+
+
+def test_the_plan_line_says_what_is_true_for_one_tile_and_for_a_region():
+    from promptnucseg.wsi_pipeline.plan import plan_slide
+    from promptnucseg.wsi_pipeline.preflight import plan_summary
+
+    kidney = need(DATA / "slides" / "kidney-48-5.tif")
+    with open_slide(kidney) as reader:  # told 0.25 um/px: nothing to resample; one tile holds the biopsy
+        plan = plan_slide(reader, SegmentSettings(mpp=0.25, progress=False), 0.25, window_grid=(256, 192))
+    line = plan_summary(plan, len(plan.tiles), len(plan.batches), "cpu")
+    assert "not resampled (already the model's 0.25 um/px)" in line and "1/1.00" not in line
+    assert "1 tile of 1024 px in 1 batch (1 to run)" in line and "0.00 mm²" not in line
+    assert re.search(r"tissue 0\.000\d+ mm² \(0\.\d% of the slide\)", line), line
+    with open_slide(need(CMU)) as reader:  # 0.499 um/px; the slide is 39% tissue, this region 71%
+        plan = plan_slide(reader, SegmentSettings(roi=(600, 1200, 800, 800), progress=False), 0.25, window_grid=(256, 192))
+    line = plan_summary(plan, len(plan.tiles), len(plan.batches), "cpu")
+    assert "resampled x2.00 up to the model's 0.25 um/px" in line
+    share = plan.tissue_mm2 / (800 * 800 * 0.499**2 / 1e6)
+    assert f"({share:.0%} of the region)" in line and "of the slide" not in line and abs(share - plan.tissue_fraction) > 0.1, line

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("slides", nargs="*", metavar="SLIDE", help="slide files (svs, ndpi, mrxs, scn, tiff, ome.tiff, png, jpg)")
+    parser.add_argument("slides", nargs="*", metavar="SLIDE", help="slide files (svs, ndpi, mrxs, scn, tiff, ome.tiff, png, jpg), or folders of them (see --pattern)")
+    parser.add_argument("--pattern", default="*", help="for a folder given as SLIDE: the file names to take, a glob (default *: every slide file in it, not its sub-folders; e.g. '*.svs')")
     parser.add_argument("--out", required=True, help="output folder; one sub-folder per slide")
     parser.add_argument("--sample", action="store_true", help="add the bundled sample slide (CMU-1-Small-Region, Aperio SVS) to the inputs")
     parser.add_argument("--model", "--weights", dest="weights", help="a bundled model by name (default, typed: `promptnucseg models`), or a model file: a promptnucseg model (export-model), a segmentor, or an official sam_vit_b/l/h checkpoint; default: the bundled default")
@@ -37,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--workers", type=flags.WORKERS, default=4, help="tile-reading threads (default 4)")
     parser.add_argument("--tile-size", type=flags.TILE_SIZE, default=1024, help="tile size in model pixels, multiple of 32 (default 1024); sizes of 256 + a multiple of the model's window step (192 for the bundled model: 1024, 1216, 1408...) keep tiled masks equal to a one-pass run")
     parser.add_argument("--overlap", type=flags.OVERLAP, default=128, help="least tile overlap in model pixels, larger than the largest nucleus (default 128); the tile step is rounded down to the model's window grid, so the real overlap can be larger (the run report's 'tiling')")
-    parser.add_argument("--mpp", type=flags.MPP, help="microns per pixel of the slide's level 0: overrides (or supplies missing) metadata; refused outside 0.05-10 unless --force-mpp")
-    parser.add_argument("--force-mpp", action="store_true", help="accept an --mpp outside the plausible 0.05-10 um/px")
+    parser.add_argument("--mpp", type=flags.MPP, help="microns per pixel of the slide's level 0: overrides (or supplies missing) metadata; refused outside 0.05-10, and slides coarser than 2 (nuclei need ~0.5 or finer), unless --force-mpp")
+    parser.add_argument("--force-mpp", action="store_true", help="accept an --mpp outside the plausible 0.05-10 um/px, and a slide coarser than 2 um/px (warned)")
     parser.add_argument("--roi", help="x,y,w,h in level-0 pixels: segment only this region")
     parser.add_argument(
         "--regions", metavar="FILE",
@@ -172,6 +173,25 @@ def _refuse_unusable(
     return refused
 
 
+def slides_in(given: list[str], pattern: str = "*") -> list[Path]:
+    """The slides named, with each folder replaced by its slide files matching `pattern` (sorted, not recursive)."""
+    from .errors import PipelineInputError
+    from .slides import SUPPORTED_EXTENSIONS
+
+    out: list[Path] = []
+    for name in given:
+        path = Path(name)
+        if not path.is_dir() or path.suffix.lower() in SUPPORTED_EXTENSIONS:  # a MIRAX slide's folder is named by its .mrxs
+            out.append(path)
+            continue
+        found = sorted(f for f in path.glob(pattern) if f.is_file() and f.suffix.lower() in SUPPORTED_EXTENSIONS)
+        if not found:
+            raise PipelineInputError(path, f"is a folder with no slide files matching --pattern {pattern!r}",
+                                     f"put slides ({' '.join(SUPPORTED_EXTENSIONS)}) in it, or give a --pattern that matches them")
+        out += found
+    return out
+
+
 def execute(args: argparse.Namespace, on_result: Callable[["SlideResult"], None] = lambda r: None) -> RunOutcome:
     """The `segment` command: refusals, then each slide (or the dask run); `on_result` sees each
     slide's result as it comes. Setup errors (bad flags, files, model) raise: the CLI exits 2."""
@@ -182,7 +202,7 @@ def execute(args: argparse.Namespace, on_result: Callable[["SlideResult"], None]
     from .segment import SlideResult, failed_result, segment_slide
     from .slides import parse_roi
 
-    slides = [Path(s) for s in args.slides]
+    slides = slides_in(args.slides, args.pattern)
     if args.sample:
         from .sample import sample_slide
 

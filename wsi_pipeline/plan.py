@@ -16,7 +16,7 @@ from .errors import PipelineInputError
 from .journal import quick_file_hash
 from .points import PlanPoints, load_plan_points
 from .regions import RegionSet, load_plan_regions, tissue_mm2_in
-from .slides import SlideReader, resolve_mpp
+from .slides import SlideReader, coarse_warning, resolve_mpp
 from .stains import StainModel, fit_stains
 from .tiling import Tile, TileGrid
 from .tissue import TissueConfig, detect_tissue, tissue_mask
@@ -41,7 +41,7 @@ class SegmentSettings:
     overwrite: bool = False
     progress: bool = True
     label_map_max_pixels: int = 20000 * 20000
-    force_mpp: bool = False  # accept an --mpp outside the plausible MPP_MIN..MPP_MAX
+    force_mpp: bool = False  # accept an --mpp outside the plausible MPP_MIN..MPP_MAX, and a slide coarser than COARSE_MAX_MPP
     wait_for_lock: bool = False  # wait for another run holding a slide's folder instead of refusing
     points: str | None = None  # a person's points file (points.py): prompts instead of, or besides, the prompter's
     points_mode: str = "only"  # "only" (--points) or "add" (--add-points)
@@ -77,6 +77,7 @@ class SlidePlan:
     unreadable: list[dict[str, Any]] = field(default_factory=list)  # corrupt blocks met while planning (level, level-0 box)
     regions: RegionSet | None = None  # --regions, clipped to the slide and --roi
     region_tissue_mm2: list[float | None] = field(default_factory=list)  # each region's tissue (None without a mask)
+    warnings: list[str] = field(default_factory=list)  # said with the plan and kept in the report (a coarse slide)
 
     def level0_box(self, tile: Tile) -> tuple[float, float, float, float]:
         """The tile's level-0 box (x, y, w, h); exact floats, so tiles map back without drift."""
@@ -103,6 +104,8 @@ def plan_slide(
         tissue_fraction=1.0, slide_facts=reader.describe(), dimensions=(width0, height0),
         read_level=reader.best_level_for_downsample(scale), tissue_mm2=region_mm2, points=points, regions=regions,
     )
+    coarse = coarse_warning(slide_mpp, mpp_source, model_mpp)
+    plan.warnings = [coarse] if coarse else []
     tiles = list(grid)
     mask = None
     if settings.use_tissue_mask and not only_points:

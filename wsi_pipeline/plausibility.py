@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .slides import COARSE_WARN_MPP, NUCLEUS_MPP
+
 
 @dataclass(frozen=True)
 class NucleusRanges:
@@ -43,9 +45,13 @@ def ranges_for(model: Mapping[str, Any]) -> NucleusRanges:
 
 
 def result_warnings(nuclei: int, tissue_mm2: float, median_area_um2: float | None, mpp: float, mpp_source: str, ranges: NucleusRanges) -> list[str]:
-    """One sentence per figure far outside the model's range, naming --mpp as the likely cause."""
+    """One sentence per figure far outside the model's range, naming the likely cause: a slide too
+    coarse for nuclei (the plan warned already), else a wrong scale (--mpp)."""
     out: list[str] = []
-    cause = f"the slide's scale is probably wrong: {mpp:g} um/px ({mpp_source}); check --mpp (see `promptnucseg segment --help`)"
+    if mpp > COARSE_WARN_MPP:
+        cause = f"the slide is too coarse for nuclei ({mpp:g} um/px, {mpp_source}; they need about {NUCLEUS_MPP:g} um/px or finer)"
+    else:
+        cause = f"the slide's scale is probably wrong: {mpp:g} um/px ({mpp_source}); check --mpp (see `promptnucseg segment --help`)"
     if tissue_mm2 >= 0.01:  # 100 x 100 um: smaller regions are too small to judge a density
         density = nuclei / tissue_mm2
         lo, hi = ranges.nuclei_per_mm2

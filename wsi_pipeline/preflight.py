@@ -86,16 +86,38 @@ def check_tile_memory(tile_size: int, batch_size: int, available: int | None = N
 
 def plan_summary(plan: "SlidePlan", tiles_left: int, batches_left: int, device: str) -> str:
     """One line that makes a wrong setting visible before work starts."""
-    _, _, w, h = plan.roi
-    zoom = f"x{1 / plan.scale:.2f} up" if plan.scale < 1 else f"1/{plan.scale:.2f} down"
+    x, y, w, h = plan.roi
+    if abs(plan.scale - 1) < 0.005:
+        zoom = "not resampled (already"
+    else:
+        zoom = f"resampled x{1 / plan.scale:.2f} up to" if plan.scale < 1 else f"resampled 1/{plan.scale:.2f} down to"
     seconds = estimated_seconds(plan, tiles_left)
     where = "on 2 CPU cores" if not str(device).startswith("cuda") else "at 2-CPU-core speed (a GPU is faster; no GPU figure measured yet)"
+    whole = (x, y, w, h) == (0, 0, *plan.dimensions)
+    if whole:
+        share = plan.tissue_fraction
+    else:  # under --roi the share of the region, not of the slide
+        region_mm2 = w * h * plan.slide_mpp**2 / 1e6
+        share = plan.tissue_mm2 / region_mm2 if region_mm2 > 0 else 0.0
     return (
         f"{plan.path.name}: plan: {w}x{h} level-0 px at {plan.slide_mpp:g} um/px ({plan.mpp_source}), read from level {plan.read_level}, "
-        f"resampled {zoom} to the model's {plan.model_mpp:g} um/px; {len(plan.tiles)} tiles of {plan.grid.tile_size} px "
-        f"in {len(plan.batches)} batches ({batches_left} to run); tissue {plan.tissue_mm2:.2f} mm² "
-        f"({plan.tissue_fraction:.0%} of the slide); estimated {_duration(seconds)} {where}"
+        f"{zoom} the model's {plan.model_mpp:g} um/px{')' if zoom.startswith('not') else ''}; "
+        f"{_count(len(plan.tiles), 'tile')} of {plan.grid.tile_size} px in {_count(len(plan.batches), 'batch')} ({batches_left} to run); "
+        f"tissue {_mm2(plan.tissue_mm2)} ({_share(share)} of the {'slide' if whole else 'region'}); estimated {_duration(seconds)} {where}"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("ch") else f"{n} {noun}s"
+
+
+def _mm2(value: float) -> str:
+    """Tissue area with two significant figures when small (a biopsy crumb is not "0.00 mm²")."""
+    return f"{value:.2f} mm²" if value >= 0.1 or value == 0 else f"{value:.2g} mm²"
+
+
+def _share(value: float) -> str:
+    return f"{value:.0%}" if value >= 0.01 or value == 0 else f"{value:.1%}" if value >= 0.001 else "<0.1%"
 
 
 def estimated_seconds(plan: "SlidePlan", tiles: int) -> float:

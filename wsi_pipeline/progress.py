@@ -11,6 +11,7 @@ the end of that first tile.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ class SlideProgress:
     enabled: bool = True
     _bar: Any = field(init=False, default=None)
     _warm: bool = field(init=False, default=False)
+    _unjournaled: deque = field(init=False, default_factory=deque)  # per tile: nuclei the model found, batch not yet journaled
 
     def __post_init__(self) -> None:
         self._bar = tqdm(
@@ -40,10 +42,13 @@ class SlideProgress:
     def _show(self, state: str | None = None, ahead: int = 0, refresh: bool = True) -> None:
         n = self._bar.n + ahead
         done = n / self.total_tiles * self.tissue_mm2 if self.total_tiles else 0.0
-        text = f"tissue {done:.2f}/{self.tissue_mm2:.2f} mm², {self.nuclei_done:,} nuclei"
+        found = sum(self._unjournaled)  # counted per tile before stitching drops overlap duplicates: "~"
+        nuclei = f"~{self.nuclei_done + found:,}" if found else f"{self.nuclei_done:,}"
+        text = f"tissue {done:.2f}/{self.tissue_mm2:.2f} mm², {nuclei} nuclei"
         self._bar.set_postfix_str(f"{state}, {text}" if state else text, refresh=refresh)
 
-    def tile_done(self) -> None:
+    def tile_done(self, found: int = 0) -> None:
+        self._unjournaled.append(found)
         if not self._warm:  # the first tile of this run carries the warm-up: the clock starts after it
             self._warm = True
             self._bar.initial = self._bar.n + 1  # rate = (n - initial) / elapsed: "?" until a second tile
@@ -53,8 +58,10 @@ class SlideProgress:
             self._show(ahead=1, refresh=False)  # one redraw per tile, by update()
         self._bar.update(1)
 
-    def batch_done(self, nuclei: int) -> None:
+    def batch_done(self, nuclei: int, tiles: int = 0) -> None:
         self.nuclei_done += nuclei
+        for _ in range(min(tiles, len(self._unjournaled))):  # the batch's tiles now count as journaled
+            self._unjournaled.popleft()
         self._show()
 
     def close(self) -> None:

@@ -194,6 +194,8 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
     if job.resumed:
         log(f"{plan.path.name}: resuming, {len(journal.done())}/{len(plan.batches)} batches already done")
     log(plan_summary(plan, len(plan.tiles) - job.tiles_done(), len(job.pending()), str(model.describe().get("device", "cpu"))))
+    for warning in plan.warnings:
+        log(f"{plan.path.name}: warning: {warning}")
     return job
 
 
@@ -297,7 +299,7 @@ def _segment_locked(path: str | Path, out_root: str | Path, predictor: NucleusPr
 
         try:
             with disk_full_explained(job.folder):
-                stats = run_batches(reader, plan, range(len(plan.batches)), predictor, job.journal, settings, lambda _t, n: bar.batch_done(n), bar.tile_done)
+                stats = run_batches(reader, plan, range(len(plan.batches)), predictor, job.journal, settings, lambda t, n: bar.batch_done(n, t), bar.tile_done)
         except Interrupted as stop:
             stop.progress = (len(job.journal.done()), len(plan.batches))
             raise
@@ -382,7 +384,7 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         write_region_table(paths["regions"], regions["regions"], names)
     if "label_map" in paths:
         write_label_tiff(paths["label_map"], (plan.dimensions[1], plan.dimensions[0]), iter_parts(journal))
-    warnings = result_warnings(total, plan.tissue_mm2, median_area, plan.slide_mpp, plan.mpp_source, ranges)
+    warnings = [*plan.warnings, *result_warnings(total, plan.tissue_mm2, median_area, plan.slide_mpp, plan.mpp_source, ranges)]
     if unreadable:
         warnings.append(
             f"{len(unreadable)} block(s) of the slide could not be decoded (corrupt image data in the file) and were segmented as blank: "

@@ -20,12 +20,18 @@ from .slide_backends import BACKEND_CLASSES
 from .slide_reader import CORRUPT_FIX, LEVEL_TOLERANCE, MPP_FIX, SlideReader, _missing_mpp_error, mpp_from_resolution, mpp_hint, opened
 
 __all__ = [  # the reader interface, re-exported: callers open and type slides through this module
-    "BACKENDS", "CORRUPT_FIX", "LEVEL_TOLERANCE", "MPP_FIX", "MPP_MAX", "MPP_MIN", "SUPPORTED_EXTENSIONS", "SlideReader",
-    "implausible_mpp", "mpp_from_resolution", "mpp_hint", "open_slide", "parse_roi", "resolve_mpp",
+    "BACKENDS", "COARSE_MAX_MPP", "COARSE_WARN_MPP", "CORRUPT_FIX", "LEVEL_TOLERANCE", "MPP_FIX", "MPP_MAX", "MPP_MIN",
+    "NUCLEUS_MPP", "SUPPORTED_EXTENSIONS", "SlideReader", "coarse_warning", "implausible_mpp", "too_coarse", "mpp_from_resolution", "mpp_hint", "open_slide", "parse_roi", "resolve_mpp",
 ]
 
 MPP_MIN = 0.05  # um/px; finer than any light microscope can resolve
 MPP_MAX = 10.0  # um/px; coarser than any slide a nucleus model can use
+# Nuclei are 5-20 um across: at 0.5 um/px (a 20x scan) they are 10-40 px, the coarsest scale at which a
+# nucleus model sees them well. Coarser slides are warned about, and refused (unless --force-mpp) past the
+# point where a nucleus is a few pixels: a thumbnail or 5x export, not a slide to segment (README, "Limits").
+NUCLEUS_MPP = 0.5
+COARSE_WARN_MPP = 0.6  # a 20x scanner reports 0.49-0.52 um/px: no warning for those
+COARSE_MAX_MPP = 2.0  # 2.5-10 px per nucleus; coarser is refused
 
 OPENSLIDE_EXTENSIONS = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff")
 TIFF_EXTENSIONS = (".tif", ".tiff", ".btf")
@@ -53,10 +59,41 @@ def implausible_mpp(mpp: float, source: str, path: str | Path | None = None) -> 
     )
 
 
+def too_coarse(mpp: float, source: str, path: str | Path | None = None) -> PipelineInputError | None:
+    """The refusal of a slide whose finest level is coarser than COARSE_MAX_MPP (None when finer)."""
+    if mpp <= COARSE_MAX_MPP:
+        return None
+    return PipelineInputError(
+        path, f"its finest level is {mpp:g} um/px ({_said_by(source)}), too coarse for nuclei: they need about {NUCLEUS_MPP:g} um/px "
+        f"or finer (a 20x or 40x scan), and at {mpp:g} um/px a nucleus is {5 / mpp:.1f}-{20 / mpp:.0f} px across "
+        f"(refused above {COARSE_MAX_MPP:g} um/px)",
+        "segment the full-resolution scan (this is a thumbnail or low-magnification export); if the scale is wrong, "
+        "give the scanner's value with --mpp (0.25 for 40x, 0.5 for 20x); --force-mpp runs it anyway",
+    )
+
+
+def coarse_warning(mpp: float, source: str, model_mpp: float) -> str | None:
+    """The plan's warning for a slide coarser than COARSE_WARN_MPP (None when finer), with the upsampling it costs."""
+    if mpp <= COARSE_WARN_MPP:
+        return None
+    up = mpp / model_mpp
+    text = (
+        f"the slide's finest level is {mpp:g} um/px ({_said_by(source)}), coarser than the about {NUCLEUS_MPP:g} um/px nuclei need: "
+        f"tiles are upsampled x{up:.0f} to the model's {model_mpp:g} um/px"
+    )
+    if mpp > COARSE_MAX_MPP:  # only with --force-mpp
+        return text + f" (--force-mpp; a nucleus is {5 / mpp:.1f}-{20 / mpp:.0f} px in the slide), so expect few or no real nuclei"
+    return text + ", so small nuclei may be missed or merged; a 20x or 40x scan of this slide gives better results"
+
+
+def _said_by(source: str) -> str:
+    return "given by --mpp" if source == "override" else source
+
+
 def resolve_mpp(reader: SlideReader, override: float | None = None, force: bool = False) -> tuple[float, str]:
     """(level-0 um/px, where it came from) for the run: the override if given (recorded as
-    "override"), else the file's own value, refused when missing or outside MPP_MIN..MPP_MAX
-    (an override outside it only with `force`)."""
+    "override"), else the file's own value, refused when missing, outside MPP_MIN..MPP_MAX
+    or coarser than COARSE_MAX_MPP (an override outside the range, or any coarse slide, only with `force`)."""
     if override is not None:
         reader.apply_mpp_override(override)
         err = None if force else implausible_mpp(float(override), reader.mpp_source, reader.path)
@@ -64,6 +101,8 @@ def resolve_mpp(reader: SlideReader, override: float | None = None, force: bool 
         err = _missing_mpp_error(reader)
     else:
         err = implausible_mpp(reader.mpp, reader.mpp_source, reader.path)
+    if err is None and not force:
+        err = too_coarse(float(reader.mpp), reader.mpp_source, reader.path)
     if err is not None:
         raise err
     return float(reader.mpp), reader.mpp_source

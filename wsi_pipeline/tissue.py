@@ -36,6 +36,8 @@ class TissueConfig:
     min_contrast: float = 0.05  # Otsu classes closer than this: the image is uniform
     min_object_um2: float = 2000.0  # ~45 x 45 um; smaller specks are dust
     min_object_fraction: float = 1e-4  # of the mask area, when the slide has no mpp
+    max_speck_fraction: float = 1e-3  # an object this share of the mask is never dust, whatever the mpp says
+    min_mask_side: int = 512  # the mask's long side at least this (or level 0's): a small fragment must cover pixels
     max_hole_factor: float = 10.0  # holes up to this many times min object are filled
     dilate_px: int = 1  # grow by this many mask pixels to keep faint tissue borders
 
@@ -86,27 +88,34 @@ class TissueMask:
 def tissue_mask(reader: SlideReader, mask_mpp: float = 8.0, max_side: int = 2048,
                 config: TissueConfig | None = None) -> TissueMask:
     """Tissue mask of the whole slide at ~`mask_mpp` um/px (or longest side `max_side` when
-    the slide has no mpp); never finer than level 0 nor larger than `max_side`."""
+    the slide has no mpp); never finer than level 0, nor larger than `max_side`, nor smaller
+    than `min_mask_side` (a small image told 0.25 um/px would otherwise be a 47 x 29 mask in
+    which a biopsy fragment is 2 pixels, blurred into the glass)."""
     cfg = config or TissueConfig()
     width, height = reader.dimensions
     downsample = max(width, height) / max_side
     if reader.mpp is not None:
         downsample = max(downsample, mask_mpp / reader.mpp)
-    downsample = max(1.0, downsample)
+    downsample = max(1.0, min(downsample, max(width, height) / min(cfg.min_mask_side, max_side)))
     rgb = reader.read_downsampled(downsample)
+    area = rgb.shape[0] * rgb.shape[1]
     mask_mpp_actual = None if reader.mpp is None else reader.mpp * downsample
     if mask_mpp_actual is not None:
-        min_object = max(1, round(cfg.min_object_um2 / mask_mpp_actual**2))
+        physical = max(1, round(cfg.min_object_um2 / mask_mpp_actual**2))
     else:
-        min_object = max(1, round(cfg.min_object_fraction * rgb.shape[0] * rgb.shape[1]))
-    array, details = detect_tissue(rgb, min_object, cfg)
+        physical = max(1, round(cfg.min_object_fraction * area))
+    # a wrong (or a thumbnail's) mpp makes a visible fragment "dust-sized": the share of the image caps the rule
+    min_object = min(physical, max(1, round(cfg.max_speck_fraction * area)))
+    array, details = detect_tissue(rgb, min_object, cfg, max_hole_px=int(cfg.max_hole_factor * physical))
     details = {"mask_mpp": mask_mpp_actual, "min_object_px": min_object, **details}
     return TissueMask(array, downsample, (width, height), details)
 
 
-def detect_tissue(rgb: np.ndarray, min_object_px: int, cfg: TissueConfig | None = None
-                  ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Tissue pixels of a low-resolution uint8 RGB image -> (bool mask, thresholds used).
+def detect_tissue(rgb: np.ndarray, min_object_px: int, cfg: TissueConfig | None = None,
+                  max_hole_px: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Tissue pixels of a low-resolution uint8 RGB image -> (bool mask, thresholds used);
+    objects under `min_object_px` dropped, holes up to `max_hole_px` (default
+    `max_hole_factor` x `min_object_px`) filled.
 
     Saturation finds stained tissue; darkness adds pale or colourless tissue (and grayscale
     scans) that saturation misses. Near-black pixels (scanner borders) never count as tissue.
@@ -121,7 +130,8 @@ def detect_tissue(rgb: np.ndarray, min_object_px: int, cfg: TissueConfig | None 
     mask = (sat_mask | dark_mask) & ~near_black
     if sat_info.get("threshold") is not None or dark_info.get("threshold") is not None:  # a real split: clean it
         mask = _drop_small(mask, min_object_px)
-        mask = ~_drop_small(~mask, int(cfg.max_hole_factor * min_object_px))
+        holes = int(cfg.max_hole_factor * min_object_px) if max_hole_px is None else max_hole_px
+        mask = ~_drop_small(~mask, holes)
         if cfg.dilate_px > 0 and mask.any():
             mask = ndimage.binary_dilation(mask, iterations=cfg.dilate_px) & ~near_black
     details = {"saturation": sat_info, "darkness": dark_info, "near_black_fraction": round(float(near_black.mean()), 6)}

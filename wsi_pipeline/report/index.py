@@ -214,7 +214,8 @@ def _pictures(entry: SlideEntry, base: Path) -> list[tuple[str, str, bool]]:
 
 def _section(entry: SlideEntry, base: Path) -> dict[str, Any]:
     """The values of one slide's section of the page."""
-    view: dict[str, Any] = {"stem": entry.stem, "anchor": anchor(entry.stem), "state": entry.state, "problem": entry.problem or entry.state, "folder": str(entry.folder)}
+    view: dict[str, Any] = {"stem": entry.stem, "anchor": anchor(entry.stem), "state": entry.state, "problem": entry.problem or entry.state, "folder": str(entry.folder),
+                            "badge": entry.state, "badge_class": entry.state}
     if entry.state != "finished":
         return view
     pics = entry.pictures or {}
@@ -222,6 +223,8 @@ def _section(entry: SlideEntry, base: Path) -> dict[str, Any]:
     if entry.problem:
         notes.append(entry.problem)
     notes += ["Check this result: " + w for w in entry.report.get("warnings") or []]
+    if entry.report.get("warnings"):  # not a green "finished" over a result to check
+        view.update(badge="finished with warnings", badge_class="warned")
     figures, details = _figures(entry)
     classes = _classes(entry)
     geojson = (entry.report.get("outputs") or {}).get("geojson")

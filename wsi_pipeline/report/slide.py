@@ -31,6 +31,7 @@ from ..outputs import REPORT_SUFFIX, SlideOutputs, slide_mpp_of
 from .run_reader import ClassInfo, NucleusColumns, _hex, _inputs, _region, load_json, pictures_up_to_date
 
 OUTLINE_MIN_DIAMETER_PX = 3.0  # median nucleus narrower than this on the thumbnail: dots + zoom crop
+ROI_COLOR = (0, 90, 255)  # the --roi box on the overview (the zoom crop is black and white, unreadable blocks red)
 ZOOM_DIAMETER_PX = 16.0  # median nucleus diameter in the zoom crop
 ZOOM_SIDE_PX = 1024
 
@@ -196,6 +197,12 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
             box = (x0 / scale - frame, y0 / scale - frame, (x0 + w0) / scale + frame, (y0 + h0) / scale + frame)
             d.rectangle(box, outline=(0, 0, 0), width=frame)
             d.rectangle(box, outline=(255, 255, 255), width=max(1, frame // 3))
+
+        if region != (0.0, 0.0, float(dims[0]), float(dims[1])):  # --roi: the overview shows what was segmented
+            d = ImageDraw.Draw(overlay_img)
+            x, y, w, h = region
+            d.rectangle((x / scale, y / scale, (x + w) / scale - 1, (y + h) / scale - 1), outline=ROI_COLOR, width=max(2, max(thumb_w, thumb_h) // 400))
+            notes.append(f"only the --roi region x {x:,.0f}-{x + w:,.0f}, y {y:,.0f}-{y + h:,.0f} (level 0) was segmented: boxed in blue on the overview")
 
         unreadable = [r for r in report.get("unreadable_regions") or [] if isinstance(r, dict) and isinstance(r.get("box"), list) and len(r["box"]) == 4]
         if unreadable:  # blocks the decoder could not read: red hatched boxes on the overview
