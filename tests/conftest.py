@@ -22,12 +22,64 @@ import pytest
 SHARED_DATA = Path(os.environ.get("PROMPTNUCSEG_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 _MARKER_NAME = "SHARED_DATA"
 
+# The suite's own real images (tests/fixtures/he/README.md: DSB-2018, CC0), in the uniform layout
+# images/<stem>.png + labels/<stem>.tif, so that a clone without ../shared still runs the tests
+# that need *some* real H&E image with labels.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+HE = FIXTURES / "he"
+HE_CELLS = HE / "images" / "dsb-7f55678298ad.png"  # 1024 rows x 640 columns, white background, 362 nuclei
+HE_EOSIN = HE / "images" / "dsb-4193474b2f1c.png"  # 512x640, pink eosin and a red vessel, 44 large nuclei
+HE_GLANDS = HE / "images" / "dsb-a7f6194ddbea.png"  # 512x640, crowded nuclei, 274
+
+
+def he_labels(image: Path) -> Path:
+    """The instance map beside a fixture image."""
+    return image.parent.parent / "labels" / f"{image.stem}.tif"
+
+
+def _shown(path: Path) -> str:
+    """A path as a skip message may show it: relative to ../shared/data, never the build machine's."""
+    try:
+        return "../shared/data/" + path.relative_to(SHARED_DATA).as_posix()
+    except ValueError:
+        return path.name
+
 
 def need(path: Path) -> Path:
     """`path`, or a skip that says the shared data is not beside the repo."""
     if not path.exists():
-        pytest.skip(f"needs {path} (../shared/data beside the repo)")
+        pytest.skip(f"needs {_shown(path)} (the project's shared data beside the clone)")
     return path
+
+
+def _as_sample_name(path: Path, name: str) -> Path:
+    """A copy of a user's PROMPTNUCSEG_SAMPLE under the name the tests expect its folder by."""
+    import tempfile
+
+    copy = Path(tempfile.gettempdir()) / f"promptnucseg-tests-{os.getuid()}" / name
+    if not copy.is_file() or copy.stat().st_size != path.stat().st_size:
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = copy.with_name(f"{name}.{os.getpid()}.tmp")
+        tmp.write_bytes(path.read_bytes())
+        os.replace(tmp, copy)
+    return copy
+
+
+def sample_slide_or_skip() -> Path:
+    """The real sample slide (CMU-1-Small-Region) where this machine has it, without fetching.
+
+    In order: PROMPTNUCSEG_SAMPLE, the user cache that `promptnucseg segment --sample` fills
+    (checked by SHA-256), ../shared/data. We may not commit it (wsi_pipeline/sample.py), so a
+    clone where neither command nor shared data put it skips, saying how to get it."""
+    from promptnucseg.wsi_pipeline.sample import SAMPLE_NAME, SAMPLE_SHA256, cache_dir, sha256_of
+
+    override = os.environ.get("PROMPTNUCSEG_SAMPLE")
+    cached = cache_dir() / SAMPLE_NAME
+    shared = SHARED_DATA / "slides" / SAMPLE_NAME
+    for path in (Path(override) if override else None, cached, shared):
+        if path is not None and path.is_file() and (path != cached or sha256_of(path) == SAMPLE_SHA256):
+            return path if path.name == SAMPLE_NAME else _as_sample_name(path, SAMPLE_NAME)
+    pytest.skip("needs the sample slide: run `promptnucseg segment --sample --out sample-run` once (it caches it)")
 
 
 @pytest.fixture(scope="module")
