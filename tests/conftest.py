@@ -4,8 +4,11 @@
 `SHARED_DATA` is the one place the shared data is found (`PROMPTNUCSEG_SHARED_DATA`
 overrides it). A test is marked `shared_data` when its code reaches that folder: its body,
 the fixtures it uses, or the module's helpers and constants it names mention `SHARED_DATA`
-(read from the source at collection), so `-m "not shared_data"` runs exactly the tests that
-need nothing beside the repo.
+(read from the source at collection), so `-m "not shared_data"` runs the tests that need
+nothing beside the repo but, where they are marked `sample_slide` (the same way, by
+`sample_slide_or_skip`), the sample slide: from the shared data or from the cache that
+`promptnucseg segment --sample` fills. Tests that need *some* real image with labels use the
+suite's own fixtures (`HE_*`, tests/fixtures/he: DSB-2018, CC0).
 """
 from __future__ import annotations
 
@@ -98,9 +101,9 @@ def _names(node: ast.AST) -> set[str]:
 
 
 class _ModuleReach:
-    """Which module-level names of one test module lead to SHARED_DATA."""
+    """Which module-level names of one test module lead to `root` (SHARED_DATA, sample_slide_or_skip)."""
 
-    def __init__(self, module: Any) -> None:
+    def __init__(self, module: Any, root: str = _MARKER_NAME) -> None:
         try:
             tree = ast.parse(inspect.getsource(module))
         except (OSError, TypeError, SyntaxError):
@@ -115,7 +118,7 @@ class _ModuleReach:
                     targets += [n.id for n in ast.walk(t) if isinstance(n, ast.Name)]
             for name in targets:
                 self.uses.setdefault(name, set()).update(_names(stmt))
-        self.reaching: set[str] = {_MARKER_NAME}
+        self.reaching: set[str] = {root}
         changed = True
         while changed:
             changed = False
@@ -132,13 +135,14 @@ class _ModuleReach:
         return bool(_names(tree) & self.reaching)
 
 
-_reach_cache: dict[str, _ModuleReach] = {}
+_reach_cache: dict[tuple[str, str], _ModuleReach] = {}
+_MARKS = {_MARKER_NAME: "shared_data", "sample_slide_or_skip": "sample_slide"}
 
 
-def _reach(module: Any) -> _ModuleReach:
-    if module.__name__ not in _reach_cache:
-        _reach_cache[module.__name__] = _ModuleReach(module)
-    return _reach_cache[module.__name__]
+def _reach(module: Any, root: str = _MARKER_NAME) -> _ModuleReach:
+    if (module.__name__, root) not in _reach_cache:
+        _reach_cache[module.__name__, root] = _ModuleReach(module, root)
+    return _reach_cache[module.__name__, root]
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects
@@ -151,5 +155,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         info = getattr(item, "_fixtureinfo", None)
         for defs in (info.name2fixturedefs.values() if info is not None else ()):
             funcs += [d.func for d in defs]
-        if any(_reach(sys.modules[f.__module__]).reaches(f) for f in funcs if f.__module__ in sys.modules):
-            item.add_marker(pytest.mark.shared_data)
+        for root, mark in _MARKS.items():
+            if any(_reach(sys.modules[f.__module__], root).reaches(f) for f in funcs if f.__module__ in sys.modules):
+                item.add_marker(getattr(pytest.mark, mark))

@@ -2,7 +2,7 @@
 import numpy as np
 
 from promptnucseg.models.duplicate_prompts import close_prompts, duplicate_prompts
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, need
 
 
 def _disc(cx: float, cy: float, r: float, size: int = 64) -> np.ndarray:
@@ -47,8 +47,7 @@ def test_two_prompts_on_a_real_large_nucleus_give_one_whole_nucleus():
     from promptnucseg.models.prompter.postprocess import Prompts
 
     kumar = SHARED_DATA / "kumar" / "train"
-    if not kumar.is_dir():
-        pytest.skip(f"needs {kumar} (../shared/data beside the repo)")
+    need(kumar)
     ds = open_dataset(kumar)
     sample = ds[list(ds.names).index("TCGA-A7-A13E-01Z-00-DX1")]
     y0, x0 = 657, 149
