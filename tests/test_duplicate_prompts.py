@@ -39,7 +39,6 @@ def test_a_chain_of_three_keeps_one_and_close_prompts_are_the_candidates():
 def test_two_prompts_on_a_real_large_nucleus_give_one_whole_nucleus():
     """A 1,560 px² nucleus of a held-out Kumar image with a prompt at each end of its long axis."""
 
-    import pytest
     import torch
 
     from promptnucseg.models.data.datasets import open_dataset

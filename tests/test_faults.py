@@ -488,7 +488,7 @@ wait $pid; echo $? > {tmp_path}/rc
 # -- 4b. a corrupt tile inside a pyramid: the rest is finished, the region named --------------------
 
 
-def corrupt_pyramid(path: Path, kind: str, bad_tile: int = 4, height: int = 768, width: int = 640) -> tuple[int, int, int, int]:
+def corrupt_pyramid(path: Path, kind: str, bad_tile: int = 4, height: int = 768, width: int = 640) -> tuple[int, ...]:
     """A real H&E crop (768x640: 3x3 tiles, the last column short) as a tiled JPEG pyramid (SVS for
     OpenSlide, OME-TIFF for tifffile, generic pyramid TIFF), with 2,000 random bytes inside one
     level-0 tile, as scanners write them; returns that tile's level-0 box."""
@@ -503,8 +503,9 @@ def corrupt_pyramid(path: Path, kind: str, bad_tile: int = 4, height: int = 768,
             tif.write(rgb, subifds=1, metadata={"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25}, **kw, **res)
             tif.write(rgb[::2, ::2], subfiletype=1, **kw)
         elif kind == "svs":
-            tif.write(rgb, description=f"Aperio Image Library v10.0.50\n{w}x{h} [0,0 {w}x{h}] (256x256) JPEG/RGB Q=70|AppMag = 40|MPP = 0.25", **kw, **res)
-            tif.write(rgb[::2, ::2], description=f"Aperio Image Library v10.0.50\n{w // 2}x{h // 2} -> {w // 2}x{h // 2} - |AppMag = 40|MPP = 0.5", **kw)
+            head = "Aperio Image Library v10.0.50\n"
+            tif.write(rgb, description=f"{head}{w}x{h} [0,0 {w}x{h}] (256x256) JPEG/RGB Q=70|AppMag = 40|MPP = 0.25", **kw, **res)
+            tif.write(rgb[::2, ::2], description=f"{head}{w // 2}x{h // 2} -> {w // 2}x{h // 2} - |AppMag = 40|MPP = 0.5", **kw)
         else:
             tif.write(rgb, subifds=1, **kw, **res)
             tif.write(rgb[::2, ::2], subfiletype=1, **kw)
@@ -523,7 +524,8 @@ KINDS = [("svs", "slide.svs"), ("ome", "slide.ome.tif"), ("tiff", "slide.tif")]
 @pytest.mark.parametrize("kind, name", [*KINDS[:2], pytest.param(*KINDS[2], marks=pytest.mark.slow)])  # generic TIFF: the tifffile path again
 def test_a_corrupt_tile_loses_only_its_block(tmp_path, predictor, kind, name):
     slide = tmp_path / name
-    box = corrupt_pyramid(slide, kind, bad_tile=1, height=512, width=512)  # not the first or last tile: opening probes those (a slide whose probe fails is refused, naming the box)
+    # not the first or last tile: opening probes those (a slide whose probe fails is refused, naming the box)
+    box = corrupt_pyramid(slide, kind, bad_tile=1, height=512, width=512)
     said: list[str] = []
     report = segment_slide(slide, tmp_path / "out", predictor, settings(mpp=None), log=said.append)
     assert report["status"] == "complete with unreadable regions" and report["nuclei"] > 60, report["status"]

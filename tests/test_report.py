@@ -187,7 +187,8 @@ def test_dots_and_a_zoomed_crop_when_outlines_would_be_too_small(tmp_path, kumar
     zoom = summary["zoom"]
     x0, y0, w0, h0 = zoom["box_level0"]
     assert 0 <= x0 and 0 <= y0 and x0 + w0 <= W and y0 + h0 <= H
-    counts, _, _ = np.histogram2d(nuclei.centroids[:, 1], nuclei.centroids[:, 0], bins=[np.arange(0, H, 400.0).tolist() + [H], np.arange(0, W, 400.0).tolist() + [W]])
+    bins = [np.arange(0, H, 400.0).tolist() + [H], np.arange(0, W, 400.0).tolist() + [W]]
+    counts, _, _ = np.histogram2d(nuclei.centroids[:, 1], nuclei.centroids[:, 0], bins=bins)
     r, c = np.unravel_index(np.argmax(counts), counts.shape)
     assert c * 400 <= x0 + w0 / 2 <= (c + 1) * 400 and r * 400 <= y0 + h0 / 2 <= (r + 1) * 400
     zw, zh = zoom["size"]

@@ -22,7 +22,7 @@ CMU = SLIDES / "cmu_small_region.svs"  # the sample slide: read through sample_s
 TCGA = SLIDES / "tcga-cr-7395-01a-01-ts1.svs"
 KIDNEY = SLIDES / "kidney-48-5.tif"
 
-needs_slides = pytest.mark.skipif(not SLIDES.is_dir(), reason="needs the real slides of the project's shared data (../shared/data)")
+needs_slides = pytest.mark.skipif(not SLIDES.is_dir(), reason="needs the real slides of the shared data (../shared/data)")
 
 
 def real(path: Path) -> Path:
@@ -376,7 +376,8 @@ def test_tiatoolbox_backend_says_how_to_install(pyramid):
 
 
 @pytest.mark.parametrize("source, fraction", [
-    (CMU, 0.5), (CMU, 0.97), *(pytest.param(p, f, marks=needs_slides) for p, f in ((TCGA, 0.5), (TCGA, 0.95), (KIDNEY, 0.5), (KIDNEY, 0.999)))
+    (CMU, 0.5), (CMU, 0.97),
+    *(pytest.param(p, f, marks=needs_slides) for p, f in ((TCGA, 0.5), (TCGA, 0.95), (KIDNEY, 0.5), (KIDNEY, 0.999))),
 ])
 def test_truncated_real_slides_fail_at_open(tmp_path, source, fraction):
     data = real(source).read_bytes()

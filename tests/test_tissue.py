@@ -15,7 +15,7 @@ from conftest import HE_EOSIN, HE_GLANDS, SHARED_DATA, sample_slide_or_skip
 
 SLIDES = SHARED_DATA / "slides"
 
-needs_data = pytest.mark.skipif(not SLIDES.is_dir(), reason="needs the real slides of the project's shared data (../shared/data)")
+needs_data = pytest.mark.skipif(not SLIDES.is_dir(), reason="needs the real slides of the shared data (../shared/data)")
 
 
 @pytest.mark.parametrize(
