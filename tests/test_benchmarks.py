@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, need
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = SHARED_DATA
@@ -46,8 +46,7 @@ def test_quick_stitch_run_writes_complete_json(tmp_path):
 
     if not BUNDLED_WEIGHTS.is_file():
         pytest.skip(f"the bundled model {BUNDLED_WEIGHTS} is not in this checkout")
-    if not KUMAR.is_dir():
-        pytest.skip(f"needs {KUMAR} (../shared/data beside the repo)")
+    need(KUMAR)
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "stitch", "--device", "cpu",
            "--stitch-tiles", "1", "--stitch-grid", "3x1", "--json", str(out)]
@@ -88,8 +87,7 @@ def test_quick_peers_run_measures_ours_and_says_which_peers_were_skipped(tmp_pat
 
     from benchmarks.peers import PEERS
 
-    if not KUMAR.is_dir():
-        pytest.skip(f"needs {KUMAR} (../shared/data beside the repo)")
+    need(KUMAR)
     empty = tmp_path / "no-venvs"
     empty.mkdir()
     out = tmp_path / "peers.json"
@@ -140,8 +138,7 @@ def test_training_part_times_every_variant_and_each_computes_the_same_step(tmp_p
 
     from benchmarks.train_bench import bench_training
 
-    if not KUMAR.is_dir():
-        pytest.skip(f"needs {KUMAR} (../shared/data beside the repo)")
+    need(KUMAR)
     cfg = yaml.safe_load((REPO / "configs" / "kumar_light_v2.yaml").read_text())
     cfg["model"]["prompter"]["fpn_channels"] = 32
     cfg["model"]["segmentor"].update(embed_dim=64, decoder_mlp_dim=128)

@@ -29,10 +29,7 @@ from PIL import Image
 
 from promptnucseg.cli import main
 from promptnucseg.wsi_pipeline.distributed import WorkerLayout, dask_client, split_ranges, worker_index
-from conftest import SHARED_DATA
-
-DATA = SHARED_DATA
-KUMAR = DATA / "kumar" / "train" / "images" / "TCGA-18-5592-01Z-00-DX1.png"
+from conftest import HE_CELLS
 
 pytestmark = pytest.mark.slow
 
@@ -45,14 +42,12 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
     if not BUNDLED_WEIGHTS.is_file():
         pytest.skip(f"the bundled model {BUNDLED_WEIGHTS} is not in this checkout")
-    if not KUMAR.is_file():
-        pytest.skip(f"needs {KUMAR} (../shared/data beside the repo)")
     root = tmp_path_factory.mktemp("dist_inputs")
     weights = root / "model.pt"
     shutil.copyfile(BUNDLED_WEIGHTS, weights)
-    rgb = np.asarray(Image.open(KUMAR).convert("RGB"))
-    Image.fromarray(rgb[200:520, 300:812]).save(root / "crop_a.png")
-    Image.fromarray(rgb[600:920, 500:820]).save(root / "crop_b.png")
+    rgb = np.asarray(Image.open(HE_CELLS).convert("RGB"))  # the suite's own real H&E image
+    Image.fromarray(rgb[200:520, 64:576]).save(root / "crop_a.png")
+    Image.fromarray(rgb[600:920, 300:620]).save(root / "crop_b.png")
     (root / "notes.svs").write_text("this is not a slide")
     return {"a": root / "crop_a.png", "b": root / "crop_b.png", "bad": root / "notes.svs", "weights": weights}
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from promptnucseg.models.duplicate_prompts import close_prompts, duplicate_prompts
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, need
 
 
 def _disc(cx: float, cy: float, r: float, size: int = 64) -> np.ndarray:
@@ -39,7 +39,6 @@ def test_a_chain_of_three_keeps_one_and_close_prompts_are_the_candidates():
 def test_two_prompts_on_a_real_large_nucleus_give_one_whole_nucleus():
     """A 1,560 px² nucleus of a held-out Kumar image with a prompt at each end of its long axis."""
 
-    import pytest
     import torch
 
     from promptnucseg.models.data.datasets import open_dataset
@@ -47,8 +46,7 @@ def test_two_prompts_on_a_real_large_nucleus_give_one_whole_nucleus():
     from promptnucseg.models.prompter.postprocess import Prompts
 
     kumar = SHARED_DATA / "kumar" / "train"
-    if not kumar.is_dir():
-        pytest.skip(f"needs {kumar} (../shared/data beside the repo)")
+    need(kumar)
     ds = open_dataset(kumar)
     sample = ds[list(ds.names).index("TCGA-A7-A13E-01Z-00-DX1")]
     y0, x0 = 657, 149

@@ -2,8 +2,8 @@
 a safe report page, a one-line message for every bad file. Which fault is covered where:
 tests/FAULTS.md.
 
-Every run is a real `segment` (the bundled model on 256-px crops of a real H&E image, one tile
-each); every "nothing outside changed" is a hash of a sibling folder before and after.
+Every run is a real `segment` (the bundled model on 256-px crops of a real H&E image, the suite's
+own fixture, one tile each); every "nothing outside changed" is a hash of a sibling folder before and after.
 """
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.wsi_pipeline.jail import IDENTITY_NAME, safe_name
 from promptnucseg.wsi_pipeline.plan import SegmentSettings
 from promptnucseg.wsi_pipeline.segment import segment_slide
-from conftest import SHARED_DATA, need
+from conftest import HE_CELLS, need
 
-KUMAR = SHARED_DATA / "kumar" / "train" / "images" / "TCGA-18-5592-01Z-00-DX1.png"
 FAST = ("--mpp", "0.25", "--device", "cpu", "--no-progress", "--tile-size", "256", "--overlap", "64")
 
 
@@ -35,7 +34,7 @@ def settings(**kw) -> SegmentSettings:
 
 def crop(path: Path, at: int = 0) -> Path:
     """A 256-px crop of a real H&E image (different `at`, different slide), saved as PNG."""
-    rgb = np.asarray(Image.open(need(KUMAR)).convert("RGB"))[200 + at : 456 + at, 300:556]
+    rgb = np.asarray(Image.open(HE_CELLS).convert("RGB"))[200 + at : 456 + at, 300:556]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(path, format="PNG")
     return path
@@ -461,7 +460,7 @@ def test_an_output_folder_made_read_only_mid_run_is_named_not_the_lock(tmp_path)
 
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
         pytest.skip("cannot create a mount namespace here")
-    rgb = np.asarray(Image.open(need(KUMAR)).convert("RGB"))[:600, :600]
+    rgb = np.asarray(Image.open(HE_CELLS).convert("RGB"))[:600, :600]
     Image.fromarray(rgb).save(tmp_path / "big.png")
     out = tmp_path / "out"
     out.mkdir()
@@ -489,13 +488,14 @@ wait $pid; echo $? > {tmp_path}/rc
 # -- 4b. a corrupt tile inside a pyramid: the rest is finished, the region named --------------------
 
 
-def corrupt_pyramid(path: Path, kind: str, bad_tile: int = 4, side: int = 768) -> tuple[int, int, int, int]:
-    """A real 768-px H&E crop as a tiled JPEG pyramid (SVS for OpenSlide, OME-TIFF for tifffile,
-    generic pyramid TIFF), with 2,000 random bytes inside one level-0 tile, as scanners write
-    them; returns that tile's level-0 box."""
+def corrupt_pyramid(path: Path, kind: str, bad_tile: int = 4, height: int = 768, width: int = 640) -> tuple[int, ...]:
+    """A real H&E crop (768x640: 3x3 tiles, the last column short) as a tiled JPEG pyramid (SVS for
+    OpenSlide, OME-TIFF for tifffile, generic pyramid TIFF), with 2,000 random bytes inside one
+    level-0 tile, as scanners write them; returns that tile's level-0 box."""
     import tifffile
 
-    rgb = np.asarray(Image.open(need(KUMAR)).convert("RGB"))[:side, :side]
+    rgb = np.asarray(Image.open(HE_CELLS).convert("RGB"))[:height, :width]
+    h, w = rgb.shape[:2]
     kw = dict(tile=(256, 256), compression="jpeg", photometric="rgb")
     with tifffile.TiffWriter(path, ome=kind == "ome") as tif:
         res = dict(resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
@@ -503,8 +503,9 @@ def corrupt_pyramid(path: Path, kind: str, bad_tile: int = 4, side: int = 768) -
             tif.write(rgb, subifds=1, metadata={"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25}, **kw, **res)
             tif.write(rgb[::2, ::2], subfiletype=1, **kw)
         elif kind == "svs":
-            tif.write(rgb, description=f"Aperio Image Library v10.0.50\n{side}x{side} [0,0 {side}x{side}] (256x256) JPEG/RGB Q=70|AppMag = 40|MPP = 0.25", **kw, **res)
-            tif.write(rgb[::2, ::2], description=f"Aperio Image Library v10.0.50\n{side // 2}x{side // 2} -> {side // 2}x{side // 2} - |AppMag = 40|MPP = 0.5", **kw)
+            head = "Aperio Image Library v10.0.50\n"
+            tif.write(rgb, description=f"{head}{w}x{h} [0,0 {w}x{h}] (256x256) JPEG/RGB Q=70|AppMag = 40|MPP = 0.25", **kw, **res)
+            tif.write(rgb[::2, ::2], description=f"{head}{w // 2}x{h // 2} -> {w // 2}x{h // 2} - |AppMag = 40|MPP = 0.5", **kw)
         else:
             tif.write(rgb, subifds=1, **kw, **res)
             tif.write(rgb[::2, ::2], subfiletype=1, **kw)
@@ -513,7 +514,7 @@ def corrupt_pyramid(path: Path, kind: str, bad_tile: int = 4, side: int = 768) -
     data = bytearray(path.read_bytes())
     data[offset + count // 4 : offset + count // 4 + 2000] = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
-    row, col = divmod(bad_tile, side // 256)
+    row, col = divmod(bad_tile, -(-w // 256))
     return col * 256, row * 256, 256, 256
 
 
@@ -523,7 +524,8 @@ KINDS = [("svs", "slide.svs"), ("ome", "slide.ome.tif"), ("tiff", "slide.tif")]
 @pytest.mark.parametrize("kind, name", [*KINDS[:2], pytest.param(*KINDS[2], marks=pytest.mark.slow)])  # generic TIFF: the tifffile path again
 def test_a_corrupt_tile_loses_only_its_block(tmp_path, predictor, kind, name):
     slide = tmp_path / name
-    box = corrupt_pyramid(slide, kind, bad_tile=1, side=512)  # not the first or last tile: opening probes those (a slide whose probe fails is refused, naming the box)
+    # not the first or last tile: opening probes those (a slide whose probe fails is refused, naming the box)
+    box = corrupt_pyramid(slide, kind, bad_tile=1, height=512, width=512)
     said: list[str] = []
     report = segment_slide(slide, tmp_path / "out", predictor, settings(mpp=None), log=said.append)
     assert report["status"] == "complete with unreadable regions" and report["nuclei"] > 60, report["status"]

@@ -22,10 +22,7 @@ import zarr
 from promptnucseg.cli import main
 from promptnucseg.wsi_pipeline.exporters.geojson_export import SCORE_MEASUREMENTS
 from promptnucseg.wsi_pipeline.morphometrics import MEASUREMENT_UNITS, MEASUREMENTS
-from conftest import SHARED_DATA
-
-DATA = SHARED_DATA
-CMU = DATA / "slides" / "cmu_small_region.svs"
+from conftest import sample_slide_or_skip
 ROI = "800,1000,512,512"
 
 pytestmark = pytest.mark.slow
@@ -36,12 +33,11 @@ def run(tmp_path_factory) -> Path:
     """The slide folder of one `segment --formats geojson,zarr,table,anndata --gzip` run."""
     from promptnucseg.models.predictor import BUNDLED_WEIGHTS
 
-    if not CMU.exists():
-        pytest.skip(f"needs {CMU} (../shared/data beside the repo)")
+    slide = sample_slide_or_skip()
     if not BUNDLED_WEIGHTS.is_file():
         pytest.skip(f"the bundled model {BUNDLED_WEIGHTS} is not in this checkout")
     out = tmp_path_factory.mktemp("interop")
-    args = ["segment", str(CMU), "--out", str(out), "--roi", ROI, "--device", "cpu", "--no-progress", "--gzip", "--formats", "geojson,zarr,table,anndata"]
+    args = ["segment", str(slide), "--out", str(out), "--roi", ROI, "--device", "cpu", "--no-progress", "--gzip", "--formats", "geojson,zarr,table,anndata"]
     assert main(args) == 0
     folder = out / "cmu_small_region"
     with gzip.open(folder / "cmu_small_region.geojson.gz", "rb") as src:
@@ -121,7 +117,7 @@ def test_a_finished_run_asked_for_a_new_format_writes_it(run: Path, tmp_path: Pa
     report["outputs"].pop("anndata")  # as if the first run had not been asked for it
     (folder / "cmu_small_region_report.json").write_text(json.dumps(report))
     (folder / "cmu_small_region.h5ad").unlink()
-    base = ["segment", str(CMU), "--out", str(out), "--roi", ROI, "--device", "cpu", "--no-progress", "--gzip"]
+    base = ["segment", str(sample_slide_or_skip()), "--out", str(out), "--roi", ROI, "--device", "cpu", "--no-progress", "--gzip"]
     assert main([*base, "--formats", "geojson,zarr"]) == 0
     assert "already complete" in capsys.readouterr().err
     assert main([*base, "--formats", "geojson,anndata"]) == 0

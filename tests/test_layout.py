@@ -46,8 +46,11 @@ def test_ci_runs_the_readmes_two_commands_and_the_first_installs_what_the_second
     install, tests = module.two_commands((REPO / "README.md").read_text())
     assert install.startswith('pip install ".[test]"') and "promptnucseg segment --sample" in install
     assert tests == "python -m pytest -q tests"
+    # the install a user sees first is CPU-sized (PyTorch's CPU wheels outrank PyPI's CUDA build)
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in install
     ci = (REPO / ".ci" / "run").read_text()
     assert "readme_commands.py" in ci and "mktemp" in ci and "venv" in ci
+    assert ci.index("python .ci/readme_commands.py") < ci.index('du -sm "$VENV"')  # the venv's size, printed after them
 
 
 def test_a_readme_without_the_section_is_refused():

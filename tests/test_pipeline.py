@@ -25,33 +25,30 @@ from PIL import Image
 from promptnucseg.cli import main
 from promptnucseg.wsi_pipeline.plan import SegmentSettings
 from promptnucseg.wsi_pipeline.segment import segment_slide
-from conftest import SHARED_DATA, need
+from conftest import HE_CELLS, SHARED_DATA, need, sample_slide_or_skip
 
-DATA = SHARED_DATA
-KUMAR_VAL = DATA / "kumar" / "train" / "images" / "TCGA-18-5592-01Z-00-DX1.png"
-CMU = DATA / "slides" / "cmu_small_region.svs"
-TCGA = DATA / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+TCGA = SHARED_DATA / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
 
 pytestmark = pytest.mark.slow
 
 
-def _kumar_png(tmp_path_factory, name: str, rows: slice, cols: slice) -> Path:
-    rgb = np.asarray(Image.open(need(KUMAR_VAL)).convert("RGB"))[rows, cols]
+def _he_png(tmp_path_factory, name: str, rows: slice, cols: slice) -> Path:
+    rgb = np.asarray(Image.open(HE_CELLS).convert("RGB"))[rows, cols]
     path = tmp_path_factory.mktemp("img") / name
     Image.fromarray(rgb).save(path)
     return path
 
 
 @pytest.fixture(scope="module")
-def kumar_crop(tmp_path_factory) -> Path:
-    """A 512x512 real Kumar H&E crop (0.25 um/px) as PNG: small enough for several runs."""
-    return _kumar_png(tmp_path_factory, "kumar_crop.png", slice(200, 712), slice(300, 812))
+def he_crop(tmp_path_factory) -> Path:
+    """A 512x512 crop of the suite's real H&E fixture (told 0.25 um/px) as PNG: small enough for several runs."""
+    return _he_png(tmp_path_factory, "he_crop.png", slice(200, 712), slice(64, 576))
 
 
 @pytest.fixture(scope="module")
 def seam_crop(tmp_path_factory) -> Path:
-    """A 768x768 real Kumar crop: room for several tile layouts, with short tiles at its edges."""
-    return _kumar_png(tmp_path_factory, "kumar_seam_crop.png", slice(100, 868), slice(100, 868))
+    """A 768x640 real H&E crop: room for several tile layouts, with short tiles at its edges."""
+    return _he_png(tmp_path_factory, "he_seam_crop.png", slice(100, 868), slice(0, 640))
 
 
 def read_zarr_nuclei(store: Path) -> tuple[np.ndarray, list[shapely.Polygon], list[str]]:
@@ -104,7 +101,7 @@ def model_window_floor(predictor, seam_crop) -> dict[str, float]:
 
 @pytest.mark.parametrize("tile,overlap", [(256, 64), (320, 96), (448, 256), (640, 128), (640, 448), (768, 128)])
 def test_tiled_run_matches_one_whole_image_pass(tmp_path, predictor, seam_crop, model_window_floor, tile, overlap):
-    """Tiled + stitched nuclei against one whole-image pass of the predictor, on a 768-px crop.
+    """Tiled + stitched nuclei against one whole-image pass of the predictor, on a 768x640 crop.
 
     768/128 is one tile: the pipeline's reading, ownership, polygons and exports must then
     reproduce the whole pass exactly (IoU > 0.9 for all). 448/256, 640/128 and 640/448 lay the
@@ -166,36 +163,37 @@ def _segment_cmd(slide: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_killed_run_resumes_to_identical_outputs(tmp_path, predictor):
-    slide = need(CMU)
+    slide = sample_slide_or_skip()
+    stem = slide.stem
     args = ("--roi", "600,900,700,600", "--tile-size", "256", "--overlap", "64", "--batch-size", "1", "--workers", "2")
     clean = tmp_path / "clean"
     assert subprocess.run(_segment_cmd(slide, clean, *args), capture_output=True).returncode == 0
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_segment_cmd(slide, killed, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    progress = killed / "cmu_small_region" / ".work" / "progress.jsonl"
+    progress = killed / stem / ".work" / "progress.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and (not progress.is_file() or len(progress.read_text().splitlines()) < 3):
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = len(progress.read_text().splitlines())
-    assert not (killed / "cmu_small_region" / "cmu_small_region_report.json").exists()
+    assert not (killed / stem / f"{stem}_report.json").exists()
     resumed = subprocess.run(_segment_cmd(slide, killed, *args), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
-    report = json.loads((killed / "cmu_small_region" / "cmu_small_region_report.json").read_text())
+    report = json.loads((killed / stem / f"{stem}_report.json").read_text())
     assert report["resumed"] and report["tiles_this_run"] < report["tiles"], (done_before, report["tiles"])
-    a = json.loads((clean / "cmu_small_region" / "cmu_small_region.geojson").read_text())
-    b = json.loads((killed / "cmu_small_region" / "cmu_small_region.geojson").read_text())
+    a = json.loads((clean / stem / f"{stem}.geojson").read_text())
+    b = json.loads((killed / stem / f"{stem}.geojson").read_text())
     assert a == b and len(a["features"]) > 0
-    za, zb = zarr.open_group(str(clean / "cmu_small_region" / "cmu_small_region.zarr"), mode="r"), zarr.open_group(str(killed / "cmu_small_region" / "cmu_small_region.zarr"), mode="r")
+    za, zb = zarr.open_group(str(clean / stem / f"{stem}.zarr"), mode="r"), zarr.open_group(str(killed / stem / f"{stem}.zarr"), mode="r")
     for name in ("id", "point", "centroid", "class", "class_score", "mask_score", "polygon_offsets", "polygon_coords", "measurements/area_um2", "measurements/hematoxylin_od_mean"):
         np.testing.assert_array_equal(za[name][:], zb[name][:])
 
 
-def test_outputs_follow_qupath_rules_and_agree(tmp_path, predictor, kumar_crop):
+def test_outputs_follow_qupath_rules_and_agree(tmp_path, predictor, he_crop):
     settings = SegmentSettings(tile_size=256, overlap=64, mpp=0.25, progress=False, gzip=True, label_map=True)
-    report = segment_slide(kumar_crop, tmp_path, predictor, settings, log=lambda m: None)
+    report = segment_slide(he_crop, tmp_path, predictor, settings, log=lambda m: None)
     with gzip.open(report["outputs"]["geojson"], "rt") as fh:
         fc = json.load(fh)
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == report["nuclei"] > 0
@@ -223,30 +221,30 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def test_missing_mpp_is_refused_and_other_slides_go_on(tmp_path, predictor, capsys, kumar_crop):
+def test_missing_mpp_is_refused_and_other_slides_go_on(tmp_path, predictor, capsys, he_crop):
     slide = need(TCGA)
-    code, err = run_cli(["segment", str(slide), str(kumar_crop), "--out", str(tmp_path), "--device", "cpu", "--no-progress", "--tile-size", "256", "--overlap", "64"], capsys)
+    code, err = run_cli(["segment", str(slide), str(he_crop), "--out", str(tmp_path), "--device", "cpu", "--no-progress", "--tile-size", "256", "--overlap", "64"], capsys)
     assert code == 1
     assert f"{slide}: no microns-per-pixel" in err or ("--mpp" in err and str(slide) in err)
     # the PNG has no mpp either: both refused, one line each
     assert err.count("error:") == 2
 
 
-def test_bad_files_each_give_one_line_and_keep_finished_work(tmp_path, predictor, capsys, kumar_crop):
+def test_bad_files_each_give_one_line_and_keep_finished_work(tmp_path, predictor, capsys, he_crop):
     out = tmp_path / "out"
-    ok = ["segment", str(kumar_crop), "--out", str(out), "--mpp", "0.25", "--device", "cpu", "--no-progress", "--tile-size", "256", "--overlap", "64"]
+    ok = ["segment", str(he_crop), "--out", str(out), "--mpp", "0.25", "--device", "cpu", "--no-progress", "--tile-size", "256", "--overlap", "64"]
     assert main(ok) == 0
-    finished = out / "kumar_crop" / "kumar_crop.geojson"
+    finished = out / "he_crop" / "he_crop.geojson"
     before = finished.read_bytes()
     notslide = tmp_path / "notes.svs"
     notslide.write_text("this is not a slide")
     truncated = tmp_path / "truncated.svs"
-    truncated.write_bytes(need(CMU).read_bytes()[:600_000])
+    truncated.write_bytes(sample_slide_or_skip().read_bytes()[:600_000])
     gray = tmp_path / "gray.png"
-    Image.fromarray(np.asarray(Image.open(kumar_crop).convert("L"))).save(gray)
+    Image.fromarray(np.asarray(Image.open(he_crop).convert("L"))).save(gray)
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((600, 600, 3), 245, np.uint8)).save(blank)
-    code, err = run_cli(["segment", str(notslide), str(truncated), str(gray), str(blank), str(kumar_crop), "--out", str(out), "--mpp", "0.25", "--device", "cpu", "--no-progress", "--tile-size", "256", "--overlap", "64"], capsys)
+    code, err = run_cli(["segment", str(notslide), str(truncated), str(gray), str(blank), str(he_crop), "--out", str(out), "--mpp", "0.25", "--device", "cpu", "--no-progress", "--tile-size", "256", "--overlap", "64"], capsys)
     assert code == 1
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 4, err
@@ -256,22 +254,22 @@ def test_bad_files_each_give_one_line_and_keep_finished_work(tmp_path, predictor
     assert finished.read_bytes() == before  # ...nor touched
 
 
-def test_rgba_input_is_composited_and_segmented(tmp_path, predictor, kumar_crop):
-    rgba = np.dstack([np.asarray(Image.open(kumar_crop)), np.full((512, 512), 255, np.uint8)])
+def test_rgba_input_is_composited_and_segmented(tmp_path, predictor, he_crop):
+    rgba = np.dstack([np.asarray(Image.open(he_crop)), np.full((512, 512), 255, np.uint8)])
     path = tmp_path / "rgba.png"
     Image.fromarray(rgba, "RGBA").save(path)
     report = segment_slide(path, tmp_path / "out", predictor, SegmentSettings(tile_size=256, overlap=64, mpp=0.25, progress=False, formats=("zarr",)), log=lambda m: None)
     assert report["nuclei"] > 20
 
 
-def test_unwritable_output_and_wrong_weights(tmp_path, capsys, kumar_crop):
+def test_unwritable_output_and_wrong_weights(tmp_path, capsys, he_crop):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, err = run_cli(["segment", str(kumar_crop), "--out", str(blocker / "sub"), "--mpp", "0.25"], capsys)
+    code, err = run_cli(["segment", str(he_crop), "--out", str(blocker / "sub"), "--mpp", "0.25"], capsys)
     assert code == 2 and "cannot write" in err and "Fix:" in err
     wrong = tmp_path / "resnet.pth"
     import torch
 
     torch.save({"fc.weight": torch.zeros(2)}, wrong)
-    code, err = run_cli(["segment", str(kumar_crop), "--out", str(tmp_path / "o"), "--mpp", "0.25", "--weights", str(wrong)], capsys)
+    code, err = run_cli(["segment", str(he_crop), "--out", str(tmp_path / "o"), "--mpp", "0.25", "--weights", str(wrong)], capsys)
     assert code == 2 and "resnet.pth" in err and "Fix:" in err

@@ -23,11 +23,10 @@ from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.wsi_pipeline.points import PlanPoints, check_points, read_points
 from promptnucseg.wsi_pipeline.plan import SegmentSettings
 from promptnucseg.wsi_pipeline.segment import segment_slide
-from conftest import SHARED_DATA, need
+from conftest import SHARED_DATA, need, sample_slide_or_skip
 
 DATA = SHARED_DATA
 KUMAR = "TCGA-18-5592-01Z-00-DX1"  # held out of training (configs/kumar_light.yaml)
-CMU = DATA / "slides" / "cmu_small_region.svs"
 EDGE = 16  # px: nuclei cut by the image edge may be outlined beside the point
 
 
@@ -134,15 +133,15 @@ def test_points_outside_slide_region_or_at_another_resolution_are_refused(tmp_pa
 
 
 def test_cli_refuses_bad_points_before_loading_the_model(tmp_path, capsys):
-    need(CMU)
+    cmu = sample_slide_or_skip()
     empty = tmp_path / "points.geojson"
     empty.write_text('{"type": "FeatureCollection", "features": []}')
-    assert main(["segment", str(CMU), "--out", str(tmp_path / "out"), "--points", str(empty), "--no-progress"]) == 2
+    assert main(["segment", str(cmu), "--out", str(tmp_path / "out"), "--points", str(empty), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert str(empty) in err and "Fix:" in err
     far = tmp_path / "far.csv"
     far.write_text("x,y\n100,100\n5000,90000\n")
-    assert main(["segment", str(CMU), "--out", str(tmp_path / "out"), "--add-points", str(far), "--no-progress"]) == 2
+    assert main(["segment", str(cmu), "--out", str(tmp_path / "out"), "--add-points", str(far), "--no-progress"]) == 2
     assert "outside the slide (2220x2967" in capsys.readouterr().err
 
 
@@ -195,12 +194,13 @@ def test_csv_points_in_an_roi_reproduce_a_normal_runs_nuclei(predictor, tmp_path
     """A normal run's own prompt points, given back as a CSV on the SVS (~0.5 um/px, --roi offset):
     the same nuclei, each outline holding its point."""
     roi = ["--roi", "700,900,384,384", "--tile-size", "448", "--overlap", "128", "--no-progress", "--formats", "geojson,zarr"]
-    assert main(["segment", str(need(CMU)), "--out", str(tmp_path / "auto"), *roi]) == 0
+    cmu = sample_slide_or_skip()
+    assert main(["segment", str(cmu), "--out", str(tmp_path / "auto"), *roi]) == 0
     store = zarr.open_group(str(tmp_path / "auto" / "cmu_small_region" / "cmu_small_region.zarr"), mode="r")
     points = np.asarray(store["point"][:])
     csv = tmp_path / "points.csv"
     np.savetxt(csv, points, delimiter=",", header="x,y", comments="", fmt="%.4f")
-    assert main(["segment", str(CMU), "--out", str(tmp_path / "given"), "--points", str(csv), *roi]) == 0
+    assert main(["segment", str(cmu), "--out", str(tmp_path / "given"), "--points", str(csv), *roi]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     report = json.loads(Path(line["report"]).read_text())
     auto = json.loads((tmp_path / "auto" / "cmu_small_region" / "cmu_small_region_report.json").read_text())

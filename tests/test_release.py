@@ -19,7 +19,8 @@ from promptnucseg.models import release
 from promptnucseg.models.checkpoints import CheckpointError, read_checkpoint
 from promptnucseg.models.loading import load_predictor
 from promptnucseg.models.prompter import Prompter, select_prompts
-from conftest import SHARED_DATA
+from promptnucseg.wsi_pipeline.sample import SAMPLE_NAME
+from conftest import SHARED_DATA, need, sample_slide_or_skip
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release"
 SHARED = SHARED_DATA.parent
@@ -29,9 +30,8 @@ MANIFEST = json.loads((FIXTURE / "manifest.json").read_text())
 
 def _tile(name: str) -> np.ndarray:
     spec = MANIFEST["tiles"][name]
-    slide_path = SHARED / spec["slide"]
-    if not slide_path.is_file():
-        pytest.skip(f"needs {slide_path} (../shared/data beside the repo) for the fixture's tile")
+    # the tiles come from the sample slide: shared data or the user cache
+    slide_path = sample_slide_or_skip() if Path(spec["slide"]).name == SAMPLE_NAME else need(SHARED / spec["slide"])
     import openslide
 
     with openslide.OpenSlide(str(slide_path)) as slide:
@@ -187,9 +187,7 @@ def test_presets_name_the_release_settings():
 
 
 def test_segment_runs_a_slide_region_with_release_files_and_reports_the_preset(tmp_path):
-    slide = SHARED / "data" / "slides" / "cmu_small_region.svs"
-    if not slide.is_file():
-        pytest.skip(f"needs {slide} (../shared/data beside the repo)")
+    slide = sample_slide_or_skip()
     out = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "promptnucseg", "segment", str(slide), "--out", str(out), "--roi", "896,896,256,256", "--mpp", "0.25", "--no-progress",

@@ -27,10 +27,9 @@ from promptnucseg.wsi_pipeline.journal import Journal
 from promptnucseg.wsi_pipeline.nuclei import SlideNuclei, save_part
 from promptnucseg.wsi_pipeline.stitch import from_tile_nuclei
 from promptnucseg.wsi_pipeline.report import NucleusColumns, nucleus_density, render_run_report, render_slide_report
-from conftest import SHARED_DATA, need
+from conftest import HE_CELLS, SHARED_DATA, he_labels, need
 
 DATA = SHARED_DATA
-KUMAR_IMAGE = "TCGA-18-5592-01Z-00-DX1"
 CONSEP_PATCHES = ("train_10_000", "train_10_005", "train_10_010", "train_10_015")  # 2 x 2 mosaic
 CONSEP_NAMES = ["other", "inflammatory", "epithelial", "spindle-shaped"]
 CONSEP_COLORS = [(255, 255, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)]
@@ -57,9 +56,9 @@ def nuclei_from_labels(labels: np.ndarray, rgb: np.ndarray, classes: dict[int, i
 
 @pytest.fixture(scope="module")
 def kumar() -> tuple[np.ndarray, np.ndarray, SlideNuclei]:
-    root = need(DATA / "kumar" / "train")
-    rgb = np.asarray(Image.open(root / "images" / f"{KUMAR_IMAGE}.png").convert("RGB"))
-    labels = tifffile.imread(root / "labels" / f"{KUMAR_IMAGE}.tif").astype(np.int64)
+    """A real labelled H&E image of the suite's own (1024 rows x 640 columns; the slide stem stays "kumar")."""
+    rgb = np.asarray(Image.open(HE_CELLS).convert("RGB"))
+    labels = tifffile.imread(he_labels(HE_CELLS)).astype(np.int64)
     return rgb, labels, nuclei_from_labels(labels, rgb, {}, "kumar")
 
 
@@ -185,12 +184,13 @@ def test_dots_and_a_zoomed_crop_when_outlines_would_be_too_small(tmp_path, kumar
     rgb, labels, nuclei = kumar
     assert not colour_mask(rgb, NUCLEUS_COLOR).any()
     folder = write_slide_folder(tmp_path / "run", "kumar", rgb, nuclei, ["nucleus"], [NUCLEUS_COLOR])
-    files = render_slide_report(folder, max_side=64, zoom_side=128)  # Kumar nuclei are ~40 px wide: 2.6 px here
+    files = render_slide_report(folder, max_side=64, zoom_side=128)  # nuclei ~22 px wide: 1.4 px here
     summary = json.loads(files["pictures"].read_text())
     assert summary["overlay"]["mode"] == "dots" and "zoom" in files
     scale = summary["overlay"]["scale"]
-    assert scale == pytest.approx(1000 / 64)
-    img = overlay_part(files["overlay"], (64, 64))
+    H, W = rgb.shape[:2]
+    assert scale == pytest.approx(max(H, W) / 64)
+    img = overlay_part(files["overlay"], (round(W / scale), round(H / scale)))
     # a dot at every centroid (the zoom box's frame may cover a few), and dots only where nuclei are
     col, row = (nuclei.centroids[:, 0] // scale).astype(int), (nuclei.centroids[:, 1] // scale).astype(int)
     dots = colour_mask(img, NUCLEUS_COLOR)
@@ -201,8 +201,9 @@ def test_dots_and_a_zoomed_crop_when_outlines_would_be_too_small(tmp_path, kumar
     # the zoom crop: real pixels around the densest 100 um bin, outlines on the nuclei inside it
     zoom = summary["zoom"]
     x0, y0, w0, h0 = zoom["box_level0"]
-    assert 0 <= x0 and 0 <= y0 and x0 + w0 <= 1000 and y0 + h0 <= 1000
-    counts, _, _ = np.histogram2d(nuclei.centroids[:, 1], nuclei.centroids[:, 0], bins=[np.arange(0, 1001, 400.0).tolist() + [1000], np.arange(0, 1001, 400.0).tolist() + [1000]])
+    assert 0 <= x0 and 0 <= y0 and x0 + w0 <= W and y0 + h0 <= H
+    bins = [np.arange(0, H, 400.0).tolist() + [H], np.arange(0, W, 400.0).tolist() + [W]]
+    counts, _, _ = np.histogram2d(nuclei.centroids[:, 1], nuclei.centroids[:, 0], bins=bins)
     r, c = np.unravel_index(np.argmax(counts), counts.shape)
     assert c * 400 <= x0 + w0 / 2 <= (c + 1) * 400 and r * 400 <= y0 + h0 / 2 <= (r + 1) * 400
     zw, zh = zoom["size"]
@@ -214,8 +215,8 @@ def test_dots_and_a_zoomed_crop_when_outlines_would_be_too_small(tmp_path, kumar
     # outline pixels sit on nucleus edges: map the crop's pixels back to level 0
     s = zoom["scale"]
     yy, xx = np.nonzero(outline)
-    lx = np.clip((x0 + (xx + 0.5) * s).astype(int), 0, 999)
-    ly = np.clip((y0 + (yy + 0.5) * s).astype(int), 0, 999)
+    lx = np.clip((x0 + (xx + 0.5) * s).astype(int), 0, W - 1)
+    ly = np.clip((y0 + (yy + 0.5) * s).astype(int), 0, H - 1)
     band = boundary_band(labels, np.unique(labels[labels > 0]), width=3)
     assert band[ly, lx].mean() > 0.97
 
@@ -227,12 +228,12 @@ def test_density_and_area_numbers_match_the_nuclei(tmp_path, kumar):
     summary = json.loads(files["pictures"].read_text())
     d = summary["density"]
     assert d["total"] == len(nuclei) and d["bin_um"] == 100.0
-    # 100 um = 400 px bins over a 1000 px image: 3 x 3 bins, the last ones 200 px wide
-    grid = nucleus_density(NucleusColumns(folder / "kumar.zarr"), (0, 0, 1000, 1000), MPP)
-    edges = [0, 400, 800, 1000]
-    expected, _, _ = np.histogram2d(nuclei.centroids[:, 1], nuclei.centroids[:, 0], bins=[edges, edges])
+    # 100 um = 400 px bins over a 640 x 1024 px image: 2 x 3 bins, the last ones 240 and 224 px wide
+    grid = nucleus_density(NucleusColumns(folder / "kumar.zarr"), (0, 0, 640, 1024), MPP)
+    rows, cols = [0, 400, 800, 1024], [0, 400, 640]
+    expected, _, _ = np.histogram2d(nuclei.centroids[:, 1], nuclei.centroids[:, 0], bins=[rows, cols])
     assert np.array_equal(grid.counts, expected.astype(np.int64))
-    area = np.outer(np.diff(edges), np.diff(edges)) * (MPP / 1000) ** 2
+    area = np.outer(np.diff(rows), np.diff(cols)) * (MPP / 1000) ** 2
     assert np.allclose(grid.per_mm2, expected / area)
     assert (grid.per_mm2 * grid.area_mm2).sum() == pytest.approx(len(nuclei))
     assert d["max_per_mm2"] == pytest.approx((expected / area).max())
@@ -318,7 +319,8 @@ def test_command_skips_up_to_date_pictures_and_refuses_an_empty_folder(tmp_path,
     assert main(["report", str(out), "--max-side", "256"]) == 0
     assert "up to date" in capsys.readouterr().err and overlay.stat().st_mtime_ns == stamp
     assert main(["report", str(out), "--max-side", "300"]) == 0  # other size: drawn again
-    assert overlay.stat().st_mtime_ns != stamp and Image.open(overlay).size[0] == 300
+    h, w = kumar[0].shape[:2]  # the longer side (rows here) is drawn at --max-side
+    assert overlay.stat().st_mtime_ns != stamp and abs(Image.open(overlay).size[0] - 300 * w / h) <= 1
     stamp = overlay.stat().st_mtime_ns
     report = folder / "kumar_report.json"
     report.write_text(report.read_text().replace('"wall_seconds": 3725.4', '"wall_seconds": 99.0'))  # a rerun of the slide

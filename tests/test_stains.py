@@ -1,8 +1,9 @@
 """Colour deconvolution (stains.py) against scikit-image's Ruifrok-Johnston `rgb2hed`, on
-synthetic patches of known stain amounts, and on real nuclei (Kumar labels) and the real
-sample slide. Skips, with the reason, without ../shared/data."""
+synthetic patches of known stain amounts, and on real nuclei (the suite's own labelled H&E
+fixture) and the real sample slide (skipped, with the reason, where it is not cached)."""
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,20 +15,15 @@ from skimage.color import rgb2hed
 from promptnucseg.wsi_pipeline.morphometrics import measure_mask
 from promptnucseg.wsi_pipeline.stains import RJ_DAB, RJ_EOSIN, RJ_HEMATOXYLIN, StainModel, fit_stains, macenko_vectors
 from promptnucseg.wsi_pipeline.tissue import detect_tissue
-from conftest import SHARED_DATA
+from conftest import HE_EOSIN, he_labels, sample_slide_or_skip
 
-DATA = SHARED_DATA
-KUMAR = DATA / "kumar" / "train"
-CMU = DATA / "slides" / "cmu_small_region.svs"
 H_TRUE, E_TRUE = np.array([0.58, 0.72, 0.38]), np.array([0.20, 0.93, 0.30])  # a slide's own (not RJ's) vectors
 WHITE = np.array([244.0, 240.0, 242.0])
 
 
-def _kumar(stem: str = "TCGA-A7-A13E-01Z-00-DX1") -> tuple[np.ndarray, np.ndarray]:
-    image, labels = KUMAR / "images" / f"{stem}.png", KUMAR / "labels" / f"{stem}.tif"
-    if not image.is_file() or not labels.is_file():
-        pytest.skip(f"needs {image} and {labels} (../shared/data beside the repo)")
-    return np.asarray(Image.open(image).convert("RGB")), tifffile.imread(labels)
+def _he(image: Path = HE_EOSIN) -> tuple[np.ndarray, np.ndarray]:
+    """A real H&E image of the suite's own (pink eosin, a red vessel) and its nuclei."""
+    return np.asarray(Image.open(image).convert("RGB")), tifffile.imread(he_labels(image))
 
 
 def _compose(h: np.ndarray, e: np.ndarray) -> np.ndarray:
@@ -37,7 +33,7 @@ def _compose(h: np.ndarray, e: np.ndarray) -> np.ndarray:
 
 
 def test_three_stain_reference_matches_skimage_rgb2hed_on_a_real_patch():
-    rgb, _ = _kumar()
+    rgb, _ = _he()
     patch = np.maximum(rgb[:128, :128], 1)  # rgb2hed reads 0 as 1e-6, we read it as 1: keep 0 out
     ours = StainModel(hematoxylin=RJ_HEMATOXYLIN, eosin=RJ_EOSIN, third=RJ_DAB).amounts(patch)
     ref = rgb2hed(patch)[..., :2]  # log(I)/log(1e-6) = OD / 6, clipped at 0
@@ -71,7 +67,7 @@ def test_macenko_finds_the_vectors_and_fit_stains_the_white_of_a_synthetic_slide
 
 
 def test_real_nuclei_read_plausible_h_and_e_with_more_haematoxylin_than_stroma():
-    rgb, labels = _kumar()
+    rgb, labels = _he()
     tissue, _ = detect_tissue(rgb, 100)
     model = fit_stains(rgb, tissue, [rgb[:512, :512]])
     amounts = model.amounts(rgb)
@@ -89,12 +85,11 @@ def test_real_nuclei_read_plausible_h_and_e_with_more_haematoxylin_than_stroma()
 
 
 def test_sample_slide_stains_are_fitted_from_the_slide():
-    if not CMU.is_file():
-        pytest.skip(f"needs {CMU} (../shared/data beside the repo)")
+    cmu = sample_slide_or_skip()
     from promptnucseg.wsi_pipeline.plan import SegmentSettings, plan_slide
     from promptnucseg.wsi_pipeline.slides import open_slide
 
-    with open_slide(CMU) as reader:
+    with open_slide(cmu) as reader:
         plan = plan_slide(reader, SegmentSettings(roi=(600, 800, 512, 512), tile_size=512, overlap=64), 0.25)
     stains = plan.stains
     assert stains.source.startswith("slide (Macenko), white from the slide's glass")

@@ -11,30 +11,28 @@ from PIL import Image
 from promptnucseg.wsi_pipeline.errors import PipelineInputError
 from promptnucseg.wsi_pipeline.slides import open_slide
 from promptnucseg.wsi_pipeline.tissue import TissueMask, parse_roi, tissue_mask
-from conftest import SHARED_DATA
+from conftest import HE_EOSIN, HE_GLANDS, SHARED_DATA, sample_slide_or_skip
 
-DATA = SHARED_DATA
-SLIDES = DATA / "slides"
-KUMAR = DATA / "kumar" / "train" / "images"
-CPM = DATA / "cpm15" / "images"
+SLIDES = SHARED_DATA / "slides"
+KUMAR = SHARED_DATA / "kumar" / "train" / "images"
 
-needs_data = pytest.mark.skipif(not SLIDES.is_dir(), reason=f"real data not found at {DATA} (../shared/data beside the repo)")
+needs_data = pytest.mark.skipif(not SLIDES.is_dir(), reason="needs the real slides of the shared data (../shared/data)")
 
 
-@needs_data
 @pytest.mark.parametrize(
     "name, override, low, high",
     [  # measured: 0.391, 0.630, 0.661, 0.0035, 0.0039 (the kidney slide is one small fragment on glass)
-        ("cmu_small_region.svs", None, 0.30, 0.55),
-        ("tcga-cr-7395-01a-01-ts1.svs", None, 0.50, 0.75),
-        ("tcga-cr-7395-01a-01-ts1.svs", 0.25, 0.55, 0.80),
-        ("kidney-48-5.tif", None, 0.001, 0.01),
+        ("cmu_small_region.svs", None, 0.30, 0.55),  # the sample slide: shared data or the user cache
+        pytest.param("tcga-cr-7395-01a-01-ts1.svs", None, 0.50, 0.75, marks=needs_data),
+        pytest.param("tcga-cr-7395-01a-01-ts1.svs", 0.25, 0.55, 0.80, marks=needs_data),
+        pytest.param("kidney-48-5.tif", None, 0.001, 0.01, marks=needs_data),
         # told 0.25 um/px, the 1493-px image was a 47 x 29 px mask at 8 um/px and the fragment 2 px: "no tissue"
-        ("kidney-48-5.tif", 0.25, 0.001, 0.01),
+        pytest.param("kidney-48-5.tif", 0.25, 0.001, 0.01, marks=needs_data),
     ],
 )
 def test_real_slides_have_plausible_tissue(name, override, low, high):
-    with open_slide(SLIDES / name, mpp_override=override) as reader:
+    path = sample_slide_or_skip() if name == "cmu_small_region.svs" else SLIDES / name
+    with open_slide(path, mpp_override=override) as reader:
         mask = tissue_mask(reader)
     print(f"{name} mpp={override}: tissue fraction {mask.fraction:.4f}, mask {mask.array.shape}, downsample {mask.downsample:.2f}")
     assert not mask.is_empty
@@ -102,8 +100,7 @@ def test_fraction_in_finds_the_tissue_and_the_glass():
     assert mask.fraction_in((0, 0, 200, 200)) == 0.0  # outside the scanned area
 
 
-@needs_data
-@pytest.mark.parametrize("image", [KUMAR / "TCGA-18-5592-01Z-00-DX1.png", KUMAR / "TCGA-49-4488-01Z-00-DX1.png", CPM / "image02.png"])
+@pytest.mark.parametrize("image", [HE_GLANDS, HE_EOSIN], ids=["glands", "eosin"])
 def test_image_that_is_all_tissue_is_not_called_empty(image):
     with open_slide(image) as reader:
         mask = tissue_mask(reader)
@@ -111,19 +108,17 @@ def test_image_that_is_all_tissue_is_not_called_empty(image):
     assert mask.fraction > 0.95
 
 
-@needs_data
 def test_grayscale_scan_is_found_by_darkness(tmp_path):
     gray = tmp_path / "gray.png"
-    Image.open(KUMAR / "TCGA-18-5592-01Z-00-DX1.png").convert("L").save(gray)
+    Image.open(HE_GLANDS).convert("L").save(gray)
     with open_slide(gray) as reader:
         mask = tissue_mask(reader)
     assert mask.details["saturation"]["uniform"] == "background"
     assert mask.fraction > 0.9
 
 
-@needs_data
 def test_black_scanner_border_is_not_tissue(tmp_path):
-    tissue = np.asarray(Image.open(KUMAR / "TCGA-18-5592-01Z-00-DX1.png").convert("RGB"))[:300, :300]
+    tissue = np.asarray(Image.open(HE_GLANDS).convert("RGB"))[:300, :300]
     img = np.full((600, 900, 3), 255, np.uint8)
     img[:, :300] = 0
     img[150:450, 450:750] = tissue

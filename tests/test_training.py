@@ -15,11 +15,10 @@ import yaml
 from PIL import Image
 
 from promptnucseg.cli import main
-from conftest import SHARED_DATA
+from conftest import HE, HE_CELLS, HE_GLANDS, SHARED_DATA, need
 
 DATA = SHARED_DATA
-KUMAR = DATA / "kumar" / "train"
-NAMES = ("TCGA-38-6178-01Z-00-DX1", "TCGA-18-5592-01Z-00-DX1")
+NAMES = (HE_GLANDS.stem, HE_CELLS.stem)
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "kumar_light.yaml"
 
 pytestmark = pytest.mark.slow
@@ -27,15 +26,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory) -> Path:
-    """Two 320x320 crops of real Kumar images and labels in the uniform folder layout."""
-    if not KUMAR.is_dir():
-        pytest.skip(f"needs {KUMAR} (../shared/data beside the repo)")
-    root = tmp_path_factory.mktemp("kumar_tiny")
+    """Two 320x320 crops of the suite's own real labelled H&E images in the uniform folder layout."""
+    root = tmp_path_factory.mktemp("he_tiny")
     (root / "images").mkdir()
     (root / "labels").mkdir()
     for name in NAMES:
-        rgb = np.asarray(Image.open(KUMAR / "images" / f"{name}.png").convert("RGB"))[300:620, 300:620]
-        labels = tifffile.imread(KUMAR / "labels" / f"{name}.tif")[300:620, 300:620]
+        rgb = np.asarray(Image.open(HE / "images" / f"{name}.png").convert("RGB"))[100:420, 100:420]
+        labels = tifffile.imread(HE / "labels" / f"{name}.tif")[100:420, 100:420]
         Image.fromarray(rgb).save(root / "images" / f"{name}.png")
         tifffile.imwrite(root / "labels" / f"{name}.tif", labels.astype(np.int32))
     return root
@@ -96,8 +93,7 @@ def test_a_one_class_prompter_trains_on_a_typed_data_set():
     from promptnucseg.models.training.tasks import PrompterTask
 
     consep = DATA / "consep-patches" / "train"
-    if not consep.is_dir():
-        pytest.skip(f"needs {consep} (../shared/data beside the repo)")
+    need(consep)
     sample = open_dataset(consep)[0]
     assert max((sample.instance_classes or {}).values()) > 1  # a typed sample
     cfg = ExperimentConfig()
@@ -120,8 +116,7 @@ def test_a_typed_prompter_is_validated_per_class():
     from promptnucseg.models.training.tasks import PrompterTask
 
     consep = DATA / "consep-patches" / "train"
-    if not consep.is_dir():
-        pytest.skip(f"needs {consep} (../shared/data beside the repo)")
+    need(consep)
     sample = open_dataset(consep)[0]
     cfg = ExperimentConfig()
     cfg.model.prompter = PrompterConfig(backbone="resnet18", fpn_channels=32, num_classes=4)
