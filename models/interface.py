@@ -151,8 +151,9 @@ class TileTissue:
     def any_in(self, x0: float, y0: float, x1: float, y1: float) -> bool:
         """Whether any tissue cell touches the tile-pixel box [x0, x1) x [y0, y1)."""
         rows, cols = self.cells.shape
-        c0, c1 = max(0, math.floor((x0 - self.x) / self.cell)), min(cols, math.ceil((x1 - self.x) / self.cell))
-        r0, r1 = max(0, math.floor((y0 - self.y) / self.cell)), min(rows, math.ceil((y1 - self.y) / self.cell))
+        e = 1e-6  # a box edge on a cell edge, up to rounding, takes that cell too: err towards running
+        c0, c1 = max(0, math.floor((x0 - self.x) / self.cell - e)), min(cols, math.ceil((x1 - self.x) / self.cell + e))
+        r0, r1 = max(0, math.floor((y0 - self.y) / self.cell - e)), min(rows, math.ceil((y1 - self.y) / self.cell + e))
         return c1 > c0 and r1 > r0 and bool(self.cells[r0:r1, c0:c1].any())
 
 

@@ -90,19 +90,21 @@ def test_tile_tissue_cells_cover_their_boxes():
     cells[1, 2] = True  # tile px x [-8 + 2 * 32, -8 + 3 * 32) = [56, 88), y [-4 + 32, -4 + 64) = [28, 60)
     tissue = TileTissue(cells, 32.0, -8.0, -4.0)
     assert tissue.any_in(0, 0, 256, 256)
-    assert tissue.any_in(87, 59, 300, 300) and not tissue.any_in(88, 0, 300, 300) and not tissue.any_in(0, 60, 300, 300)
-    assert tissue.any_in(0, 0, 57, 29) and not tissue.any_in(0, 0, 56, 300) and not tissue.any_in(0, 0, 300, 28)
+    assert tissue.any_in(87, 59, 300, 300) and not tissue.any_in(88.01, 0, 300, 300) and not tissue.any_in(0, 60.01, 300, 300)
+    assert tissue.any_in(0, 0, 56.01, 28.01) and not tissue.any_in(0, 0, 55.99, 300) and not tissue.any_in(0, 0, 300, 27.99)
+    assert tissue.any_in(0, 0, 56, 300)  # a box edge on a cell edge takes the cell: errs towards running
     assert not TileTissue(np.zeros((0, 0), bool), 32.0).any_in(0, 0, 256, 256)
 
 
 def test_the_plan_gives_each_window_the_tissue_the_mask_puts_there():
-    """`SlidePlan.tissue_on` in tile pixels agrees with the mask's own level-0 test, window by window."""
+    """`SlidePlan.tissue_on` in tile pixels never skips a window the mask's own level-0 test touches, and
+    disagrees with it only where a window edge falls on a mask cell edge (there it runs the window)."""
     slide = SHARED_DATA / "slides" / "cmu_small_region.svs"
     settings = SegmentSettings(tile_size=1024, overlap=128, mpp=None)
     with open_slide(slide) as reader:
         plan = plan_slide(reader, settings, 0.25, window_grid=(256, 192))
     assert plan.tissue is not None
-    mixed = 0
+    mixed = extra = 0
     for tile in plan.tiles:
         tissue = plan.tissue_on(tile)
         x0, y0, _, _ = plan.level0_box(tile)
@@ -111,9 +113,11 @@ def test_the_plan_gives_each_window_the_tissue_the_mask_puts_there():
             for wx in span_starts(tile.w, 256, 192):
                 box = (x0 + wx * plan.scale, y0 + wy * plan.scale, 256 * plan.scale, 256 * plan.scale)
                 found.append(tissue.any_in(wx, wy, wx + 256, wy + 256))
-                assert found[-1] == (plan.tissue.fraction_in(box) > 0), (tile.index, wx, wy)
+                assert found[-1] or plan.tissue.fraction_in(box) == 0, (tile.index, wx, wy)
+                extra += found[-1] and plan.tissue.fraction_in(box) == 0
         mixed += any(found) and not all(found)
     assert mixed > 0  # the slide's tissue edge runs through tiles: some of their windows are glass
+    assert extra <= 0.05 * sum(len(span_starts(t.h, 256, 192)) * len(span_starts(t.w, 256, 192)) for t in plan.tiles)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +137,11 @@ def test_windows_without_tissue_are_not_run_and_the_rest_is_unchanged(default_pr
     far = full.points[:, 0] < 128  # prompts outside the skipped window [192, 448) by more than the overlap
     assert far.sum() > 5
     near = part.points[:, 0] < 128
-    np.testing.assert_array_equal(part.points[near], full.points[far])
-    np.testing.assert_array_equal(part.boxes[near], full.boxes[far])
-    assert all(np.array_equal(a, b) for a, b in zip([m for m, k in zip(part.masks, near) if k], [m for m, k in zip(full.masks, far) if k]))
+    # the prompter now sees one window per batch instead of two: its convolutions round a little
+    # differently (points move by ~1e-5 px), so masks may differ by a pixel where a logit sits on the threshold
+    np.testing.assert_allclose(part.points[near], full.points[far], atol=1e-3)
+    np.testing.assert_allclose(part.boxes[near], full.boxes[far], atol=1)
+    inst_a, _ = part.select(near).label_maps(kumar_strip.shape[:2])
+    inst_b, _ = full.select(far).label_maps(kumar_strip.shape[:2])
+    assert np.count_nonzero((inst_a > 0) != (inst_b > 0)) <= 0.005 * np.count_nonzero(inst_b)
     assert len(part) < len(full)  # the skipped window's own nuclei are gone
