@@ -9,6 +9,7 @@ both, the order alternating from round to round, so load on a shared machine fal
 Each call is profiled by part (`model_parts`), and the two runs' nuclei are compared: the same
 points and boxes, masks equal pixel for pixel (the change is meant to be exact).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,12 @@ VARIANTS = {"before (reference decode)": False, "after (shared tokens, boxed mas
 
 
 def same_nuclei(a: Any, b: Any) -> bool:
-    return (len(a) == len(b) and np.array_equal(a.points, b.points) and np.array_equal(a.boxes, b.boxes)
-            and all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks)))
+    return (
+        len(a) == len(b)
+        and np.array_equal(a.points, b.points)
+        and np.array_equal(a.boxes, b.boxes)
+        and all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks))
+    )
 
 
 def run_ab(predictor: Any, tiles: list[np.ndarray], rounds: int, now: Any = time.perf_counter) -> dict[str, Any]:
@@ -56,8 +61,15 @@ def run_ab(predictor: Any, tiles: list[np.ndarray], rounds: int, now: Any = time
             compared += 1
     predictor.boxed_masks = True
     before, after = VARIANTS
-    return {"seconds": seconds, "parts": parts, "counts": counts, "nuclei": nuclei, "identical_calls": identical,
-            "calls_compared": compared, "speedup": seconds[before] / seconds[after]}
+    return {
+        "seconds": seconds,
+        "parts": parts,
+        "counts": counts,
+        "nuclei": nuclei,
+        "identical_calls": identical,
+        "calls_compared": compared,
+        "speedup": seconds[before] / seconds[after],
+    }
 
 
 def show(r: dict[str, Any]) -> None:
@@ -69,8 +81,10 @@ def show(r: dict[str, Any]) -> None:
         print(f"| {p} | {a:.2f} | {b:.2f} | {a / b if b else float('nan'):.2f}x |")
     a, b = r["seconds"][before], r["seconds"][after]
     print(f"| **predict, whole** | {a:.2f} | {b:.2f} | **{a / b:.2f}x** |")
-    print(f"windows {r['counts'][after]['windows']}, prompts decoded {r['counts'][after]['prompts']}, nuclei {r['nuclei'][before]} / {r['nuclei'][after]}; "
-          f"identical outputs in {r['identical_calls']} of {r['calls_compared']} calls")
+    print(
+        f"windows {r['counts'][after]['windows']}, prompts decoded {r['counts'][after]['prompts']}, nuclei {r['nuclei'][before]} / {r['nuclei'][after]}; "
+        f"identical outputs in {r['identical_calls']} of {r['calls_compared']} calls"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,7 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--crop", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--clock", choices=CLOCKS, default="wall", help="wall, or cpu: process CPU seconds (with --threads 1 on a loaded machine)")
+    p.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="wall",
+        help="wall, or cpu: process CPU seconds (with --threads 1 on a loaded machine)",
+    )
     p.add_argument("--tiles", help="folder of H&E PNGs at 0.25 um/px (default ../shared/data/kumar/train/images)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
@@ -95,8 +114,17 @@ def main(argv: list[str] | None = None) -> None:
     predictor = load_predictor(device="cpu")
     load = os.getloadavg()[0]
     r = run_ab(predictor, tiles, args.rounds, CLOCKS[args.clock])
-    r.update(images=where, threads=args.threads, clock=args.clock, rounds=args.rounds, load_at_start=load, load_at_end=os.getloadavg()[0])
-    print(f"decoder A/B: {where}; {args.threads} threads, {args.clock} seconds, {args.rounds} rounds; load {load:.1f} -> {r['load_at_end']:.1f}")
+    r.update(
+        images=where,
+        threads=args.threads,
+        clock=args.clock,
+        rounds=args.rounds,
+        load_at_start=load,
+        load_at_end=os.getloadavg()[0],
+    )
+    print(
+        f"decoder A/B: {where}; {args.threads} threads, {args.clock} seconds, {args.rounds} rounds; load {load:.1f} -> {r['load_at_end']:.1f}"
+    )
     show(r)
     if args.json:
         with open(args.json, "w") as fh:

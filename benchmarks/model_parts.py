@@ -24,6 +24,7 @@ on every part alike and the shares hold even when the seconds are inflated.
 `per prompt` divides by the prompts decoded on the window grid (the sum of every decode call's
 prompts, duplicate re-decodes not counted); `per window` by the windows the segmentor embedded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,16 @@ import numpy as np
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 PARTS = (
-    "prompter encoder", "prompter heads", "prompter post-processing", "segmentor encoder", "prompt encoding",
-    "mask decoder", "mask upsampling", "window loop", "merging", "duplicate checks",
+    "prompter encoder",
+    "prompter heads",
+    "prompter post-processing",
+    "segmentor encoder",
+    "prompt encoding",
+    "mask decoder",
+    "mask upsampling",
+    "window loop",
+    "merging",
+    "duplicate checks",
 )
 
 
@@ -156,7 +165,9 @@ def probed(predictor: Any, now: Callable[[], float] = time.perf_counter) -> Iter
         yield clock
 
 
-def profile(predictor: Any, tiles: list[np.ndarray], rounds: int, now: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+def profile(
+    predictor: Any, tiles: list[np.ndarray], rounds: int, now: Callable[[], float] = time.perf_counter
+) -> dict[str, Any]:
     """Run `predict` on each tile (one per call, as the pipeline's batch of one) `rounds` times."""
     predictor.predict(tiles[:1])  # warm-up: first-call allocations and kernel choices
     walls, nuclei = [], 0
@@ -171,21 +182,50 @@ def profile(predictor: Any, tiles: list[np.ndarray], rounds: int, now: Callable[
     rows = []
     for name in PARTS:
         s = clock.seconds.get(name, 0.0)
-        rows.append({"part": name, "seconds": s, "share": s / wall, "s_per_window": s / max(windows, 1), "ms_per_prompt": 1e3 * s / max(prompts, 1)})
+        rows.append(
+            {
+                "part": name,
+                "seconds": s,
+                "share": s / wall,
+                "s_per_window": s / max(windows, 1),
+                "ms_per_prompt": 1e3 * s / max(prompts, 1),
+            }
+        )
     other = wall - sum(r["seconds"] for r in rows)
-    rows.append({"part": "other (predict's own)", "seconds": other, "share": other / wall, "s_per_window": other / max(windows, 1), "ms_per_prompt": 1e3 * other / max(prompts, 1)})
-    return {"wall_seconds": wall, "windows": windows, "prompts": prompts, "nuclei": nuclei, "calls": len(walls), "parts": rows}
+    rows.append(
+        {
+            "part": "other (predict's own)",
+            "seconds": other,
+            "share": other / wall,
+            "s_per_window": other / max(windows, 1),
+            "ms_per_prompt": 1e3 * other / max(prompts, 1),
+        }
+    )
+    return {
+        "wall_seconds": wall,
+        "windows": windows,
+        "prompts": prompts,
+        "nuclei": nuclei,
+        "calls": len(walls),
+        "parts": rows,
+    }
 
 
 def show(result: dict[str, Any], title: str) -> None:
-    print(f"\n{title}: {result['calls']} predict calls, {result['windows']} windows, {result['prompts']} prompts decoded, "
-          f"{result['nuclei']} nuclei, {result['wall_seconds']:.1f} s")
+    print(
+        f"\n{title}: {result['calls']} predict calls, {result['windows']} windows, {result['prompts']} prompts decoded, "
+        f"{result['nuclei']} nuclei, {result['wall_seconds']:.1f} s"
+    )
     print("| part | seconds | share | s per window | ms per prompt |")
     print("|---|---|---|---|---|")
     for r in result["parts"]:
-        print(f"| {r['part']} | {r['seconds']:.2f} | {r['share']:.3f} | {r['s_per_window']:.4f} | {r['ms_per_prompt']:.2f} |")
-    print(f"| total | {result['wall_seconds']:.2f} | 1 | {result['wall_seconds'] / max(result['windows'], 1):.4f} | "
-          f"{1e3 * result['wall_seconds'] / max(result['prompts'], 1):.2f} |")
+        print(
+            f"| {r['part']} | {r['seconds']:.2f} | {r['share']:.3f} | {r['s_per_window']:.4f} | {r['ms_per_prompt']:.2f} |"
+        )
+    print(
+        f"| total | {result['wall_seconds']:.2f} | 1 | {result['wall_seconds'] / max(result['windows'], 1):.4f} | "
+        f"{1e3 * result['wall_seconds'] / max(result['prompts'], 1):.2f} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,8 +234,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--crop", type=int, default=1000, help="top-left crop of each image in px (default 1000: whole)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--clock", choices=CLOCKS, default="wall", help="wall (perf_counter) or cpu (process_time: the process's CPU "
-                   "seconds, which load on a shared machine does not inflate; use with --threads 1, where no thread waits)")
+    p.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="wall",
+        help="wall (perf_counter) or cpu (process_time: the process's CPU "
+        "seconds, which load on a shared machine does not inflate; use with --threads 1, where no thread waits)",
+    )
     p.add_argument("--tiles", help="folder of H&E PNGs at 0.25 um/px (default ../shared/data/kumar/train/images)")
     p.add_argument("--weights", help="model (default: the bundled default)")
     p.add_argument("--json", help="also write the figures here")
@@ -212,8 +257,13 @@ def main(argv: list[str] | None = None) -> None:
     predictor = load_predictor(args.weights, device="cpu")
     load = os.getloadavg()[0]
     result = profile(predictor, tiles, args.rounds, CLOCKS[args.clock])
-    result.update(images=where, threads=args.threads, clock=args.clock, load_at_start=load, load_at_end=os.getloadavg()[0])
-    show(result, f"model parts ({where}; {args.threads} threads, {args.clock} seconds; load {load:.1f} -> {result['load_at_end']:.1f})")
+    result.update(
+        images=where, threads=args.threads, clock=args.clock, load_at_start=load, load_at_end=os.getloadavg()[0]
+    )
+    show(
+        result,
+        f"model parts ({where}; {args.threads} threads, {args.clock} seconds; load {load:.1f} -> {result['load_at_end']:.1f})",
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"machine": machine_facts("cpu"), **result}, fh, indent=1)

@@ -51,8 +51,10 @@ class _Candidate:
 class PromptNucSegPredictor:
     """Implements `models.interface.NucleusPredictor` for a prompter + segmentor pair."""
 
-    def __init__(self, prompter: Prompter, segmentor: Segmentor, config: ModelConfig, device: str | torch.device = "cpu", source: dict[str, Any] | None = None, batch_size: int = 8,
-                 boxed_masks: bool = True) -> None:
+    def __init__(
+        self, prompter: Prompter, segmentor: Segmentor, config: ModelConfig, device: str | torch.device = "cpu",
+        source: dict[str, Any] | None = None, batch_size: int = 8, boxed_masks: bool = True,
+    ) -> None:
         self.config = config
         self.torch_device = torch.device(device)
         self.prompter = prompter.to(self.torch_device).eval()
@@ -125,7 +127,8 @@ class PromptNucSegPredictor:
             # a window keeps the prompts in its share of the overlaps, widened by the NMS radius
             # so a nucleus on a share boundary that both windows place a pixel off is not lost
             views += [
-                (i, x0, y0, (bx[c] - r, by[k] - r, bx[c + 1] + r, by[k + 1] + r)) for k, y0 in enumerate(ys) for c, x0 in enumerate(xs)
+                (i, x0, y0, (bx[c] - r, by[k] - r, bx[c + 1] + r, by[k + 1] + r))
+                for k, y0 in enumerate(ys) for c, x0 in enumerate(xs)
                 if tissue[i] is None or tissue[i].any_in(x0, y0, x0 + size, y0 + size)
             ]
         parts: list[list[Prompts]] = [[] for _ in tiles]
@@ -158,7 +161,9 @@ class PromptNucSegPredictor:
         return out  # type: ignore[return-value]
 
     # -- segmentor -----------------------------------------------------------------------
-    def _segment(self, tile: np.ndarray, prompts: Prompts, n_given: int = 0, tissue: TileTissue | None = None) -> TileNuclei:
+    def _segment(
+        self, tile: np.ndarray, prompts: Prompts, n_given: int = 0, tissue: TileTissue | None = None
+    ) -> TileNuclei:
         if len(prompts.points) == 0:
             return TileNuclei()
         icfg = self.config.inference
@@ -186,7 +191,9 @@ class PromptNucSegPredictor:
         for chunk in _chunks(windows, self.batch_size):
             emb = self._embed(tile, chunk, views)
 
-            def decode(j: int, part: list[int], labels_np: np.ndarray, origin: tuple[int, int]) -> tuple[list[MaskCrop], list[float]]:
+            def decode(
+                j: int, part: list[int], labels_np: np.ndarray, origin: tuple[int, int]
+            ) -> tuple[list[MaskCrop], list[float]]:
                 return self._decode(emb, len(chunk), j, coords_all[part] - np.array(origin, np.float32), labels_np[part], views)
 
             for j, (x0, y0) in enumerate(chunk):
@@ -208,7 +215,9 @@ class PromptNucSegPredictor:
                     crops, iou = decode(j, suspects, no_negatives, (x0, y0))
                     local = prompts.points[suspects] - np.array([x0, y0], np.float32)
                     masks = np.stack([c.paste(size, icfg.mask_threshold) for c in crops])
-                    found = duplicate_prompts(local, np.asarray(iou, np.float32), masks, icfg.duplicate_distance, icfg.duplicate_iou)
+                    found = duplicate_prompts(
+                        local, np.asarray(iou, np.float32), masks, icfg.duplicate_distance, icfg.duplicate_iou
+                    )
                     dropped.update(suspects[i] for i in found)
                     for n in set(found.values()):
                         if not _touches_inner_edge(crops[n], size, icfg.mask_threshold, inner, icfg.edge_margin):
@@ -242,7 +251,8 @@ class PromptNucSegPredictor:
         logits = iou = 0.0
         for v, view in enumerate(views):
             e = emb[v * n_windows + j : v * n_windows + j + 1]
-            lg, sc = decode(self.segmentor, e, torch.from_numpy(dihedral_points(coords, size, *view)).to(self.torch_device), lab)
+            points = torch.from_numpy(dihedral_points(coords, size, *view)).to(self.torch_device)
+            lg, sc = decode(self.segmentor, e, points, lab)
             logits, iou = logits + undo_dihedral(lg.float(), *view), iou + sc.float()
         if len(views) > 1:
             logits, iou = logits / len(views), iou / len(views)
@@ -421,14 +431,17 @@ def _holds(cand: _Candidate, point: np.ndarray, threshold: float) -> bool:
     return cand.crop.at(x, y) > threshold
 
 
-def _touches_inner_edge(crop: MaskCrop, size: int, threshold: float, inner: tuple[bool, bool, bool, bool], margin: int) -> bool:
+def _touches_inner_edge(
+    crop: MaskCrop, size: int, threshold: float, inner: tuple[bool, bool, bool, bool], margin: int
+) -> bool:
     """Whether a mask has pixels within `margin` px of an inner edge of its `size` window."""
     left, top, right, bottom = inner
     h, w = crop.logits.shape
     if not h or not w:
         return False
     x0, y0 = crop.x, crop.y
-    if not ((left and x0 < margin) or (top and y0 < margin) or (right and x0 + w > size - margin) or (bottom and y0 + h > size - margin)):
+    near = (left and x0 < margin) or (top and y0 < margin)
+    if not (near or (right and x0 + w > size - margin) or (bottom and y0 + h > size - margin)):
         return False  # the box keeps clear of every inner edge
     m = crop.above(threshold)
     return bool(

@@ -1,4 +1,5 @@
 """A window's prompts decoded at once (image tokens shared) with boxed upsampling give the reference's masks."""
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +29,9 @@ def test_boxed_upsampling_keeps_every_pixel_above_the_threshold(n, size):
     for k in range(4, 12):  # blobs of smooth logits, as masks are
         y, x = rng.integers(0, n, 2)
         yy, xx = np.mgrid[:n, :n]
-        low[k] += torch.from_numpy((8 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * (n / 10) ** 2))).astype(np.float32))
+        low[k] += torch.from_numpy(
+            (8 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * (n / 10) ** 2))).astype(np.float32)
+        )
     full = F.interpolate(low[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
     crops = boxed_upsample(low, size, -1.5)
     assert crops[0].logits.size == 0 and not crops[0].paste(size, -1.5).any()
@@ -44,9 +47,26 @@ def test_shared_image_tokens_give_the_reference_decode(arch):
     """Official SAM's decoder (a small `sam_vit`), the light one and the high-resolution one."""
     torch.manual_seed(0)
     if arch == "sam_vit":
-        cfg = SegmentorConfig(arch="sam_vit", crop_size=64, vit_dim=32, vit_depth=2, vit_heads=2, vit_global_attn=[1], vit_window=4, embed_dim=32, decoder_mlp_dim=64)
+        cfg = SegmentorConfig(
+            arch="sam_vit",
+            crop_size=64,
+            vit_dim=32,
+            vit_depth=2,
+            vit_heads=2,
+            vit_global_attn=[1],
+            vit_window=4,
+            embed_dim=32,
+            decoder_mlp_dim=64,
+        )
     else:
-        cfg = SegmentorConfig(arch="sam_cnn_light", crop_size=64, embed_dim=32, decoder_mlp_dim=64, encoder_stride=16, high_res=arch.endswith("high_res"))
+        cfg = SegmentorConfig(
+            arch="sam_cnn_light",
+            crop_size=64,
+            embed_dim=32,
+            decoder_mlp_dim=64,
+            encoder_stride=16,
+            high_res=arch.endswith("high_res"),
+        )
     seg = build_segmentor(cfg).eval()
     for p in seg.mask_decoder.parameters():  # the high-res branches start at zero: give them something to add
         p.data += 0.05 * torch.randn_like(p)
@@ -90,8 +110,16 @@ def test_tile_tissue_cells_cover_their_boxes():
     cells[1, 2] = True  # tile px x [-8 + 2 * 32, -8 + 3 * 32) = [56, 88), y [-4 + 32, -4 + 64) = [28, 60)
     tissue = TileTissue(cells, 32.0, -8.0, -4.0)
     assert tissue.any_in(0, 0, 256, 256)
-    assert tissue.any_in(87, 59, 300, 300) and not tissue.any_in(88.01, 0, 300, 300) and not tissue.any_in(0, 60.01, 300, 300)
-    assert tissue.any_in(0, 0, 56.01, 28.01) and not tissue.any_in(0, 0, 55.99, 300) and not tissue.any_in(0, 0, 300, 27.99)
+    assert (
+        tissue.any_in(87, 59, 300, 300)
+        and not tissue.any_in(88.01, 0, 300, 300)
+        and not tissue.any_in(0, 60.01, 300, 300)
+    )
+    assert (
+        tissue.any_in(0, 0, 56.01, 28.01)
+        and not tissue.any_in(0, 0, 55.99, 300)
+        and not tissue.any_in(0, 0, 300, 27.99)
+    )
     assert tissue.any_in(0, 0, 56, 300)  # a box edge on a cell edge takes the cell: errs towards running
     assert not TileTissue(np.zeros((0, 0), bool), 32.0).any_in(0, 0, 256, 256)
 

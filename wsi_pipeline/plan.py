@@ -88,7 +88,8 @@ class SlidePlan:
         c0, r0 = min(max(0, math.floor(x0 / ds)), cols), min(max(0, math.floor(y0 / ds)), rows)
         # one cell more on the far sides: a tile edge on a cell edge, up to rounding, keeps that cell (errs to running)
         c1, r1 = min(cols, max(c0, math.ceil((x0 + w0) / ds) + 1)), min(rows, max(r0, math.ceil((y0 + h0) / ds) + 1))
-        return TileTissue(self.tissue.array[r0:r1, c0:c1], ds / self.scale, (c0 * ds - x0) / self.scale, (r0 * ds - y0) / self.scale)
+        cells = self.tissue.array[r0:r1, c0:c1]
+        return TileTissue(cells, ds / self.scale, (c0 * ds - x0) / self.scale, (r0 * ds - y0) / self.scale)
 
     def level0_box(self, tile: Tile) -> tuple[float, float, float, float]:
         """The tile's level-0 box (x, y, w, h); exact floats, so tiles map back without drift."""

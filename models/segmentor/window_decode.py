@@ -12,6 +12,7 @@ box around the pixels that can pass the threshold, which bilinear interpolation 
 an upsampled pixel is a convex combination of its (up to) four source pixels, so it can pass
 only where one of them is above the threshold (`MARGIN` absorbs float rounding).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,7 +59,9 @@ class MaskCrop:
 
 
 @torch.inference_mode()
-def low_res_masks(segmentor: Segmentor, embedding: torch.Tensor | ImageEmbedding, coords: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def low_res_masks(
+    segmentor: Segmentor, embedding: torch.Tensor | ImageEmbedding, coords: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stride-2 (high-res decoder) or stride-4 (SAM's) mask logits (P, n, n) and IoU (P,) of
     P prompt sets against one window's embedding (batch 1), as `Segmentor.decode` gives before
     its upsampling; the image tokens are not copied per prompt."""
@@ -122,7 +125,9 @@ def boxed_upsample(low: torch.Tensor, size: int, threshold: float) -> list[MaskC
         a_r, b_r, a_c, b_c = max(r0[i] - 2, 0), min(r1[i] + 3, n), max(c0[i] - 2, 0), min(c1[i] + 3, n)
         crop = low[i, a_r:b_r, a_c:b_c]
         if s > 1:
-            crop = F.interpolate(crop[None, None], size=(s * (b_r - a_r), s * (b_c - a_c)), mode="bilinear", align_corners=False)[0, 0]
+            crop = F.interpolate(
+                crop[None, None], size=(s * (b_r - a_r), s * (b_c - a_c)), mode="bilinear", align_corners=False
+            )[0, 0]
         top, left = (half if a_r > 0 else 0), (half if a_c > 0 else 0)
         bottom, right = crop.shape[0] - (half if b_r < n else 0), crop.shape[1] - (half if b_c < n else 0)
         out.append(MaskCrop(np.ascontiguousarray(crop[top:bottom, left:right].numpy()), s * a_c + left, s * a_r + top))
@@ -133,7 +138,9 @@ def _box_of(logits: np.ndarray, threshold: float) -> MaskCrop:
     ys, xs = np.nonzero(logits > threshold)
     if len(ys) == 0:
         return MaskCrop(np.zeros((0, 0), np.float32), 0, 0)
-    return MaskCrop(np.ascontiguousarray(logits[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]), int(xs.min()), int(ys.min()))
+    return MaskCrop(
+        np.ascontiguousarray(logits[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]), int(xs.min()), int(ys.min())
+    )
 
 
 def full_crops(logits: torch.Tensor) -> list[MaskCrop]:

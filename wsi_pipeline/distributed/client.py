@@ -169,7 +169,9 @@ class _DistributedRun:
                 state.job, self.model, self.settings,
                 {
                     "tiles_this_run": state.tiles,
-                    **({"windows_this_run": state.windows[0], "windows_skipped_no_tissue_this_run": state.windows[1]} if state.windows else {}),
+                    **({
+                        "windows_this_run": state.windows[0], "windows_skipped_no_tissue_this_run": state.windows[1],
+                    } if state.windows else {}),
                     "tiles_per_second": round(state.tiles / span, 3) if span > 0 else None,
                     "nuclei_per_second": round(state.nuclei / span, 3) if span > 0 else None,
                     "peak_rss_mb": state.peak_rss_mb,  # the largest worker process
