@@ -146,6 +146,37 @@ class ClickedRegion:
     classes: np.ndarray  # int64 (N,) into the model's class_names
 
 
+@dataclass(frozen=True)
+class TileTissue:
+    """Where a tile has tissue, coarse, so a predictor can leave windows of bare glass unrun.
+
+    Cell (r, c) covers tile pixels [x + c * cell, x + (c + 1) * cell) across and the same down
+    from y; cells only partly on the tile count whole (the pipeline's tissue mask is generous:
+    a window wrongly run costs time, one wrongly skipped loses nuclei).
+    """
+
+    cells: np.ndarray  # bool (rows, cols)
+    cell: float  # tile px per cell side
+    x: float = 0.0  # tile px of cell (0, 0)'s top-left corner
+    y: float = 0.0
+
+    def any_in(self, x0: float, y0: float, x1: float, y1: float) -> bool:
+        """Whether any tissue cell touches the tile-pixel box [x0, x1) x [y0, y1)."""
+        rows, cols = self.cells.shape
+        e = 1e-6  # a box edge on a cell edge, up to rounding, takes that cell too: err towards running
+        c0, c1 = max(0, math.floor((x0 - self.x) / self.cell - e)), min(cols, math.ceil((x1 - self.x) / self.cell + e))
+        r0, r1 = max(0, math.floor((y0 - self.y) / self.cell - e)), min(rows, math.ceil((y1 - self.y) / self.cell + e))
+        return c1 > c0 and r1 > r0 and bool(self.cells[r0:r1, c0:c1].any())
+
+
+@dataclass
+class WindowCounts:
+    """A predictor's windows so far: run, and skipped for holding no tissue (`TileTissue`)."""
+
+    run: int = 0
+    skipped: int = 0
+
+
 def span_starts(length: int, size: int, step: int) -> list[int]:
     """Origins of spans of `size` every `step` covering [0, length); the last reaches past the end.
 
@@ -175,9 +206,12 @@ class NucleusPredictor(Protocol):
     # (the last reaching past the tile, padded); tiles laid on that grid reproduce a whole-image pass
     window_grid: tuple[int, int]
 
-    def predict(self, tiles: Sequence[np.ndarray], prompts: Sequence[GivenPrompts | None] | None = None) -> list[TileNuclei]:
+    def predict(self, tiles: Sequence[np.ndarray], prompts: Sequence[GivenPrompts | None] | None = None,
+                tissue: Sequence[TileTissue | None] | None = None) -> list[TileNuclei]:
         """Nuclei of each uint8 RGB (H, W, 3) tile; any H, W >= 1. `prompts`: per tile, given
-        points (or None: the prompter's alone)."""
+        points (or None: the prompter's alone). `tissue`: per tile, where it has tissue (or
+        None: everywhere); windows without any are not run, and a predictor that counts them
+        keeps the counts in an optional `windows: WindowCounts` attribute."""
         ...
 
     def describe(self) -> dict[str, Any]:

@@ -10,8 +10,13 @@ whole-slide pass would. (The release runs the prompter on the whole image at onc
 in every window that holds it; masks within 7 px of an inner window edge are dropped,
 each prompt keeps its best-scoring mask, box NMS removes double prompts, and masks are
 painted in ascending score so a higher score wins overlaps (the release's merge rule).
+All of a window's prompts are decoded in one call against its image tokens, once, and each
+mask is upsampled only inside its box (`segmentor/window_decode.py`; `boxed_masks=False` is
+the reference: `Segmentor.decode`, whole windows).
 Given points (`GivenPrompts`: a person's clicks) replace the prompter's, or join them; they
-go through the same segmentor, negatives and merge.
+go through the same segmentor, negatives and merge. Windows that a tile's `TileTissue` marks as
+glass are run by neither network (counted in `windows`); a person's point there still gets a
+window centred on it.
 """
 from __future__ import annotations
 
@@ -28,24 +33,28 @@ from torchvision.ops import nms
 from .duplicate_prompts import close_prompts, duplicate_prompts, touching_pairs
 from .bundled import DEFAULT_WEIGHTS as BUNDLED_WEIGHTS  # noqa: F401  (the name callers know; models/bundled.py owns it)
 from .config import ModelConfig, to_dict
-from .interface import GivenPrompts, TileNuclei, span_shares, span_starts
+from .interface import GivenPrompts, TileNuclei, TileTissue, WindowCounts, span_shares, span_starts
 from .prompter import Prompter, select_prompts
 from .prompter.postprocess import Prompts, candidate_prompts, concat_prompts, nms_prompts
 from .segmentor import Segmentor, assemble_prompts, knn_negatives
+from .segmentor.window_decode import MaskCrop, boxed_upsample, full_crops, low_res_masks
 
 
 @dataclass
 class _Candidate:
     prompt: int
     score: float
-    logits: torch.Tensor  # (S, S) window logits
+    crop: MaskCrop  # the window's logits inside the mask's box (window px)
     origin: tuple[int, int]  # window (x0, y0) in tile pixels
 
 
 class PromptNucSegPredictor:
     """Implements `models.interface.NucleusPredictor` for a prompter + segmentor pair."""
 
-    def __init__(self, prompter: Prompter, segmentor: Segmentor, config: ModelConfig, device: str | torch.device = "cpu", source: dict[str, Any] | None = None, batch_size: int = 8) -> None:
+    def __init__(
+        self, prompter: Prompter, segmentor: Segmentor, config: ModelConfig, device: str | torch.device = "cpu",
+        source: dict[str, Any] | None = None, batch_size: int = 8, boxed_masks: bool = True,
+    ) -> None:
         self.config = config
         self.torch_device = torch.device(device)
         self.prompter = prompter.to(self.torch_device).eval()
@@ -56,6 +65,8 @@ class PromptNucSegPredictor:
         self.device = str(self.torch_device)
         self.batch_size = batch_size
         self.source = dict(source or {})
+        self.boxed_masks = boxed_masks  # False: the reference decode (image tokens per prompt, whole-window masks)
+        self.windows = WindowCounts()
 
     @property
     def window_grid(self) -> tuple[int, int]:
@@ -72,23 +83,40 @@ class PromptNucSegPredictor:
         return contextlib.nullcontext()
 
     @torch.inference_mode()
-    def predict(self, tiles: Sequence[np.ndarray], prompts: Sequence[GivenPrompts | None] | None = None) -> list[TileNuclei]:
+    def predict(self, tiles: Sequence[np.ndarray], prompts: Sequence[GivenPrompts | None] | None = None,
+                tissue: Sequence[TileTissue | None] | None = None) -> list[TileNuclei]:
         for t in tiles:
             check_tile(t)
         given = list(prompts) if prompts is not None else [None] * len(tiles)
-        if len(given) != len(tiles):
-            raise ValueError(f"{len(given)} prompt sets for {len(tiles)} tiles")
+        where = list(tissue) if tissue is not None else [None] * len(tiles)
+        if len(given) != len(tiles) or len(where) != len(tiles):
+            raise ValueError(f"{len(given)} prompt sets and {len(where)} tissue maps for {len(tiles)} tiles")
+        size = self.segmentor.crop_size
+        step = size - self.config.inference.window_overlap
+        for t, m in zip(tiles, where):
+            n = len(self._window_starts(t.shape[0], size, step)) * len(self._window_starts(t.shape[1], size, step))
+            run = n if m is None else len(self._windows(t.shape[:2], m))
+            self.windows.run += run
+            self.windows.skipped += n - run
         with self._autocast():
             need = [i for i, g in enumerate(given) if g is None or g.mode == "add"]  # tiles the prompter must see
-            found = dict(zip(need, self._prompts([tiles[i] for i in need]))) if need else {}
+            found = dict(zip(need, self._prompts([tiles[i] for i in need], [where[i] for i in need]))) if need else {}
             merged = [with_given(found.get(i), g, self.prompter.config.nms_distance) for i, g in enumerate(given)]
-            return [self._segment(tile, p, n_given) for tile, (p, n_given) in zip(tiles, merged)]
+            return [self._segment(tile, p, n_given, m) for tile, (p, n_given), m in zip(tiles, merged, where)]
+
+    def _windows(self, shape: tuple[int, int], tissue: TileTissue | None) -> list[tuple[int, int]]:
+        """The segmentor's window origins (x0, y0) on a tile of `shape`, those with tissue only."""
+        size = self.segmentor.crop_size
+        step = size - self.config.inference.window_overlap
+        h, w = shape
+        windows = [(x0, y0) for y0 in self._window_starts(h, size, step) for x0 in self._window_starts(w, size, step)]
+        return windows if tissue is None else [(x, y) for x, y in windows if tissue.any_in(x, y, x + size, y + size)]
 
     # -- prompter ------------------------------------------------------------------------
-    def _prompts(self, tiles: Sequence[np.ndarray]) -> list[Prompts]:
+    def _prompts(self, tiles: Sequence[np.ndarray], tissue: Sequence[TileTissue | None]) -> list[Prompts]:
         cfg = self.prompter.config
         if not self.config.inference.prompter_on_windows:
-            return self._whole_tile_prompts(tiles)
+            return self._whole_tile_prompts(tiles)  # the segmentor's windows still skip glass
         size, step = self.window_grid
         r = cfg.nms_distance
         views: list[tuple[int, int, int, tuple[float, float, float, float]]] = []  # tile, x0, y0, box it keeps
@@ -98,7 +126,11 @@ class PromptNucSegPredictor:
             bx, by = span_shares(xs, size), span_shares(ys, size)
             # a window keeps the prompts in its share of the overlaps, widened by the NMS radius
             # so a nucleus on a share boundary that both windows place a pixel off is not lost
-            views += [(i, x0, y0, (bx[c] - r, by[k] - r, bx[c + 1] + r, by[k + 1] + r)) for k, y0 in enumerate(ys) for c, x0 in enumerate(xs)]
+            views += [
+                (i, x0, y0, (bx[c] - r, by[k] - r, bx[c + 1] + r, by[k + 1] + r))
+                for k, y0 in enumerate(ys) for c, x0 in enumerate(xs)
+                if tissue[i] is None or tissue[i].any_in(x0, y0, x0 + size, y0 + size)
+            ]
         parts: list[list[Prompts]] = [[] for _ in tiles]
         for chunk in _chunks(views, self.batch_size):
             crops = np.stack([_window(tiles[i], x0, y0, size) for i, x0, y0, _ in chunk])
@@ -129,7 +161,9 @@ class PromptNucSegPredictor:
         return out  # type: ignore[return-value]
 
     # -- segmentor -----------------------------------------------------------------------
-    def _segment(self, tile: np.ndarray, prompts: Prompts, n_given: int = 0) -> TileNuclei:
+    def _segment(
+        self, tile: np.ndarray, prompts: Prompts, n_given: int = 0, tissue: TileTissue | None = None
+    ) -> TileNuclei:
         if len(prompts.points) == 0:
             return TileNuclei()
         icfg = self.config.inference
@@ -140,8 +174,7 @@ class PromptNucSegPredictor:
         coords_all, labels_all = assemble_prompts(prompts.points, prompts.points, negatives)
         no_negatives = np.where(np.arange(labels_all.shape[1]) > 0, -1, labels_all).astype(labels_all.dtype)  # negatives masked out
         label_sets = [labels_all, no_negatives] if icfg.decode_without_negatives and k > 0 else [labels_all]
-        step = size - icfg.window_overlap
-        windows = [(x0, y0) for y0 in self._window_starts(h, size, step) for x0 in self._window_starts(w, size, step)]
+        windows = self._windows((h, w), tissue)
         best: dict[int, _Candidate] = {}
         fallback: dict[int, _Candidate] = {}
         alone: dict[int, _Candidate] = {}  # masks without negatives of prompts that may be duplicates
@@ -158,7 +191,9 @@ class PromptNucSegPredictor:
         for chunk in _chunks(windows, self.batch_size):
             emb = self._embed(tile, chunk, views)
 
-            def decode(j: int, part: list[int], labels_np: np.ndarray, origin: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+            def decode(
+                j: int, part: list[int], labels_np: np.ndarray, origin: tuple[int, int]
+            ) -> tuple[list[MaskCrop], list[float]]:
                 return self._decode(emb, len(chunk), j, coords_all[part] - np.array(origin, np.float32), labels_np[part], views)
 
             for j, (x0, y0) in enumerate(chunk):
@@ -168,23 +203,25 @@ class PromptNucSegPredictor:
                 inner = (x0 > 0, y0 > 0, x0 + size < w, y0 + size < h)  # left, top, right, bottom edges inside the tile
                 cut: dict[int, np.ndarray] = {}  # masks with negatives of the close prompts, this window
                 for part, labels_np in ((c, ls) for c in _chunks(list(inside), icfg.prompt_batch) for ls in label_sets):
-                    logits, iou = decode(j, part, labels_np, (x0, y0))
-                    touching = _touches_inner_edge(logits > icfg.mask_threshold, inner, icfg.edge_margin)
+                    crops, iou = decode(j, part, labels_np, (x0, y0))
                     for n, p in enumerate(part):
-                        keep(fallback if touching[n] else best, _Candidate(int(p), float(iou[n]), logits[n], (x0, y0)))
+                        touching = _touches_inner_edge(crops[n], size, icfg.mask_threshold, inner, icfg.edge_margin)
+                        keep(fallback if touching else best, _Candidate(int(p), iou[n], crops[n], (x0, y0)))
                         if p in close:
-                            cut[int(p)] = (logits[n] > icfg.mask_threshold).cpu().numpy()
+                            cut[int(p)] = crops[n].paste(size, icfg.mask_threshold)
                 # only prompts whose masks touch a close neighbour's can be one nucleus cut in two
                 suspects = touching_pairs(cut, prompts.points, (x0, y0), icfg.duplicate_distance) if len(cut) > 1 else []
                 if len(suspects) > 1:  # decoded alone, two prompts of one nucleus give one mask holding both points
-                    logits, iou = decode(j, suspects, no_negatives, (x0, y0))
+                    crops, iou = decode(j, suspects, no_negatives, (x0, y0))
                     local = prompts.points[suspects] - np.array([x0, y0], np.float32)
-                    found = duplicate_prompts(local, iou.cpu().numpy(), (logits > icfg.mask_threshold).cpu().numpy(), icfg.duplicate_distance, icfg.duplicate_iou)
+                    masks = np.stack([c.paste(size, icfg.mask_threshold) for c in crops])
+                    found = duplicate_prompts(
+                        local, np.asarray(iou, np.float32), masks, icfg.duplicate_distance, icfg.duplicate_iou
+                    )
                     dropped.update(suspects[i] for i in found)
-                    touching = _touches_inner_edge(logits > icfg.mask_threshold, inner, icfg.edge_margin)
                     for n in set(found.values()):
-                        if not touching[n]:
-                            keep(alone, _Candidate(suspects[n], float(iou[n]), logits[n], (x0, y0)))
+                        if not _touches_inner_edge(crops[n], size, icfg.mask_threshold, inner, icfg.edge_margin):
+                            keep(alone, _Candidate(suspects[n], iou[n], crops[n], (x0, y0)))
         if icfg.edge_fallback:
             for p, cand in fallback.items():  # a nucleus cut by every window it is in: keep its best try
                 best.setdefault(p, cand)
@@ -204,17 +241,25 @@ class PromptNucSegPredictor:
         crops = torch.from_numpy(np.stack([_window(tile, x0, y0, size) for x0, y0 in origins])).permute(0, 3, 1, 2).to(self.torch_device)
         return self.segmentor.embed(torch.cat([dihedral(crops, *v) for v in views]))
 
-    def _decode(self, emb: torch.Tensor, n_windows: int, j: int, coords: np.ndarray, labels: np.ndarray, views: Sequence[tuple[int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (P, S, S) and IoU (P,) of prompts in window j of a view-major embedding batch,
-        averaged over the views (test-time augmentation when there are several)."""
+    def _decode(self, emb: torch.Tensor, n_windows: int, j: int, coords: np.ndarray, labels: np.ndarray, views: Sequence[tuple[int, bool]]) -> tuple[list[MaskCrop], list[float]]:
+        """Mask logits (one crop per prompt, window px) and IoU of prompts in window j of a
+        view-major embedding batch, averaged over the views (test-time augmentation when there
+        are several; the boxed path averages before upsampling, which bilinear upsampling commutes with)."""
         size = self.segmentor.crop_size
         lab = torch.from_numpy(labels).to(self.torch_device)
+        decode = low_res_masks if self.boxed_masks else type(self.segmentor).decode
         logits = iou = 0.0
         for v, view in enumerate(views):
             e = emb[v * n_windows + j : v * n_windows + j + 1]
-            lg, sc = self.segmentor.decode(e, torch.from_numpy(dihedral_points(coords, size, *view)).to(self.torch_device), lab)
+            points = torch.from_numpy(dihedral_points(coords, size, *view)).to(self.torch_device)
+            lg, sc = decode(self.segmentor, e, points, lab)
             logits, iou = logits + undo_dihedral(lg.float(), *view), iou + sc.float()
-        return logits / len(views), iou / len(views)
+        if len(views) > 1:
+            logits, iou = logits / len(views), iou / len(views)
+        iou_list = iou.cpu().tolist()
+        if self.boxed_masks:
+            return boxed_upsample(logits, size, self.config.inference.mask_threshold), iou_list
+        return full_crops(logits), iou_list
 
     def _centred(self, tile: np.ndarray, prompts: Prompts, which: list[int], coords_all: np.ndarray, labels_all: np.ndarray, views: Sequence[tuple[int, bool]]) -> dict[int, _Candidate]:
         """Masks of prompts decoded in a window centred on each (kept inside the tile), for the
@@ -229,8 +274,8 @@ class PromptNucSegPredictor:
             ]
             emb = self._embed(tile, origins, views)
             for j, (p, origin) in enumerate(zip(chunk, origins)):
-                logits, iou = self._decode(emb, len(chunk), j, coords_all[[p]] - np.array(origin, np.float32), labels_all[[p]], views)
-                cand = _Candidate(p, float(iou[0]), logits[0], origin)
+                crops, iou = self._decode(emb, len(chunk), j, coords_all[[p]] - np.array(origin, np.float32), labels_all[[p]], views)
+                cand = _Candidate(p, iou[0], crops[0], origin)
                 if _holds(cand, prompts.points[p], self.config.inference.mask_threshold):
                     out[p] = cand
         return out
@@ -251,9 +296,8 @@ class PromptNucSegPredictor:
         keep_prompt = []
         for p in order:
             c = cands[p]
-            m = (c.logits > icfg.mask_threshold).cpu().numpy()
-            x0, y0 = c.origin
-            m = m[: min(m.shape[0], h - y0), : min(m.shape[1], w - x0)]  # drop the padding of small tiles
+            x0, y0 = c.origin[0] + c.crop.x, c.origin[1] + c.crop.y
+            m = c.crop.above(icfg.mask_threshold)[: max(h - y0, 0), : max(w - x0, 0)]  # drop the padding of small tiles
             m = one_region(m, prompts.points[p] - np.array([x0, y0], np.float32))
             ys, xs = np.nonzero(m)
             if len(ys) == 0:
@@ -384,23 +428,28 @@ def one_region(mask: np.ndarray, point: np.ndarray) -> np.ndarray:
 def _holds(cand: _Candidate, point: np.ndarray, threshold: float) -> bool:
     """Whether a candidate's mask covers the pixel of `point` (tile px)."""
     x, y = int(round(float(point[0]))) - cand.origin[0], int(round(float(point[1]))) - cand.origin[1]
-    s = cand.logits.shape[-1]
-    return 0 <= x < s and 0 <= y < s and bool(cand.logits[y, x] > threshold)
+    return cand.crop.at(x, y) > threshold
 
 
-def _touches_inner_edge(masks: torch.Tensor, inner: tuple[bool, bool, bool, bool], margin: int) -> np.ndarray:
-    """(P,) whether each (P, S, S) mask has pixels within `margin` px of an inner window edge."""
+def _touches_inner_edge(
+    crop: MaskCrop, size: int, threshold: float, inner: tuple[bool, bool, bool, bool], margin: int
+) -> bool:
+    """Whether a mask has pixels within `margin` px of an inner edge of its `size` window."""
     left, top, right, bottom = inner
-    hit = torch.zeros(masks.shape[0], dtype=torch.bool, device=masks.device)
-    if left:
-        hit |= masks[:, :, :margin].flatten(1).any(1)
-    if right:
-        hit |= masks[:, :, -margin:].flatten(1).any(1)
-    if top:
-        hit |= masks[:, :margin, :].flatten(1).any(1)
-    if bottom:
-        hit |= masks[:, -margin:, :].flatten(1).any(1)
-    return hit.cpu().numpy()
+    h, w = crop.logits.shape
+    if not h or not w:
+        return False
+    x0, y0 = crop.x, crop.y
+    near = (left and x0 < margin) or (top and y0 < margin)
+    if not (near or (right and x0 + w > size - margin) or (bottom and y0 + h > size - margin)):
+        return False  # the box keeps clear of every inner edge
+    m = crop.above(threshold)
+    return bool(
+        (left and m[:, : max(margin - x0, 0)].any())
+        or (right and m[:, max(size - margin - x0, 0) :].any())
+        or (top and m[: max(margin - y0, 0), :].any())
+        or (bottom and m[max(size - margin - y0, 0) :, :].any())
+    )
 
 
 def _window(tile: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:

@@ -6,11 +6,14 @@ report); `check_slide` makes the same refusals in a second, before the model loa
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from promptnucseg.models.interface import TileTissue
 
 from .errors import PipelineInputError
 from .journal import quick_file_hash
@@ -19,7 +22,7 @@ from .regions import RegionSet, load_plan_regions, tissue_mm2_in
 from .slides import SlideReader, coarse_warning, resolve_mpp
 from .stains import StainModel, fit_stains
 from .tiling import Tile, TileGrid
-from .tissue import TissueConfig, detect_tissue, tissue_mask
+from .tissue import TissueConfig, TissueMask, detect_tissue, tissue_mask
 
 FORMATS = ("geojson", "zarr", "table", "anndata")  # every --formats choice
 DEFAULT_FORMATS = ("geojson", "zarr", "table")  # anndata needs an optional extra
@@ -78,6 +81,20 @@ class SlidePlan:
     regions: RegionSet | None = None  # --regions, clipped to the slide and --roi
     region_tissue_mm2: list[float | None] = field(default_factory=list)  # each region's tissue (None without a mask)
     warnings: list[str] = field(default_factory=list)  # said with the plan and kept in the report (a coarse slide)
+    tissue: TissueMask | None = None  # the slide's tissue mask (None: not used), for the model's windows
+
+    def tissue_on(self, tile: Tile) -> TileTissue | None:
+        """The tissue mask's cells under `tile`, in tile pixels: the model leaves windows without any unrun."""
+        if self.tissue is None:
+            return None
+        ds = self.tissue.downsample
+        x0, y0, w0, h0 = self.level0_box(tile)
+        rows, cols = self.tissue.array.shape
+        c0, r0 = min(max(0, math.floor(x0 / ds)), cols), min(max(0, math.floor(y0 / ds)), rows)
+        # one cell more on the far sides: a tile edge on a cell edge, up to rounding, keeps that cell (errs to running)
+        c1, r1 = min(cols, max(c0, math.ceil((x0 + w0) / ds) + 1)), min(rows, max(r0, math.ceil((y0 + h0) / ds) + 1))
+        cells = self.tissue.array[r0:r1, c0:c1]
+        return TileTissue(cells, ds / self.scale, (c0 * ds - x0) / self.scale, (r0 * ds - y0) / self.scale)
 
     def level0_box(self, tile: Tile) -> tuple[float, float, float, float]:
         """The tile's level-0 box (x, y, w, h); exact floats, so tiles map back without drift."""
@@ -110,6 +127,7 @@ def plan_slide(
     mask = None
     if settings.use_tissue_mask and not only_points:
         mask = tissue_mask(reader)
+        plan.tissue = mask
         plan.tissue_fraction = mask.fraction
         plan.tissue_mm2 = region_mm2 * mask.fraction_in(plan.roi)
         tiles = [t for t in tiles if mask.fraction_in(plan.level0_box(t)) > 0]

@@ -36,6 +36,8 @@ class BatchStats:
     tiles: int = 0
     nuclei: int = 0
     seconds: float = 0.0
+    windows_run: int | None = None  # the model's windows (when it counts them: `WindowCounts`)
+    windows_skipped: int | None = None  # of those, left unrun for holding no tissue
 
 
 def _read_tile(reader: SlideReader, plan: SlidePlan, tile: Tile) -> tuple[Tile, np.ndarray, tuple[float, float], float, list[dict]]:
@@ -67,6 +69,8 @@ def run_batches(
     done = journal.done()
     todo = [b for b in batch_indices if b not in done]
     stats = BatchStats()
+    counts = getattr(predictor, "windows", None)
+    counted = (counts.run, counts.skipped) if counts is not None else None
     started = time.monotonic()
     workers = max(1, settings.workers)
     with graceful(), ThreadPoolExecutor(workers, thread_name_prefix="read") as readers, ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="post") as post:
@@ -78,8 +82,8 @@ def run_batches(
             tiles = [t[:4] for t in tiles]
             given = [plan.points.on_tile(t, o, s) if plan.points is not None else None for t, _, o, s in tiles]
             nuclei = []
-            for (_, rgb, _, _), g in zip(tiles, given):  # one tile per call: progress per tile (the predictor batches its windows itself)
-                nuclei += predictor.predict([rgb]) if g is None else predictor.predict([rgb], [g.prompts])
+            for (t, rgb, _, _), g in zip(tiles, given):  # one tile per call: progress per tile (the predictor batches its windows itself)
+                nuclei += predictor.predict([rgb], None if g is None else [g.prompts], [plan.tissue_on(t)])
                 if on_tile is not None:
                     on_tile(len(nuclei[-1].points))
                 while pending and pending[0][0].done():  # report a journaled batch as soon as it is
@@ -92,6 +96,8 @@ def run_batches(
         while pending:
             _finish(*pending.popleft(), stats, on_batch)
     stats.seconds = time.monotonic() - started
+    if counts is not None and counted is not None:
+        stats.windows_run, stats.windows_skipped = counts.run - counted[0], counts.skipped - counted[1]
     signum = stop_requested()
     if signum is not None:
         raise Interrupted(signum)

@@ -309,6 +309,10 @@ def _segment_locked(path: str | Path, out_root: str | Path, predictor: NucleusPr
         job, model, settings,
         {
             "tiles_this_run": stats.tiles,
+            **({
+                "windows_this_run": stats.windows_run + stats.windows_skipped,
+                "windows_skipped_no_tissue_this_run": stats.windows_skipped,
+            } if stats.windows_run is not None else {}),
             "tiles_per_second": round(stats.tiles / stats.seconds, 3) if stats.seconds else None,
             "nuclei_per_second": round(stats.nuclei / stats.seconds, 3) if stats.seconds else None,
             "peak_rss_mb": round(peak_rss_mb(), 1),

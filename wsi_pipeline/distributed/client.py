@@ -60,6 +60,7 @@ class _Slide:
     rounds: int = 0
     tiles: int = 0
     nuclei: int = 0
+    windows: list[int] | None = None  # the model's windows and those skipped for no tissue, when it counts them
     first_start: float | None = None
     last_end: float | None = None
     peak_rss_mb: float = 0.0
@@ -151,6 +152,8 @@ class _DistributedRun:
             return
         state.tiles += r.tiles
         state.nuclei += r.nuclei
+        if getattr(r, "windows", None) is not None:
+            state.windows = [a + b for a, b in zip(state.windows or [0, 0], (r.windows, r.windows_skipped))]
         state.first_start = min(state.first_start or r.started, r.started)
         state.last_end = max(state.last_end or r.ended, r.ended)
         state.peak_rss_mb = max(state.peak_rss_mb, r.peak_rss_mb)
@@ -166,6 +169,9 @@ class _DistributedRun:
                 state.job, self.model, self.settings,
                 {
                     "tiles_this_run": state.tiles,
+                    **({
+                        "windows_this_run": state.windows[0], "windows_skipped_no_tissue_this_run": state.windows[1],
+                    } if state.windows else {}),
                     "tiles_per_second": round(state.tiles / span, 3) if span > 0 else None,
                     "nuclei_per_second": round(state.nuclei / span, 3) if span > 0 else None,
                     "peak_rss_mb": state.peak_rss_mb,  # the largest worker process

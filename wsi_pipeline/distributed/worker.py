@@ -63,6 +63,8 @@ class RangeResult:
     torch_threads: int = 0
     tiles: int = 0
     nuclei: int = 0
+    windows: int | None = None  # the model's windows on these tiles, when it counts them
+    windows_skipped: int | None = None  # of those, left unrun for holding no tissue
     started: float = 0.0  # wall clock, seconds since the epoch
     ended: float = 0.0
     peak_rss_mb: float = 0.0
@@ -153,6 +155,8 @@ def run_range_task(plan: SlidePlan, folder: str, batches: list[int], spec: Model
     except Exception as err:
         raise _portable(err)
     result.tiles, result.nuclei = stats.tiles, stats.nuclei
+    if stats.windows_run is not None and stats.windows_skipped is not None:
+        result.windows, result.windows_skipped = stats.windows_run + stats.windows_skipped, stats.windows_skipped
     result.ended = time.time()
     result.peak_rss_mb = round(peak_rss_mb(), 1)
     return result
