@@ -67,7 +67,7 @@ def adapt_model(
         def find(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             predictor.prompter = p
             with torch.inference_mode():
-                found = predictor._prompts([image])[0]
+                found = predictor._prompts([image], [None])[0]
             return np.asarray(found.points, np.float64).reshape(-1, 2), np.asarray(found.scores, np.float64).reshape(-1)
 
         return find
