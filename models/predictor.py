@@ -113,7 +113,8 @@ class PromptNucSegPredictor:
         return windows if tissue is None else [(x, y) for x, y in windows if tissue.any_in(x, y, x + size, y + size)]
 
     # -- prompter ------------------------------------------------------------------------
-    def _prompts(self, tiles: Sequence[np.ndarray], tissue: Sequence[TileTissue | None]) -> list[Prompts]:
+    def _prompts(self, tiles: Sequence[np.ndarray], tissue: Sequence[TileTissue | None] | None = None) -> list[Prompts]:
+        tissue = [None] * len(tiles) if tissue is None else tissue
         cfg = self.prompter.config
         if not self.config.inference.prompter_on_windows:
             return self._whole_tile_prompts(tiles)  # the segmentor's windows still skip glass
