@@ -238,6 +238,7 @@ class AdaptableModel:
     sha256: str
     mpp: float
     class_names: tuple[str, ...]
+    source: Any = field(default=None, repr=False, compare=False)  # the file as read, so `adapt_model` reads it once
 
 
 def adaptable_model(model: str | None = None) -> AdaptableModel:
@@ -245,12 +246,13 @@ def adaptable_model(model: str | None = None) -> AdaptableModel:
     from .adaptation import open_source_model
 
     src = open_source_model(model)
-    return AdaptableModel(str(src.path), src.sha256, src.mpp, src.class_names)
+    return AdaptableModel(str(src.path), src.sha256, src.mpp, src.class_names, src)
 
 
-def adapt_model(model: str | None, regions: Sequence[ClickedRegion], out: str, **options: Any) -> tuple[dict[str, Any], bool]:
+def adapt_model(model: "str | None | AdaptableModel", regions: Sequence[ClickedRegion], out: str, **options: Any) -> tuple[dict[str, Any], bool]:
     """Fine-tune the model's prompter on the regions' clicks and write the adapted model file to
-    `out` unless it did worse on the held-out clicks (`force=True` writes it anyway). Options:
+    `out` unless it did worse on the held-out clicks (`force=True` writes it anyway). `model`: a
+    bundled name, a model file, or `adaptable_model`'s answer (then not read again). Options:
     minutes, max_steps, seed, force, progress, state_path, fingerprint, provenance, device.
     Returns (the adaptation's report, written)."""
     from pathlib import Path
@@ -259,6 +261,7 @@ def adapt_model(model: str | None, regions: Sequence[ClickedRegion], out: str, *
 
     settings = AdaptSettings(**{k: options.pop(k) for k in ("minutes", "max_steps", "seed") if k in options})
     state = options.pop("state_path", None)
-    outcome, written = _adapt(open_source_model(model), regions, settings, Path(out), state_path=Path(state) if state else None, **options)
+    source = model.source if isinstance(model, AdaptableModel) and model.source is not None else open_source_model(model)
+    outcome, written = _adapt(source, regions, settings, Path(out), state_path=Path(state) if state else None, **options)
     return {"settings": settings.to_dict(), **outcome.report()}, written
 

@@ -182,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
     bar = _Bar(args.minutes * 60, disabled=args.no_progress)
     provenance = {"slides": [c.record for c in clicks], "command": sys.argv[1:] if sys.argv else []}
     started = time.monotonic()
-    report, written = adapt_model(args.model, cut, str(out), **settings, force=args.force, progress=bar.update, state_path=str(state_path(out)),
+    report, written = adapt_model(model, cut, str(out), **settings, force=args.force, progress=bar.update, state_path=str(state_path(out)),
                                   fingerprint=fingerprint, provenance=provenance, device=args.device)
     bar.close()
     report = {"written": written, "out": str(out.resolve()) if written else None, "source_model": {"file": model.path, "sha256": model.sha256},

@@ -31,7 +31,7 @@ from ..evaluation.metrics import greedy_point_matching
 from ..interface import ClickedRegion
 from ..prompter import Prompter
 from ..prompter.losses import PrompterTargets, prompter_loss
-from .augment import photometric
+from .augment import draw_scale, photometric
 
 WHITE = 255
 CLICK_RADIUS = 4  # px at the model's um/px: the disk around a click taught as foreground
@@ -130,8 +130,7 @@ def _crop(region: ClickedRegion, size: int, rng: np.random.Generator, aug: Augme
     recoloured: (image (S, S, 3), points (N, 2), classes (N,))."""
     ys, xs = np.nonzero(region.inside)
     k = int(rng.integers(len(ys)))
-    lo, hi = aug.scale_range
-    scale = 1.0 if lo == hi == 1.0 else float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    scale = draw_scale(rng, aug)
     src = max(8, int(round(size / scale)))
     x0 = int(xs[k]) - int(rng.integers(src))
     y0 = int(ys[k]) - int(rng.integers(src))
