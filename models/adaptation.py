@@ -19,7 +19,7 @@ import torch
 from .bundled import resolve_model
 from .checkpoints import CheckpointError, file_sha256, half_state, read_checkpoint, save_checkpoint
 from .devices import resolve_device
-from .interface import ClickedRegion
+from .tiles import ClickedRegion
 from .training.adapt import AdaptOutcome, AdaptSettings, Progress, adapt_prompter
 
 __all__ = ["AdaptSettings", "ClickedRegion", "SourceModel", "adapt_model", "open_source_model"]

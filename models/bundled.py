@@ -38,6 +38,14 @@ BUNDLED: dict[str, BundledModel] = {
     )
 }
 DEFAULT_WEIGHTS = BUNDLED["default"].path
+# Weights licences by model-name prefix, for run reports written before a model's description
+# carried its card's licence (`describe()["licence"]`); see models/weights/MODEL_CARD.md
+LICENCES = {"promptnucseg-light-kumar": "CC BY-NC-SA 4.0: non-commercial use only, share-alike (trained on MoNuSeg)"}
+
+
+def weights_licence(model_name: str) -> str:
+    """The licence of a model's weights, for every version of a named model (v1, -v2, ...)."""
+    return next((text for prefix, text in LICENCES.items() if model_name.startswith(prefix)), "see the model file's documentation")
 
 
 def resolve_model(weights: str | Path | None) -> tuple[Path, str | None]:

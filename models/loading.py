@@ -15,6 +15,7 @@ from . import release
 from .checkpoints import CheckpointError, expect_kind, file_sha256, float_state, read_checkpoint
 from .config import ModelConfig, SegmentorConfig, from_dict, to_dict
 from .devices import resolve_device
+from .facts import DEFAULT_WINDOW_BATCH
 from .bundled import WEIGHTS_DIR, bundled_facts, resolve_model
 from .predictor import PromptNucSegPredictor
 from .prompter import Prompter
@@ -71,7 +72,7 @@ def shared_segmentor(path: Path, ckpt: dict) -> tuple[dict, Path]:
 
 
 def load_predictor(
-    weights: str | Path | None = None, device: str = "auto", prompter_weights: str | Path | None = None, batch_size: int = 8, preset: str | None = None,
+    weights: str | Path | None = None, device: str = "auto", prompter_weights: str | Path | None = None, batch_size: int = DEFAULT_WINDOW_BATCH, preset: str | None = None,
     tta: bool = False,
 ) -> PromptNucSegPredictor:
     """A ready predictor.

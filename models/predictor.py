@@ -33,7 +33,9 @@ from torchvision.ops import nms
 from .duplicate_prompts import close_prompts, duplicate_prompts, touching_pairs
 from .bundled import DEFAULT_WEIGHTS as BUNDLED_WEIGHTS  # noqa: F401  (the name callers know; models/bundled.py owns it)
 from .config import ModelConfig, to_dict
-from .interface import GivenPrompts, TileNuclei, TileTissue, WindowCounts, span_shares, span_starts
+from .facts import DEFAULT_WINDOW_BATCH, ModelFacts, Palette
+from .plausibility import ranges_for
+from .tiles import GivenPrompts, TileNuclei, TileTissue, WindowCounts, span_shares, span_starts
 from .prompter import Prompter, select_prompts
 from .prompter.postprocess import Prompts, candidate_prompts, concat_prompts, nms_prompts
 from .segmentor import Segmentor, assemble_prompts, knn_negatives
@@ -53,7 +55,7 @@ class PromptNucSegPredictor:
 
     def __init__(
         self, prompter: Prompter, segmentor: Segmentor, config: ModelConfig, device: str | torch.device = "cpu",
-        source: dict[str, Any] | None = None, batch_size: int = 8, boxed_masks: bool = True,
+        source: dict[str, Any] | None = None, batch_size: int = DEFAULT_WINDOW_BATCH, boxed_masks: bool = True,
     ) -> None:
         self.config = config
         self.torch_device = torch.device(device)
@@ -63,19 +65,38 @@ class PromptNucSegPredictor:
         self.class_names = tuple(config.class_names)
         self.class_colors = tuple(tuple(int(v) for v in c) for c in config.class_colors)
         self.device = str(self.torch_device)
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # windows per forward pass (whole tiles for the release's whole-tile prompter)
         self.source = dict(source or {})
         self.boxed_masks = boxed_masks  # False: the reference decode (image tokens per prompt, whole-window masks)
         self.windows = WindowCounts()
+        if config.inference.window != segmentor.crop_size:  # the config's window is the one the windows are laid with
+            raise ValueError(
+                f"the model config's inference.window {config.inference.window} is not its segmentor's crop size {segmentor.crop_size}. "
+                f"Fix: set inference.window: {segmentor.crop_size} (the segmentor sees windows of its crop size)"
+            )
 
     @property
     def window_grid(self) -> tuple[int, int]:
-        """(window, step) of the segmentor's sliding windows over a tile, in model pixels."""
-        size = self.segmentor.crop_size
-        return size, size - self.config.inference.window_overlap
+        """(window, step) of the sliding windows over a tile, in model pixels."""
+        window = self.config.inference.window
+        return window, window - self.config.inference.window_overlap
+
+    def facts(self) -> ModelFacts:
+        icfg = self.config.inference
+        window, step = self.window_grid
+        return ModelFacts(
+            mpp=self.mpp, palette=Palette(self.class_names, self.class_colors), window=window, window_step=step,
+            seamless_windows=icfg.prompter_on_windows and not icfg.last_window_flush,
+            ranges=ranges_for(), description=self.describe(),
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.config.name, "mpp": self.mpp, "class_names": list(self.class_names), "device": self.device, **self.source, "config": to_dict(self.config)}
+        # the window batch only when not the default, so the reports of default runs keep their bytes
+        batch = {"window_batch": self.batch_size} if self.batch_size != DEFAULT_WINDOW_BATCH else {}
+        return {
+            "model": self.config.name, "mpp": self.mpp, "class_names": list(self.class_names), "device": self.device, **batch, **self.source,
+            "config": to_dict(self.config),
+        }
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.torch_device.type == "cuda":

@@ -24,9 +24,10 @@ import torch
 
 from .checkpoints import CheckpointError
 from .config import ModelConfig, PrompterConfig, from_dict, load_experiment
+from .facts import RELEASE_PRESETS
 from .segmentor.official import is_official_sam_state
 
-PRESETS = ("kumar", "cpm17", "pannuke")
+PRESETS = RELEASE_PRESETS
 
 #: release prompter names -> ours (regex on the key, replacement); every key must match one
 _KEY_RULES: tuple[tuple[str, str], ...] = (

@@ -28,7 +28,7 @@ from promptnucseg.errors import FixableError
 from ..checkpoints import read_checkpoint, save_checkpoint
 from ..config import AugmentConfig
 from ..evaluation.metrics import greedy_point_matching
-from ..interface import ClickedRegion
+from ..tiles import ClickedRegion
 from ..prompter import Prompter
 from ..prompter.losses import PrompterTargets, prompter_loss
 from .augment import draw_scale, photometric
