@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from promptnucseg.cli import main
-from promptnucseg.wsi_pipeline.plausibility import NucleusRanges, result_warnings
+from promptnucseg.models.interface import ModelFacts, NucleusRanges, Palette
+from promptnucseg.wsi_pipeline.plausibility import result_warnings
 from conftest import SHARED_DATA, need
 
 DATA = SHARED_DATA
@@ -60,7 +61,7 @@ def test_a_thumbnail_scale_slide_is_refused_without_loading_the_model_and_warned
     assert code == 1 and err.count("error:") == 1
     assert "finest level is 4 um/px" in err and "0.5 um/px or finer" in err and "--force-mpp" in err
     with open_slide(need(TCGA)) as reader:  # forced: planned, with the upsampling said
-        plan = plan_slide(reader, SegmentSettings(mpp=4.0, force_mpp=True, roi=(2000, 1500, 64, 64)), 0.25)
+        plan = plan_slide(reader, SegmentSettings(mpp=4.0, force_mpp=True, roi=(2000, 1500, 64, 64)), ModelFacts(0.25, Palette(("nucleus",), ((220, 40, 40),)), 256, 192, seamless_windows=True))
     assert len(plan.warnings) == 1 and "upsampled x16" in plan.warnings[0] and "few or no real nuclei" in plan.warnings[0]
 
 

@@ -86,11 +86,12 @@ def test_real_nuclei_read_plausible_h_and_e_with_more_haematoxylin_than_stroma()
 
 def test_sample_slide_stains_are_fitted_from_the_slide():
     cmu = sample_slide_or_skip()
+    from promptnucseg.models.interface import ModelFacts, Palette
     from promptnucseg.wsi_pipeline.plan import SegmentSettings, plan_slide
     from promptnucseg.wsi_pipeline.slides import open_slide
 
     with open_slide(cmu) as reader:
-        plan = plan_slide(reader, SegmentSettings(roi=(600, 800, 512, 512), tile_size=512, overlap=64), 0.25)
+        plan = plan_slide(reader, SegmentSettings(roi=(600, 800, 512, 512), tile_size=512, overlap=64), ModelFacts(0.25, Palette(("nucleus",), ((220, 40, 40),)), 256, 192, seamless_windows=True))
     stains = plan.stains
     assert stains.source.startswith("slide (Macenko), white from the slide's glass")
     assert stains.white == pytest.approx((246, 243, 243), abs=3)

@@ -83,3 +83,12 @@ def test_tiles_follow_the_model_window_grid():
     assert not TileGrid(5000, 3000, 1000 // 32 * 32, 128, 32, window_grid=(256, 192)).seamless  # 992 - 256 is not whole steps
     assert not TileGrid(5000, 3000, 256, 64, 32, window_grid=(256, 192)).seamless  # overlap 64 < the windows' own 128
     assert TileGrid(5000, 3000, 1408, 256, 32, window_grid=(256, 192)).seamless
+
+
+def test_a_model_whose_windows_follow_each_tile_is_never_seamless():
+    """The release's settings (last window flush with the tile's end, or the prompter on whole tiles)
+    tie a nucleus' windows to where its tile ends: the same grid that is seamless for our model is not."""
+    ours = TileGrid(5000, 3000, 1024, 128, 32, window_grid=(256, 192))
+    release = TileGrid(5000, 3000, 1024, 128, 32, window_grid=(256, 192), seamless_windows=False)
+    assert ours.seamless and not release.seamless
+    assert (release.xs, release.ys, release.stride) == (ours.xs, ours.ys, ours.stride)  # the same tiles either way

@@ -289,20 +289,23 @@ cp -a {disk}/out {keep}/after_resume
 
 
 def test_the_plan_line_says_what_is_true_for_one_tile_and_for_a_region():
+    from promptnucseg.models.interface import ModelFacts, Palette
     from promptnucseg.wsi_pipeline.plan import plan_slide
     from promptnucseg.wsi_pipeline.preflight import plan_summary
+
+    facts = ModelFacts(0.25, Palette(("nucleus",), ((220, 40, 40),)), 256, 192, seamless_windows=True)  # the bundled model's
 
     kidney = SHARED_DATA / "slides" / "kidney-48-5.tif"
     if not kidney.is_file():
         pytest.skip("needs the kidney slide of the shared data (../shared/data/slides)")
     with open_slide(kidney) as reader:  # told 0.25 um/px: nothing to resample; one tile holds the biopsy
-        plan = plan_slide(reader, SegmentSettings(mpp=0.25, progress=False), 0.25, window_grid=(256, 192))
+        plan = plan_slide(reader, SegmentSettings(mpp=0.25, progress=False), facts)
     line = plan_summary(plan, len(plan.tiles), len(plan.batches), "cpu")
     assert "not resampled (already the model's 0.25 um/px)" in line and "1/1.00" not in line
     assert "1 tile of 1024 px in 1 batch (1 to run)" in line and "0.00 mm²" not in line
     assert re.search(r"tissue 0\.000\d+ mm² \(0\.\d% of the slide\)", line), line
     with open_slide(sample_slide_or_skip()) as reader:  # 0.499 um/px; the slide is 39% tissue, this region 71%
-        plan = plan_slide(reader, SegmentSettings(roi=(600, 1200, 800, 800), progress=False), 0.25, window_grid=(256, 192))
+        plan = plan_slide(reader, SegmentSettings(roi=(600, 1200, 800, 800), progress=False), facts)
     line = plan_summary(plan, len(plan.tiles), len(plan.batches), "cpu")
     assert "resampled x2.00 up to the model's 0.25 um/px" in line
     share = plan.tissue_mm2 / (800 * 800 * 0.499**2 / 1e6)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from promptnucseg.models.config import SegmentorConfig
-from promptnucseg.models.interface import TileTissue, load_predictor, span_starts
+from promptnucseg.models.interface import ModelFacts, Palette, TileTissue, load_predictor, span_starts
 from promptnucseg.models.segmentor import assemble_prompts, build_segmentor, knn_negatives
 from promptnucseg.models.segmentor.window_decode import boxed_upsample, low_res_masks
 from promptnucseg.wsi_pipeline.plan import SegmentSettings, plan_slide
@@ -130,7 +130,7 @@ def test_the_plan_gives_each_window_the_tissue_the_mask_puts_there():
     slide = SHARED_DATA / "slides" / "cmu_small_region.svs"
     settings = SegmentSettings(tile_size=1024, overlap=128, mpp=None)
     with open_slide(slide) as reader:
-        plan = plan_slide(reader, settings, 0.25, window_grid=(256, 192))
+        plan = plan_slide(reader, settings, ModelFacts(0.25, Palette(("nucleus",), ((220, 40, 40),)), 256, 192, seamless_windows=True))
     assert plan.tissue is not None
     mixed = extra = 0
     for tile in plan.tiles:

@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-TILE_ALIGN = 32  # tile sizes sit on the prompter's 32-px anchor grid (tiling.TileGrid.align)
-# Larger tiles buy nothing (the model sees a tile through 256-px windows anyway) and a tile of
+from promptnucseg.models.interface import TILE_ALIGN  # tile sizes sit on the prompters' grid (tiling.TileGrid.align)
+
+# Larger tiles buy nothing (the model sees a tile through small windows anyway) and a tile of
 # 16384^2 px is already 0.8 GB of RGB before the model copies it; preflight also bounds it by RAM.
 TILE_MAX = 16384
 
@@ -46,6 +47,7 @@ class IntRange:
 
 
 BATCH_SIZE = IntRange("--batch-size", 1, 1024)
+WINDOW_BATCH = IntRange("--window-batch", 1, 1024)
 WORKERS = IntRange("--workers", 1, 256)
 TILE_SIZE = IntRange("--tile-size", 64, TILE_MAX, TILE_ALIGN, "the prompter's anchor grid; larger tiles gain nothing")
 OVERLAP = IntRange("--overlap", 0, TILE_MAX - TILE_ALIGN, why="and smaller than --tile-size")

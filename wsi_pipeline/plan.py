@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from promptnucseg.models.interface import TileTissue
+from promptnucseg.models.interface import MODEL_FREE_MPP, ModelFacts, TileTissue
 
 from .errors import PipelineInputError
 from .journal import quick_file_hash
@@ -21,7 +21,7 @@ from .points import PlanPoints, load_plan_points
 from .regions import RegionSet, load_plan_regions, tissue_mm2_in
 from .slides import SlideReader, coarse_warning, resolve_mpp
 from .stains import StainModel, fit_stains
-from .tiling import Tile, TileGrid
+from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, Tile, TileGrid
 from .tissue import TissueConfig, TissueMask, detect_tissue, tissue_mask
 
 FORMATS = ("geojson", "zarr", "table", "anndata")  # every --formats choice
@@ -30,9 +30,9 @@ DEFAULT_FORMATS = ("geojson", "zarr", "table")  # anndata needs an optional extr
 
 @dataclass
 class SegmentSettings:
-    tile_size: int = 1024  # model pixels
-    overlap: int = 128  # model pixels; larger than the largest nucleus (~25 um = 100 px at 0.25)
-    batch_size: int = 8  # tiles per model call and per journaled part
+    tile_size: int = DEFAULT_TILE_SIZE  # model pixels
+    overlap: int = DEFAULT_OVERLAP  # model pixels; larger than the largest nucleus
+    batch_size: int = 8  # tiles per journaled batch (a part file: what a resume and a distributed task count in)
     workers: int = 4  # reader threads (and post-processing threads)
     mpp: float | None = None  # override of the slide's microns per pixel
     roi: tuple[int, int, int, int] | None = None  # x, y, w, h in level-0 pixels
@@ -53,7 +53,6 @@ class SegmentSettings:
 
 # A region narrower than this many model px (8 um at 0.25 um/px) cannot hold a nucleus (5-20 um).
 MIN_REGION_MODEL_PX = 32
-CHECK_MODEL_MPP = 0.25  # the bundled models' µm/px, for the model-free checks; plan_slide checks again with the model's
 
 
 @dataclass
@@ -101,9 +100,9 @@ class SlidePlan:
         return self.roi[0] + tile.x * self.scale, self.roi[1] + tile.y * self.scale, tile.w * self.scale, tile.h * self.scale
 
 
-def plan_slide(
-    reader: SlideReader, settings: SegmentSettings, model_mpp: float, align: int = 32, window_grid: tuple[int, int] | None = None, class_names: Sequence[str] = ()
-) -> SlidePlan:
+def plan_slide(reader: SlideReader, settings: SegmentSettings, model: ModelFacts) -> SlidePlan:
+    """The slide's region, tiles on the model's grid (`model`: its scale, windows, alignment, classes), batches and stains."""
+    model_mpp = model.mpp
     slide_mpp, mpp_source = resolve_mpp(reader, settings.mpp, force=settings.force_mpp)
     width0, height0 = reader.dimensions
     regions = load_plan_regions(settings.regions, (width0, height0), settings.roi) if settings.regions else None
@@ -111,9 +110,10 @@ def plan_slide(
     scale = model_mpp / slide_mpp
     refuse_too_small(reader, (w, h), slide_mpp, scale, bool(settings.roi or regions))
     refuse_black(reader)
-    points = load_plan_points(settings.points, settings.points_mode, (width0, height0), settings.roi, class_names) if settings.points else None
+    points = load_plan_points(settings.points, settings.points_mode, (width0, height0), settings.roi, model.class_names) if settings.points else None
     only_points = points is not None and points.mode == "only"  # then the points, not the tissue, choose the tiles
-    grid = TileGrid(max(1, int(round(w / scale))), max(1, int(round(h / scale))), settings.tile_size, settings.overlap, align, window_grid)
+    grid = TileGrid(max(1, int(round(w / scale))), max(1, int(round(h / scale))), settings.tile_size, settings.overlap, model.tile_align,
+                    model.window_grid, model.seamless_windows)
     region_mm2 = w * h * slide_mpp**2 / 1e6
     plan = SlidePlan(
         path=Path(reader.path), stem=Path(reader.path).stem, slide_key=quick_file_hash(reader.path), slide_mpp=slide_mpp,
@@ -190,7 +190,7 @@ def check_slide(reader: SlideReader, settings: SegmentSettings) -> None:
     regions = load_plan_regions(settings.regions, reader.dimensions, settings.roi) if settings.regions else None
     roi = _region(reader, settings, regions)
     # before "no tissue": 3x3 px holds none
-    refuse_too_small(reader, roi[2:], mpp, CHECK_MODEL_MPP / mpp, bool(settings.roi or regions))
+    refuse_too_small(reader, roi[2:], mpp, MODEL_FREE_MPP / mpp, bool(settings.roi or regions))
     refuse_black(reader)
     if settings.use_tissue_mask and not settings.points and tissue_mask(reader).fraction_in(roi) <= 0:
         raise _no_tissue(reader, settings)  # with given points, their tiles run whatever the tissue

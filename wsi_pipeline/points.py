@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import geojson
 import numpy as np
 
-from promptnucseg.models.interface import GivenPrompts, TileNuclei
+from promptnucseg.models.interface import GivenPrompts, Palette, TileNuclei
 from .errors import PipelineInputError
 from .journal import Journal
 from .tiling import Tile
@@ -308,11 +308,9 @@ def class_color(name: str) -> tuple[int, int, int]:
     return (64 + (v & 127), 64 + ((v >> 8) & 127), 64 + ((v >> 16) & 127))
 
 
-def output_classes(points: PlanPoints | None, names: Sequence[str], colors: Sequence[tuple[int, int, int]]) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
-    """The run's class list: the model's, then the classes only the points file names."""
-    if points is None:
-        return tuple(names), tuple(tuple(c) for c in colors)
-    return (*names, *points.extra_classes), (*(tuple(c) for c in colors), *points.extra_colors)
+def output_classes(points: PlanPoints | None, model: Palette) -> Palette:
+    """The run's classes and colours: the model's, then the classes only the points file names."""
+    return model if points is None else model.extended(points.extra_classes, points.extra_colors)
 
 
 def points_report(points: PlanPoints, journal: Journal) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from promptnucseg.models.interface import TILE_ALIGN
 from .errors import PipelineInputError
+from .tiling import DEFAULT_TILE_SIZE
 
 if TYPE_CHECKING:
     from .plan import SegmentSettings, SlidePlan
@@ -75,12 +77,13 @@ def check_tile_memory(tile_size: int, batch_size: int, available: int | None = N
     need = tile_memory_bytes(tile_size, batch_size)
     if available is None or need <= MEMORY_SHARE * available:
         return
-    fits = int((MEMORY_SHARE * available / (BYTES_PER_TILE_PIXEL * TILE_SLOTS_PER_BATCH * batch_size)) ** 0.5) // 32 * 32
+    fits = int((MEMORY_SHARE * available / (BYTES_PER_TILE_PIXEL * TILE_SLOTS_PER_BATCH * batch_size)) ** 0.5) // TILE_ALIGN * TILE_ALIGN
     raise PipelineInputError(
         None,
         f"--tile-size {tile_size} with --batch-size {batch_size} would hold ~{_size(need)} of tiles in memory "
         f"({TILE_SLOTS_PER_BATCH} batches of {tile_size}x{tile_size} px in flight, estimated) but {_size(available)} is available",
-        f"use --tile-size {max(64, min(fits, 1024))} or a smaller --batch-size (tiles above the default 1024 are no faster: the model sees 256-px windows)",
+        f"use --tile-size {max(64, min(fits, DEFAULT_TILE_SIZE))} or a smaller --batch-size (tiles above the default {DEFAULT_TILE_SIZE} are no faster: "
+        "the model sees a tile through small windows)",
     )
 
 

@@ -16,14 +16,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from promptnucseg.models.interface import NucleusPredictor
+from promptnucseg.models.interface import DEFAULT_WINDOW_BATCH, ModelFacts, NucleusPredictor
 from .errors import PipelineInputError
 from .atomic import atomic_write_text, ensure_output_folder
 from .interrupts import Interrupted
 from .journal import Journal, fingerprint_hash
 from .locking import FolderLock, FolderLocked
 from .outputs import REPORT_SLIDE_MPP, ZARR_SLIDE_MPP, SlideOutputs, slide_folder
-from .plausibility import ranges_for, result_warnings
+from .plausibility import result_warnings
 from .points import output_classes, points_report
 from .preflight import check_free_space, disk_full_explained, plan_summary
 from .progress import SlideProgress
@@ -45,31 +45,6 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What planning, the fingerprint and the exports need of a model, without its weights.
-
-    Picklable, so a distributed run's client can hold it while only the workers load the
-    networks; `describe()` keeps the predictor's spelling so both paths share the code below.
-    """
-
-    mpp: float
-    class_names: tuple[str, ...]
-    class_colors: tuple[tuple[int, int, int], ...]
-    description: dict[str, Any]
-    window_grid: tuple[int, int] | None = None
-
-    @classmethod
-    def of(cls, predictor: NucleusPredictor) -> "ModelFacts":
-        return cls(
-            float(predictor.mpp), tuple(predictor.class_names), tuple(tuple(c) for c in predictor.class_colors), predictor.describe(),
-            tuple(int(v) for v in predictor.window_grid),
-        )
-
-    def describe(self) -> dict[str, Any]:
-        return self.description
-
-
 def fingerprint(plan: SlidePlan, model: ModelFacts, settings: SegmentSettings) -> dict[str, Any]:
     desc = model.describe()
     return {
@@ -84,6 +59,8 @@ def fingerprint(plan: SlidePlan, model: ModelFacts, settings: SegmentSettings) -
         "overlap": settings.overlap,
         "tile_step": plan.grid.stride,
         "batch_size": settings.batch_size,
+        # windows per forward pass, when not the --batch-size it follows by default (batched kernels may round differently)
+        **({"window_batch": desc["window_batch"]} if desc.get("window_batch", DEFAULT_WINDOW_BATCH) != settings.batch_size else {}),
         "simplify_tolerance": settings.simplify_tolerance,
         "tissue_mask": settings.use_tissue_mask,
         "stains": plan.stains.describe(),
@@ -152,8 +129,8 @@ class SlideJob:
 def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, settings: SegmentSettings, log: Callable[[str], None] = print) -> SlideJob:
     """Plan the slide and open (or resume) its journal; notices an already finished run."""
     started = time.monotonic()
-    plan = plan_slide(reader, settings, model.mpp, window_grid=model.window_grid, class_names=model.class_names)
-    plan.min_nucleus_um2 = ranges_for(model.describe()).min_nucleus_um2 if settings.min_nucleus_um2 is None else settings.min_nucleus_um2
+    plan = plan_slide(reader, settings, model)
+    plan.min_nucleus_um2 = model.ranges.min_nucleus_um2 if settings.min_nucleus_um2 is None else settings.min_nucleus_um2
     folder = slide_folder(out_root, plan.path)
     outputs = SlideOutputs(folder, folder.name)
     ensure_output_folder(outputs.report)
@@ -180,11 +157,18 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
                 "pass --overwrite to replace them (the old results stay until the new set is complete), or use another --out",
             )
     grid = plan.grid
-    if grid.window_grid and not grid.seamless and len(grid) > 1:
+    if not model.seamless_windows and len(grid) > 1:
+        log(
+            f"{plan.path.name}: note: this model's settings tie its windows to each tile (whole-tile prompting or the last window "
+            "moved flush with the tile's end, the release's), so nuclei near tile borders can differ slightly from a one-pass run"
+        )
+    elif grid.window_grid and not grid.seamless and len(grid) > 1:
         window, step = grid.window_grid
+        example = window + max(1, round((grid.tile_size - window) / step)) * step  # the nearest tile of whole windows
         log(
             f"{plan.path.name}: note: tiles {grid.tile_size}/{grid.real_overlap} are off the model's window grid, so nuclei near tile "
-            f"borders can differ slightly from a one-pass run; --tile-size {window} + a multiple of {step} (e.g. 1024) with --overlap >= {2 * (window - step)} avoids it"
+            f"borders can differ slightly from a one-pass run; --tile-size {window} + a multiple of {step} (e.g. {example}) "
+            f"with --overlap >= {2 * (window - step)} avoids it"
         )
     if settings.label_map and plan.dimensions[0] * plan.dimensions[1] > settings.label_map_max_pixels:
         raise PipelineInputError(plan.path, f"--label-map wants a level-0 raster of {plan.dimensions[0]}x{plan.dimensions[1]} px, too large to hold in memory", "drop --label-map for whole slides and use the zarr label raster instead")
@@ -339,7 +323,8 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
     """Write the final outputs by streaming the journaled parts in batch order."""
     from .exporters import write_anndata, write_geojson, write_label_tiff, write_table, write_zarr
 
-    names, colors = output_classes(plan.points, model.class_names, model.class_colors)
+    palette = output_classes(plan.points, model.palette)
+    names, colors = palette.names, palette.colors
     counts = {name: 0 for name in names}
     total = 0
     areas = []
@@ -354,7 +339,7 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
                 region_counts[j] += np.bincount(part.classes[held], minlength=len(names))[: len(names)]
     region_cols = (plan.regions.labels(), plan.regions.class_names()) if plan.regions is not None else None
     median_area = float(np.nanmedian(np.concatenate(areas))) if total else None
-    ranges = ranges_for(model.describe())
+    ranges = model.ranges
     small = sum(int(rec.get("small_dropped", 0)) for rec in journal.done().values())
     unreadable = unreadable_regions(journal, plan.unreadable)
     meta = {

@@ -82,8 +82,8 @@ def from_tile_nuclei(
     origin_level0: Sequence[float],
     scale: float,
     slide_key: str,
-    rgb_tile: np.ndarray | None = None,
-    model_mpp: float = 0.25,
+    rgb_tile: np.ndarray | None,
+    model_mpp: float,
     simplify_tolerance_px: float = 0.5,
     stains: StainModel = DEFAULT_STAINS,
 ) -> SlideNuclei:

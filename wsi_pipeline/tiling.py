@@ -7,8 +7,8 @@ at the same slide positions and predict the same prompt for a nucleus they both 
 The last tile in a row or column is cut short at the region's edge rather than moved
 back, which would break that alignment.
 
-The model itself looks at a tile through fixed windows (256-px crops at a fixed step, for
-prompter and segmentor alike), and a nucleus' prompt and mask shift a little when its window
+The model itself looks at a tile through fixed windows (crops of its window size at a fixed step,
+for prompter and segmentor alike), and a nucleus' prompt and mask shift a little when its window
 moves. Given the model's
 `window_grid` (window, step), tiles also step by a multiple of the window step, so every tile
 holds whole windows of one region-wide window grid; when the tile size fits that grid and the
@@ -27,7 +27,12 @@ from typing import Iterator
 
 import numpy as np
 
-from promptnucseg.models.interface import span_shares, span_starts
+from promptnucseg.models.interface import TILE_ALIGN, span_shares, span_starts
+
+# The tile defaults (`--tile-size`, `--overlap`, `SegmentSettings`), written here only: 1024 is whole
+# windows of the bundled models' window grid, and 128 px (32 um at their scale) exceeds the largest nucleus.
+DEFAULT_TILE_SIZE = 1024
+DEFAULT_OVERLAP = 128
 
 
 @dataclass(frozen=True)
@@ -51,10 +56,13 @@ class Tile:
 class TileGrid:
     width: int  # region size in model pixels
     height: int
-    tile_size: int = 1024
-    overlap: int = 128  # the least overlap: the step is rounded down to `period`
-    align: int = 32
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_OVERLAP  # the least overlap: the step is rounded down to `period`
+    align: int = TILE_ALIGN
     window_grid: tuple[int, int] | None = None  # the model's (window, window step), model px
+    # whether the model's windows follow the span rule under its settings (`ModelFacts.seamless_windows`);
+    # a model that prompts whole tiles or moves the last window flush is never seamless, whatever the grid
+    seamless_windows: bool = True
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.height < 1:
@@ -83,11 +91,11 @@ class TileGrid:
     def seamless(self) -> bool:
         """True when tiles see each owned nucleus through the same windows as one whole pass.
 
-        Needs the tile to be whole windows on the grid (tile = window + n * step) and half the
+        Needs a model whose windows follow the span rule (`seamless_windows`), the tile to be whole windows on the grid (tile = window + n * step) and half the
         real overlap to cover the windows' own overlap, so no window reaching into a core is
         missing from the tile that owns the core.
         """
-        if not self.window_grid:
+        if not self.window_grid or not self.seamless_windows:
             return False
         window, step = self.window_grid
         tile = self.tile_size

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from promptnucseg.models.interface import hex_color
 from ..errors import PipelineInputError
 from ..morphometrics import MEASUREMENT_UNITS, MEASUREMENTS
 from .appender import ChunkAppender
@@ -69,10 +70,6 @@ def _region_codes(regions: tuple[Sequence[str], Sequence[str]]) -> tuple[np.ndar
     by_label = np.array([-1] + [labels.index(str(n)) for n in regions[0]], np.int64)
     by_class = np.array([-1] + [classes.index(str(c)) if c else -1 for c in regions[1]], np.int64)
     return by_label, by_class
-
-
-def _hex(color: Sequence[int]) -> str:
-    return "#" + "".join(f"{int(c):02x}" for c in color[:3])
 
 
 def write_anndata(
@@ -167,7 +164,7 @@ def write_anndata(
         write_elem(f, "uns", {
             "mpp": float(mpp),
             "spatial_units": SPATIAL_UNITS,
-            "class_colors": np.asarray([_hex(class_colors[i]) for i in range(len(names))], dtype=object),
+            "class_colors": np.asarray([hex_color(class_colors[i]) for i in range(len(names))], dtype=object),
             "promptnucseg": json.dumps(metadata or {}, default=str),
         })
     return path

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
+from promptnucseg.models.interface import weights_licence
 from ..errors import PipelineInputError
 from ..atomic import atomic_file
 from ..outputs import REPORT_SUFFIX
@@ -101,15 +102,6 @@ def anchor(stem: str) -> str:
     """The `#` link to a slide's section, whose id is the stem itself: percent-encoded, which a
     browser decodes before it looks for the id (so `#`, spaces and non-ASCII names work)."""
     return "#" + quote(stem.encode("utf-8", "surrogateescape"), safe="")
-
-
-# Weights licences by model-name prefix (the bundle does not carry one yet; see models/weights/MODEL_CARD.md)
-LICENCES = {"promptnucseg-light-kumar": "CC BY-NC-SA 4.0: non-commercial use only, share-alike (trained on MoNuSeg)"}
-
-
-def weights_licence(model_name: str) -> str:
-    """The licence of a model's weights, for every version of a named model (v1, -v2, ...)."""
-    return next((text for prefix, text in LICENCES.items() if model_name.startswith(prefix)), "see the model file's documentation")
 
 
 def _accuracy(r: dict[str, Any]) -> Row:

@@ -103,10 +103,6 @@ class ClassInfo:
         return ClassInfo(names, colors)
 
 
-def _hex(color: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*color)
-
-
 # ----- one slide folder -------------------------------------------------------------------
 
 

@@ -28,7 +28,8 @@ from ..atomic import atomic_file
 from ..geometry import signed_areas
 from .drawing import DENSITY_BIN_UM, _save_png, _with_legend, draw_areas, draw_density, draw_outlines, draw_scale_bar, legend_strip, nucleus_density, paint_dots
 from ..outputs import REPORT_SUFFIX, SlideOutputs, slide_mpp_of
-from .run_reader import ClassInfo, NucleusColumns, _hex, _inputs, _region, load_json, pictures_up_to_date
+from promptnucseg.models.interface import hex_color as _hex
+from .run_reader import ClassInfo, NucleusColumns, _inputs, _region, load_json, pictures_up_to_date
 
 OUTLINE_MIN_DIAMETER_PX = 3.0  # median nucleus narrower than this on the thumbnail: dots + zoom crop
 ROI_COLOR = (0, 90, 255)  # the --roi box on the overview (the zoom crop is black and white, unreadable blocks red)
