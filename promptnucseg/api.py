@@ -43,11 +43,10 @@ class SlideFailed(FixableError):
 
 
 @functools.lru_cache(maxsize=2)
-def _predictor(model: str | None, device: str, tta: bool) -> Any:
-    """A loaded predictor, kept between calls (loading takes seconds and a GB)."""
-    from promptnucseg.models.interface import load_predictor
-
-    return load_predictor(None if model in (None, "default") else model, device=device, tta=tta)
+def _predictor(spec: Any) -> Any:
+    """A loaded predictor for a `ModelSpec` (the CLI's and the workers'), kept between calls
+    (loading takes seconds and a GB)."""
+    return spec.load()
 
 
 def _check_mpp(mpp: Any) -> float:
@@ -116,7 +115,7 @@ def segment_image(
     from promptnucseg.models.interface import to_rgb_uint8
     from promptnucseg.wsi_pipeline.errors import PipelineInputError
     from promptnucseg.wsi_pipeline.exporters.table_export import _columns
-    from promptnucseg.wsi_pipeline.plausibility import ranges_for
+    from promptnucseg.wsi_pipeline.model_spec import ModelSpec
     from promptnucseg.wsi_pipeline.stitch import from_tile_nuclei
 
     mpp = _check_mpp(mpp)
@@ -126,8 +125,9 @@ def segment_image(
         raise PipelineInputError(
             None, f"rgb is not an image array ({err})", "pass an (H, W, 3) uint8 RGB array"
         ) from err
-    predictor = _predictor(model, device, tta)
-    scale = predictor.mpp / mpp  # input px per model px
+    predictor = _predictor(ModelSpec(model, device=device, tta=tta))
+    facts = predictor.facts()
+    scale = facts.mpp / mpp  # input px per model px
     h, w = pixels.shape[:2]
     mh, mw = h / scale, w / scale
     if min(mh, mw) < MIN_MODEL_SIDE:
@@ -151,20 +151,20 @@ def segment_image(
         scale=scale,
         slide_key=key,
         rgb_tile=model_rgb,
-        model_mpp=predictor.mpp,
+        model_mpp=facts.mpp,
         stains=_stains(model_rgb),
     )
-    smallest = ranges_for(predictor.describe()).min_nucleus_um2 if min_nucleus_um2 is None else min_nucleus_um2
+    smallest = facts.ranges.min_nucleus_um2 if min_nucleus_um2 is None else min_nucleus_um2
     if len(found):
         found = found.select(found.measurements["area_um2"] >= smallest)
-    frame = pd.DataFrame(_columns(found, list(predictor.class_names)))
+    frame = pd.DataFrame(_columns(found, list(facts.class_names)))
     frame["polygon"] = found.polygons
     frame.attrs.update(
         {
             "mpp": mpp,
-            "model_mpp": predictor.mpp,
+            "model_mpp": facts.mpp,
             "coordinates": "array pixels, x right, y down",
-            "model": predictor.describe().get("model"),
+            "model": facts.describe().get("model"),
         }
     )
     return frame

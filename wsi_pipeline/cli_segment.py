@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from promptnucseg.models.interface import RELEASE_PRESETS, TILE_ALIGN
 from . import flags
+from .model_spec import DEFAULT_BATCH_SIZE
+from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 EXIT_LOCKED = 75  # EX_TEMPFAIL: only slides held by another run were refused; retry later
 
@@ -31,13 +34,31 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--sample", action="store_true", help="add the bundled sample slide (CMU-1-Small-Region, Aperio SVS) to the inputs")
     parser.add_argument("--model", "--weights", dest="weights", help="a bundled model by name (default, typed: `promptnucseg models`), or a model file: a promptnucseg model (export-model), a segmentor, or an official sam_vit_b/l/h checkpoint; default: the bundled default")
     parser.add_argument("--prompter-weights", help="prompter to pair with a segmentor/SAM file given by --weights (ours, or the PromptNucSeg release's best.pth/latest.pth)")
-    parser.add_argument("--preset", choices=("kumar", "cpm17", "pannuke"), help="run with the PromptNucSeg release's settings for this data set (default: read from release files; none for ours)")
+    parser.add_argument("--preset", choices=RELEASE_PRESETS, help="run with the PromptNucSeg release's settings for this data set (default: read from release files; none for ours)")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: masks averaged over 8 flips/turns of each window (slower; see README for the gain)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--batch-size", type=flags.BATCH_SIZE, default=8, help="tiles per model call and per journaled batch (default 8)")
+    parser.add_argument(
+        "--batch-size", type=flags.BATCH_SIZE, default=DEFAULT_BATCH_SIZE,
+        help=f"tiles per journaled batch: the unit a killed run resumes from and a dask task counts in; also the default of "
+        f"--window-batch (default {DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--window-batch", type=flags.WINDOW_BATCH,
+        help="windows per forward pass of each network (the model sees a tile through small windows); more uses more memory "
+        "and helps most on a GPU (default: the --batch-size value)",
+    )
     parser.add_argument("--workers", type=flags.WORKERS, default=4, help="tile-reading threads (default 4)")
-    parser.add_argument("--tile-size", type=flags.TILE_SIZE, default=1024, help="tile size in model pixels, multiple of 32 (default 1024); sizes of 256 + a multiple of the model's window step (192 for the bundled model: 1024, 1216, 1408...) keep tiled masks equal to a one-pass run")
-    parser.add_argument("--overlap", type=flags.OVERLAP, default=128, help="least tile overlap in model pixels, larger than the largest nucleus (default 128); the tile step is rounded down to the model's window grid, so the real overlap can be larger (the run report's 'tiling')")
+    parser.add_argument(
+        "--tile-size", type=flags.TILE_SIZE, default=DEFAULT_TILE_SIZE,
+        help=f"tile size in model pixels, a multiple of {TILE_ALIGN} (default {DEFAULT_TILE_SIZE}); sizes of the model's window plus a "
+        "multiple of its window step (the run report's tiling.model_window_grid; the default is one for the bundled models) "
+        "keep tiled masks equal to a one-pass run",
+    )
+    parser.add_argument(
+        "--overlap", type=flags.OVERLAP, default=DEFAULT_OVERLAP,
+        help=f"least tile overlap in model pixels, larger than the largest nucleus (default {DEFAULT_OVERLAP}); the tile step is "
+        "rounded down to the model's window grid, so the real overlap can be larger (the run report's 'tiling')",
+    )
     parser.add_argument("--mpp", type=flags.MPP, help="microns per pixel of the slide's level 0: overrides (or supplies missing) metadata; refused outside 0.05-10, and slides coarser than 2 (nuclei need ~0.5 or finer), unless --force-mpp")
     parser.add_argument("--force-mpp", action="store_true", help="accept an --mpp outside the plausible 0.05-10 um/px, and a slide coarser than 2 um/px (warned)")
     parser.add_argument("--roi", help="x,y,w,h in level-0 pixels: segment only this region")
@@ -101,7 +122,7 @@ def _check_flags(args: argparse.Namespace) -> None:
     from .slides import implausible_mpp
 
     if args.overlap >= args.tile_size:
-        raise PipelineInputError(None, f"--overlap {args.overlap} is not smaller than --tile-size {args.tile_size}", "use an --overlap below the tile size (default 128 for 1024-px tiles)")
+        raise PipelineInputError(None, f"--overlap {args.overlap} is not smaller than --tile-size {args.tile_size}", f"use an --overlap below the tile size (default {DEFAULT_OVERLAP} for {DEFAULT_TILE_SIZE}-px tiles)")
     if args.mpp is not None and not args.force_mpp:
         err = implausible_mpp(args.mpp, "override")
         if err is not None:
@@ -195,8 +216,8 @@ def slides_in(given: list[str], pattern: str = "*") -> list[Path]:
 def execute(args: argparse.Namespace, on_result: Callable[["SlideResult"], None] = lambda r: None) -> RunOutcome:
     """The `segment` command: refusals, then each slide (or the dask run); `on_result` sees each
     slide's result as it comes. Setup errors (bad flags, files, model) raise: the CLI exits 2."""
-    from promptnucseg.models.interface import load_predictor
     from .errors import PipelineInputError
+    from .model_spec import ModelSpec
     from .plan import FORMATS, SegmentSettings
     from .atomic import ensure_output_folder
     from .segment import SlideResult, failed_result, segment_slide
@@ -254,18 +275,15 @@ def execute(args: argparse.Namespace, on_result: Callable[["SlideResult"], None]
         print(f"{len(refused)} of {total} slides failed: {', '.join(r.slide for r in refused)}", file=sys.stderr)
         return RunOutcome(EXIT_LOCKED if all(r.locked for r in refused) else 1, refused)
     results = list(refused)
+    spec = ModelSpec.from_flags(args)
     if args.scheduler or args.cluster:
-        from .distributed import ModelSpec, run_distributed
+        from .distributed import run_distributed
 
-        spec = ModelSpec(args.weights, args.prompter_weights, args.device, args.batch_size, preset=args.preset, tta=args.tta)
         results += run_distributed(
             slides, out, settings, spec, scheduler=args.scheduler, cluster=args.cluster, on_result=on_result
         )
     else:
-        predictor = load_predictor(
-            args.weights, device=args.device, prompter_weights=args.prompter_weights, batch_size=args.batch_size,
-            preset=args.preset, tta=args.tta,
-        )
+        predictor = spec.load()
         log = lambda m: print(m, file=sys.stderr)  # noqa: E731
         for slide in slides:
             try:

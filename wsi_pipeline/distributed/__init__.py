@@ -27,7 +27,8 @@ compares byte for byte with a single-process run that used as many threads (the 
 
 from .client import run_distributed, segment_distributed, split_ranges
 from .cluster import check_scheduler_address, dask_client, parse_cluster, worker_layout
-from .worker import ModelSpec, RangeResult, WorkerLayout, worker_device, worker_index
+from ..model_spec import ModelSpec
+from .worker import RangeResult, WorkerLayout, worker_device, worker_index
 
 __all__ = [
     "ModelSpec", "RangeResult", "WorkerLayout", "check_scheduler_address", "dask_client", "parse_cluster", "run_distributed",

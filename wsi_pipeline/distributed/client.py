@@ -11,15 +11,17 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from tqdm import tqdm
 
+from promptnucseg.models.interface import ModelFacts
 from ..errors import PipelineInputError
 from ..interrupts import Interrupted
 from ..journal import Journal
 from ..locking import FolderLock
 from ..plan import SegmentSettings, SlidePlan
-from ..segment import ModelFacts, SlideJob, SlideResult, describe_failure, failed_result, finish_slide, lock_slide_folder, prepare_slide
+from ..segment import SlideJob, SlideResult, describe_failure, failed_result, finish_slide, lock_slide_folder, prepare_slide
 from ..slides import open_slide
 from .cluster import dask_client, load_model_facts, worker_layout
-from .worker import ModelSpec, RangeResult, WorkerLayout, run_range_task
+from ..model_spec import ModelSpec
+from .worker import RangeResult, WorkerLayout, run_range_task
 
 if TYPE_CHECKING:
     from distributed import Client, Future

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator
 
+from promptnucseg.models.interface import ModelFacts
 from ..errors import PipelineInputError
-from ..segment import ModelFacts
-
-from .worker import ModelSpec, WorkerLayout, model_facts_task
+from ..model_spec import ModelSpec
+from .worker import WorkerLayout, model_facts_task
 
 if TYPE_CHECKING:
     from distributed import Client

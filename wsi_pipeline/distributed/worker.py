@@ -8,35 +8,18 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptnucseg.models.interface import NucleusPredictor
+from promptnucseg.models.interface import ModelFacts, NucleusPredictor
 from ..errors import PipelineInputError
 from ..journal import Journal
+from ..model_spec import ModelSpec
 from ..preflight import disk_full_explained
 from ..plan import SegmentSettings, SlidePlan
 from ..runner import peak_rss_mb, run_batches
-from ..segment import ModelFacts
 from ..slides import open_slide
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How a worker loads its predictor; picklable and hashable (the worker cache key)."""
-
-    weights: str | None = None  # None: the bundled model
-    prompter_weights: str | None = None
-    device: str = "auto"  # auto | cpu | cuda; a worker with CUDA picks its own GPU
-    batch_size: int = 8
-    expected_sha256: str | None = None  # weights every worker must load (set from the first load)
-    preset: str | None = None  # the PromptNucSeg release's settings to run with (models/release.py)
-    tta: bool = False  # test-time augmentation
-
-    def absolute(self) -> "ModelSpec":
-        """Workers may run elsewhere, in another folder: give them absolute paths."""
-        resolve = lambda p: None if p is None else str(Path(p).expanduser().absolute())  # noqa: E731
-        return replace(self, weights=resolve(self.weights), prompter_weights=resolve(self.prompter_weights))
 
 
 @dataclass(frozen=True)
@@ -104,9 +87,7 @@ def worker_predictor(spec: ModelSpec, layout: WorkerLayout) -> NucleusPredictor:
     from distributed import get_worker
     from distributed.comm import get_address_host
 
-    from promptnucseg.models.interface import load_predictor
-
-    key = (spec.weights, spec.prompter_weights, spec.device, spec.batch_size, spec.preset, spec.tta)
+    key = spec.key
     with _PREDICTOR_LOCK:
         predictor = _PREDICTOR.get(key)
         if predictor is None:
@@ -120,7 +101,7 @@ def worker_predictor(spec: ModelSpec, layout: WorkerLayout) -> NucleusPredictor:
             else:
                 torch.cuda.set_device(torch.device(device))
             _PREDICTOR.clear()  # another model's networks go before this one loads
-            predictor = _PREDICTOR[key] = load_predictor(spec.weights, device=device, prompter_weights=spec.prompter_weights, batch_size=spec.batch_size, preset=spec.preset, tta=spec.tta)
+            predictor = _PREDICTOR[key] = spec.load(device)
     sha = predictor.describe().get("weights_sha256")
     if spec.expected_sha256 and sha != spec.expected_sha256:
         raise PipelineInputError(
