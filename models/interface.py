@@ -1,7 +1,7 @@
 """The one narrow seam between `models/` and `wsi_pipeline/`: an RGB tile in, nuclei out.
 
 `wsi_pipeline` imports nothing from `models` but this module. It knows that a predictor
-wants uint8 RGB tiles at `predictor.mpp` microns per pixel and answers with a
+wants uint8 RGB tiles at `facts().mpp` microns per pixel and answers with a
 `TileNuclei` per tile; everything about prompters, SAM and checkpoints stays behind it.
 The pixel rule that makes such tiles (`to_rgb_uint8`, in `pixels.py`) is the one training
 images follow too. What the pipeline must know of a model (scale, windows, tile alignment,
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-import numpy as np  # noqa: F401  (in annotations)
+import numpy as np
 
 from .facts import (  # noqa: F401  (re-exported: what the pipeline knows of a model)
     DEFAULT_WINDOW_BATCH, MODEL_FREE_MPP, RELEASE_PRESETS, TILE_ALIGN, ModelFacts, NucleusRanges, Palette, hex_color,
