@@ -126,3 +126,24 @@ def test_one_model_spec_from_the_flags_and_two_batch_sizes():
     assert ModelSpec("some/file.pt").absolute().weights == str(Path("some/file.pt").absolute())
     with pytest.raises(SystemExit):
         parser.parse_args(["s.svs", "--out", "o", "--window-batch", "0"])
+
+
+def test_a_window_batch_apart_from_the_tile_batch_enters_the_fingerprint():
+    """A run whose --window-batch follows --batch-size keeps the fingerprint it had before the two
+    were told apart (a resume of it goes on); another window batch is another run's settings."""
+    from dataclasses import replace
+
+    from conftest import HE_GLANDS
+
+    from promptnucseg.wsi_pipeline.plan import SegmentSettings, plan_slide
+    from promptnucseg.wsi_pipeline.segment import fingerprint
+    from promptnucseg.wsi_pipeline.slides import open_slide
+
+    facts = ModelFacts(0.25, Palette(("nucleus",), ((220, 40, 40),)), 256, 192, seamless_windows=True)
+    settings = SegmentSettings(mpp=0.25, progress=False)
+    with open_slide(HE_GLANDS) as reader:
+        plan = plan_slide(reader, settings, facts)
+    assert "window_batch" not in fingerprint(plan, facts, settings)  # the predictor's default (8) and --batch-size 8
+    assert "window_batch" not in fingerprint(plan, replace(facts, description={"window_batch": 16}), replace(settings, batch_size=16))
+    assert fingerprint(plan, facts, replace(settings, batch_size=16))["window_batch"] == 8  # --batch-size 16 --window-batch 8
+    assert fingerprint(plan, replace(facts, description={"window_batch": 4}), settings)["window_batch"] == 4

@@ -17,6 +17,7 @@ from promptnucseg.models.interface import MODEL_FREE_MPP, ModelFacts, TileTissue
 
 from .errors import PipelineInputError
 from .journal import quick_file_hash
+from .model_spec import DEFAULT_BATCH_SIZE
 from .points import PlanPoints, load_plan_points
 from .regions import RegionSet, load_plan_regions, tissue_mm2_in
 from .slides import SlideReader, coarse_warning, resolve_mpp
@@ -32,7 +33,7 @@ DEFAULT_FORMATS = ("geojson", "zarr", "table")  # anndata needs an optional extr
 class SegmentSettings:
     tile_size: int = DEFAULT_TILE_SIZE  # model pixels
     overlap: int = DEFAULT_OVERLAP  # model pixels; larger than the largest nucleus
-    batch_size: int = 8  # tiles per journaled batch (a part file: what a resume and a distributed task count in)
+    batch_size: int = DEFAULT_BATCH_SIZE  # tiles per journaled batch (a part file: what a resume and a distributed task count in)
     workers: int = 4  # reader threads (and post-processing threads)
     mpp: float | None = None  # override of the slide's microns per pixel
     roi: tuple[int, int, int, int] | None = None  # x, y, w, h in level-0 pixels

@@ -47,6 +47,7 @@ def package_versions() -> dict[str, str]:
 
 def fingerprint(plan: SlidePlan, model: ModelFacts, settings: SegmentSettings) -> dict[str, Any]:
     desc = model.describe()
+    window_batch = desc.get("window_batch", DEFAULT_WINDOW_BATCH)  # a predictor names it only when not the default
     return {
         "slide": plan.slide_key,
         "model": desc.get("weights_sha256", desc.get("model")),
@@ -60,7 +61,7 @@ def fingerprint(plan: SlidePlan, model: ModelFacts, settings: SegmentSettings) -
         "tile_step": plan.grid.stride,
         "batch_size": settings.batch_size,
         # windows per forward pass, when not the --batch-size it follows by default (batched kernels may round differently)
-        **({"window_batch": desc["window_batch"]} if desc.get("window_batch", DEFAULT_WINDOW_BATCH) != settings.batch_size else {}),
+        **({"window_batch": window_batch} if window_batch != settings.batch_size else {}),
         "simplify_tolerance": settings.simplify_tolerance,
         "tissue_mask": settings.use_tissue_mask,
         "stains": plan.stains.describe(),
