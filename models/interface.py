@@ -94,7 +94,6 @@ def adapt_model(model: "str | None | AdaptableModel", regions: Sequence[ClickedR
     return {"settings": settings.to_dict(), **outcome.report()}, written
 
 
-
 def bundled_model_names() -> tuple[str, ...]:
     """The names `--model` takes for the bundled models (`promptnucseg models`); a name wins over
     a file of the same name, so a path-like value is only made absolute when it is not one."""
