@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=AdaptSettings.lr, help="adapt's learning rate (a sweep; the command's is the default)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,9 +95,9 @@ def main() -> None:
             regions.append(ClickedRegion(s.name, s.image[y0:y1, x0:x1].copy(), np.ones((y1 - y0, x1 - x0), bool), pts - [x0, y0], np.zeros(len(pts), np.int64)))
             left -= len(pts)
         clicks = sum(len(r.points) for r in regions)
-        out = Path(f"/tmp/adapt_curve_{budget}.pt")
+        out = Path(f"/tmp/adapt_curve_{budget}_lr{args.lr:g}.pt")
         t0 = time.monotonic()
-        outcome, written = adapt_model(source, regions, AdaptSettings(minutes=args.minutes, seed=args.seed), out, force=True)
+        outcome, written = adapt_model(source, regions, AdaptSettings(minutes=args.minutes, seed=args.seed, lr=args.lr), out, force=True)
         cpu_min = (time.monotonic() - t0) / 60
         after = score(str(out))
         row = {"points": clicks, "regions": len(regions), "steps": outcome.steps, "minutes_total": round(cpu_min, 2), "before": base, "after": after,
@@ -105,7 +106,7 @@ def main() -> None:
         print(f"{clicks} points ({len(regions)} regions, {outcome.steps} steps, {cpu_min:.1f} min): det F1 {base['det_f1']:.3f} -> {after['det_f1']:.3f}, "
               f"PQ {base['pq']:.3f} -> {after['pq']:.3f}; adapt's own held-out clicks F1 {outcome.before.f1:.3f} -> {outcome.after.f1:.3f}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"data": args.data, "images": args.images, "minutes": args.minutes, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"data": args.data, "images": args.images, "minutes": args.minutes, "lr": args.lr, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
