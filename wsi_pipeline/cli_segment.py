@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -262,18 +263,21 @@ def execute(args: argparse.Namespace, on_result: Callable[["SlideResult"], None]
             slides, out, settings, spec, scheduler=args.scheduler, cluster=args.cluster, on_result=on_result
         )
     else:
+        loading = time.monotonic()
         predictor = load_predictor(
             args.weights, device=args.device, prompter_weights=args.prompter_weights, batch_size=args.batch_size,
             preset=args.preset, tta=args.tta,
         )
+        load_seconds = time.monotonic() - loading  # the first slide's time estimate and real time count it
         log = lambda m: print(m, file=sys.stderr)  # noqa: E731
         for slide in slides:
             try:
-                result = SlideResult(str(slide), True, segment_slide(slide, out, predictor, settings, log=log))
+                result = SlideResult(str(slide), True, segment_slide(slide, out, predictor, settings, log=log, load_seconds=load_seconds))
             except Exception as err:  # one broken slide must not end an overnight run
                 result = failed_result(slide, err)
             on_result(result)
             results.append(result)
+            load_seconds = 0.0
     failed = [r for r in results if not r.ok]
     if failed:
         print(f"{len(failed)} of {total} slides failed: {', '.join(r.slide for r in failed)}", file=sys.stderr)
