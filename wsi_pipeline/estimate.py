@@ -32,14 +32,11 @@ if TYPE_CHECKING:
     from .slides import SlideReader
     from .tiling import Tile
 
-# Documented, not measured per run (benchmarks/README.md, "Time estimate"): the CMU sample on
-# 2 cores. Reading and stitching overlap the model but share its cores: per tile with tissue.
-TILE_OVERHEAD_S = 0.05
-# Exports (GeoJSON, zarr, table) stream the journaled parts: per nucleus (README: 288-312 us per
-# nucleus for stitch + export together; the export alone is about a third of that).
-FINISH_S_PER_NUCLEUS = 100e-6
-# Without a measurement: ~0.13 s per 256-px window on 2 idle cores (README's "model alone").
-ROUGH_WINDOW_S = 0.13
+# Documented, not measured per run (benchmarks/README.md, "Time estimate", from its profile part):
+# reading and post-processing run beside the model, so a tile adds only the loop's wait for them.
+TILE_OVERHEAD_S = 0.03
+FINISH_S_PER_NUCLEUS = 400e-6  # the exports, per nucleus
+ROUGH_WINDOW_S = 0.13  # without a test window: the README's model alone, 256-px windows on 2 cores
 HEAVY_CORES = 0.5  # another process using this much CPU during the test window makes the machine busy
 
 
