@@ -9,7 +9,8 @@ from promptnucseg.wsi_pipeline.progress import RATE_AFTER_TILES, SlideProgress
 
 
 def test_rate_starts_after_the_warm_up_tile_and_counts_this_run_only():
-    bar = SlideProgress("slide", total_tiles=20, tiles_done=8, tissue_mm2=2.0, nuclei_done=500, windows_left=48)  # resumed: 8 done
+    # resumed: 8 tiles done before
+    bar = SlideProgress("slide", total_tiles=20, tiles_done=8, tissue_mm2=2.0, nuclei_done=500, windows_left=48)
     assert bar.eta() is None and "warm-up" in bar._bar.format_dict["postfix"]  # no test window: no guess
     time.sleep(0.3)  # warm-up: the first tile is slow
     warmed = time.monotonic()

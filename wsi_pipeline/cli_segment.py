@@ -272,7 +272,8 @@ def execute(args: argparse.Namespace, on_result: Callable[["SlideResult"], None]
         log = lambda m: print(m, file=sys.stderr)  # noqa: E731
         for slide in slides:
             try:
-                result = SlideResult(str(slide), True, segment_slide(slide, out, predictor, settings, log=log, load_seconds=load_seconds))
+                report = segment_slide(slide, out, predictor, settings, log=log, load_seconds=load_seconds)
+                result = SlideResult(str(slide), True, report)
             except Exception as err:  # one broken slide must not end an overnight run
                 result = failed_result(slide, err)
             on_result(result)

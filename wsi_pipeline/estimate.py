@@ -56,8 +56,10 @@ class MachineLoad:
     def note(self) -> str | None:
         if not self.busy:
             return None
-        load = f"load {self.load1:.1f} on {self.cores} core{'s' if self.cores != 1 else ''}" if self.load1 is not None else f"{self.cores} cores"
-        others = f"; also running: {', '.join(self.heavy[:3])}{' ...' if len(self.heavy) > 3 else ''}" if self.heavy else ""
+        cores = f"{self.cores} core{'s' if self.cores != 1 else ''}"
+        load = f"load {self.load1:.1f} on {cores}" if self.load1 is not None else cores
+        more = " ..." if len(self.heavy) > 3 else ""
+        others = f"; also running: {', '.join(self.heavy[:3])}{more}" if self.heavy else ""
         return f"this machine is busy: {load}{others}; the estimate assumes it stays so"
 
     def record(self) -> dict[str, Any]:
@@ -182,8 +184,10 @@ def probe_window(plan: "SlidePlan", tiles: Sequence["Tile"]) -> tuple["Tile", in
             return tile, 0, 0
         for y in span_starts(tile.h, size, step):
             for x in span_starts(tile.w, size, step):
-                r0, c0 = max(0, math.floor((y - tissue.y) / tissue.cell)), max(0, math.floor((x - tissue.x) / tissue.cell))
-                r1, c1 = math.ceil((y + size - tissue.y) / tissue.cell), math.ceil((x + size - tissue.x) / tissue.cell)
+                r0 = max(0, math.floor((y - tissue.y) / tissue.cell))
+                c0 = max(0, math.floor((x - tissue.x) / tissue.cell))
+                r1 = math.ceil((y + size - tissue.y) / tissue.cell)
+                c1 = math.ceil((x + size - tissue.x) / tissue.cell)
                 cells = tissue.cells[r0:r1, c0:c1]
                 share = float(cells.mean()) if cells.size else 0.0
                 if share > 0 and (best is None or share > best[0]):
@@ -193,7 +197,9 @@ def probe_window(plan: "SlidePlan", tiles: Sequence["Tile"]) -> tuple["Tile", in
     return None if best is None else (best[1], best[2], best[3])
 
 
-def probe_model(predictor: NucleusPredictor, reader: "SlideReader", plan: "SlidePlan", tiles: Sequence["Tile"]) -> Probe | None:
+def probe_model(
+    predictor: NucleusPredictor, reader: "SlideReader", plan: "SlidePlan", tiles: Sequence["Tile"]
+) -> Probe | None:
     """Time one real tissue window of the slide through `predictor` (twice); None when the plan has
     no tissue window or the window cannot be read (the rough estimate is used then)."""
     from .slide_reader import UnreadableRegion
@@ -236,7 +242,8 @@ class TimeEstimate:
     load: MachineLoad
 
     def line(self) -> str:
-        parts = [f"{duration(self.so_far_s)} so far (model loading, planning{', test window' if self.measured else ''})"]
+        spent = "model loading, planning, test window" if self.measured else "model loading, planning"
+        parts = [f"{duration(self.so_far_s)} so far ({spent})"]
         parts.append(f"{self.windows} tissue window{'s' if self.windows != 1 else ''} x {self.window_s:.2f} s")
         parts.append(f"{self.tiles} tile{'s' if self.tiles != 1 else ''} x {TILE_OVERHEAD_S:g} s")
         if self.finish_s >= 0.5:
@@ -250,12 +257,15 @@ class TimeEstimate:
         return {
             "first_estimate_s": round(self.seconds, 2), "measured": self.measured, "basis": self.basis,
             "so_far_s": round(self.so_far_s, 2), "warmup_s": round(self.warmup_s, 3), "windows": self.windows,
-            "seconds_per_window": round(self.window_s, 4), "tiles": self.tiles, "tile_overhead_s": round(self.overhead_s, 2),
+            "seconds_per_window": round(self.window_s, 4), "tiles": self.tiles,
+            "tile_overhead_s": round(self.overhead_s, 2),
             "exports_s": round(self.finish_s, 2), "machine": self.load.record(),
         }
 
 
-def estimate(plan: "SlidePlan", tiles: Sequence["Tile"], so_far_s: float, probe: Probe | None, device: str = "cpu") -> TimeEstimate:
+def estimate(
+    plan: "SlidePlan", tiles: Sequence["Tile"], so_far_s: float, probe: Probe | None, device: str = "cpu"
+) -> TimeEstimate:
     """The time the slide's run takes in all, from `probe` (measured) or, without one, the rough
     documented rate; `tiles`: the tiles still to run."""
     windows = windows_to_run(plan, tiles)
@@ -267,7 +277,10 @@ def estimate(plan: "SlidePlan", tiles: Sequence["Tile"], so_far_s: float, probe:
         finish = nuclei * FINISH_S_PER_NUCLEUS
         warmup = max(0.0, probe.first_s - probe.window_s)  # already paid by the test: recorded, not added
         total = so_far_s + windows * probe.window_s + overhead + finish
-        return TimeEstimate(total, so_far_s, windows, probe.window_s, with_tissue, overhead, warmup, finish, True, probe.basis(), probe.load)
+        return TimeEstimate(
+            total, so_far_s, windows, probe.window_s, with_tissue, overhead, warmup, finish,
+            True, probe.basis(), probe.load,
+        )
     from .preflight import NUCLEI_PER_MM2
 
     finish = plan.tissue_mm2 * NUCLEI_PER_MM2 * 0.6 * FINISH_S_PER_NUCLEUS

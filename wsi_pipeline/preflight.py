@@ -83,7 +83,9 @@ def check_tile_memory(tile_size: int, batch_size: int, available: int | None = N
     )
 
 
-def plan_summary(plan: "SlidePlan", tiles_left: int, batches_left: int, device: str, estimate: "TimeEstimate | None" = None) -> str:
+def plan_summary(
+    plan: "SlidePlan", tiles_left: int, batches_left: int, device: str, estimate: "TimeEstimate | None" = None
+) -> str:
     """One line that makes a wrong setting visible before work starts; it ends with the time
     `estimate` (estimate.py) or, without one, the rough documented figure, said so."""
     x, y, w, h = plan.roi
@@ -96,7 +98,8 @@ def plan_summary(plan: "SlidePlan", tiles_left: int, batches_left: int, device: 
 
         done = len(plan.tiles) - tiles_left
         estimate = rough(plan, plan.tiles[done:] if tiles_left else [], 0.0, None, device)
-    time_text = f"estimated {duration(estimate.seconds)} in all" if estimate.measured else f"roughly {duration(estimate.seconds)} (not measured here)"
+    took = duration(estimate.seconds)
+    time_text = f"estimated {took} in all" if estimate.measured else f"roughly {took} (not measured here)"
     whole = (x, y, w, h) == (0, 0, *plan.dimensions)
     if whole:
         share = plan.tissue_fraction

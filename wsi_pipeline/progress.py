@@ -81,7 +81,8 @@ class SlideProgress:
         found = sum(self._unjournaled)  # counted per tile before stitching drops overlap duplicates: "~"
         nuclei = f"~{self.nuclei_done + found:,}" if found else f"{self.nuclei_done:,}"
         eta = self.eta()
-        text = ", ".join(p for p in (state, eta, f"tissue {done:.2f}/{self.tissue_mm2:.2f} mm²", f"{nuclei} nuclei") if p)
+        tissue = f"tissue {done:.2f}/{self.tissue_mm2:.2f} mm²"
+        text = ", ".join(p for p in (state, eta, tissue, f"{nuclei} nuclei") if p)
         self._bar.set_postfix_str(text, refresh=refresh)
 
     def tile_done(self, found: int = 0, windows: int = 0) -> None:

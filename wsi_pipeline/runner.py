@@ -65,7 +65,8 @@ def run_batches(
     on_tile: Callable[[int, Tile], None] | None = None,
 ) -> BatchStats:
     """Run the given batches (skipping any already journaled) and journal each as it finishes;
-    `on_tile(found, tile)` is called as each tile leaves the model (its nuclei before stitching), `on_batch(tiles, nuclei)` as each batch is journaled."""
+    `on_tile(found, tile)` is called as each tile leaves the model (its nuclei before stitching),
+    `on_batch(tiles, nuclei)` as each batch is journaled."""
     done = journal.done()
     todo = [b for b in batch_indices if b not in done]
     stats = BatchStats()

@@ -158,8 +158,8 @@ class SlideJob:
 
 
 def prepare_slide(
-    reader: SlideReader, out_root: str | Path, model: ModelFacts, settings: SegmentSettings, log: Callable[[str], None] = print,
-    timing: Callable[[SlideJob], TimeEstimate] | None = None,
+    reader: SlideReader, out_root: str | Path, model: ModelFacts, settings: SegmentSettings,
+    log: Callable[[str], None] = print, timing: Callable[[SlideJob], TimeEstimate] | None = None,
 ) -> SlideJob:
     """Plan the slide and open (or resume) its journal; notices an already finished run.
     `timing(job)` makes the plan line's time estimate (a model at hand: `measured_estimate`);
@@ -207,7 +207,8 @@ def prepare_slide(
     if job.resumed:
         log(f"{plan.path.name}: resuming, {len(journal.done())}/{len(plan.batches)} batches already done")
     job.estimate = timing(job) if timing is not None else None
-    log(plan_summary(plan, len(plan.tiles) - job.tiles_done(), len(job.pending()), str(model.describe().get("device", "cpu")), job.estimate))
+    device = str(model.describe().get("device", "cpu"))
+    log(plan_summary(plan, len(plan.tiles) - job.tiles_done(), len(job.pending()), device, job.estimate))
     if job.estimate is not None:
         log(f"{plan.path.name}: time: {job.estimate.line()}")
     for warning in plan.warnings:
@@ -278,7 +279,8 @@ def finish_slide(job: SlideJob, model: ModelFacts, settings: SegmentSettings, ru
         job.paths.update({k: job.folder / p.name for k, p in staged.items()})  # the table may have become .csv
         report["outputs"] = {k: str(p) for k, p in job.paths.items()}
         wall = time.monotonic() - job.started
-        report.update({"wall_seconds": round(wall, 3), **run_facts, "resumed": job.resumed, "fingerprint": job.fingerprint})
+        report.update({"wall_seconds": round(wall, 3), **run_facts, "resumed": job.resumed,
+                       "fingerprint": job.fingerprint})
         if job.estimate is not None:
             report["time_estimate"] = estimate_outcome(job.estimate, job.load_seconds + wall)
         report_name = job.paths["report"].name
@@ -299,10 +301,13 @@ def finish_slide(job: SlideJob, model: ModelFacts, settings: SegmentSettings, ru
 def estimate_outcome(first: TimeEstimate, real_s: float) -> dict[str, Any]:
     """The report's `time_estimate`: the plan's first estimate beside the real time, machine-readable
     (real_s counts the model's loading when this slide paid it, as the estimate does)."""
-    return {**first.record(), "real_s": round(real_s, 2), "real_over_estimate": round(real_s / first.seconds, 3) if first.seconds > 0 else None}
+    ratio = round(real_s / first.seconds, 3) if first.seconds > 0 else None
+    return {**first.record(), "real_s": round(real_s, 2), "real_over_estimate": ratio}
 
 
-def measured_estimate(predictor: NucleusPredictor, reader: SlideReader, load_seconds: float = 0.0) -> Callable[[SlideJob], TimeEstimate]:
+def measured_estimate(
+    predictor: NucleusPredictor, reader: SlideReader, load_seconds: float = 0.0
+) -> Callable[[SlideJob], TimeEstimate]:
     """The plan's time estimate from a test window of the slide through `predictor` (estimate.py);
     `load_seconds`, the model's loading, counts as time already spent."""
 
@@ -317,8 +322,8 @@ def measured_estimate(predictor: NucleusPredictor, reader: SlideReader, load_sec
 
 
 def segment_slide(
-    path: str | Path, out_root: str | Path, predictor: NucleusPredictor, settings: SegmentSettings, log: Callable[[str], None] = print,
-    load_seconds: float = 0.0,
+    path: str | Path, out_root: str | Path, predictor: NucleusPredictor, settings: SegmentSettings,
+    log: Callable[[str], None] = print, load_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """Segment one slide into `out_root/<stem>/`, holding that folder's lock throughout;
     resumes a killed run; returns the report. `load_seconds`: the model's loading, which this
@@ -331,8 +336,8 @@ def segment_slide(
 
 
 def _segment_locked(
-    path: str | Path, out_root: str | Path, predictor: NucleusPredictor, settings: SegmentSettings, log: Callable[[str], None],
-    load_seconds: float = 0.0,
+    path: str | Path, out_root: str | Path, predictor: NucleusPredictor, settings: SegmentSettings,
+    log: Callable[[str], None], load_seconds: float = 0.0,
 ) -> dict[str, Any]:
     model = ModelFacts.of(predictor)
     with open_slide(path) as reader:
@@ -351,7 +356,8 @@ def _segment_locked(
         try:
             with disk_full_explained(job.folder):
                 stats = run_batches(
-                    reader, plan, range(len(plan.batches)), predictor, job.journal, settings, lambda t, n: bar.batch_done(n, t),
+                    reader, plan, range(len(plan.batches)), predictor, job.journal, settings,
+                    lambda t, n: bar.batch_done(n, t),
                     lambda found, tile: bar.tile_done(found, tile_windows(plan, tile)),
                 )
         except Interrupted as stop:
