@@ -102,6 +102,9 @@ def test_a_busy_machine_is_said_to_be_busy():
     assert MachineLoad(1.5, 2).note() is None and not MachineLoad(None, 2).busy
     heavy = MachineLoad(0.4, 16, ("python (pid 12, 1.0 cores)",))
     assert heavy.busy and "also running: python (pid 12, 1.0 cores)" in heavy.note()
+    crowded = MachineLoad(0.4, 2, (), 1.6)  # several processes, none heavy alone, took most of the cores
+    assert crowded.busy and "other processes used 1.6 of the 2 cores during the test window" in crowded.note()
+    assert not MachineLoad(0.4, 2, (), 0.3).busy
 
 
 def test_the_cpu_watch_sees_another_process_work():
@@ -119,6 +122,7 @@ def test_the_cpu_watch_sees_another_process_work():
         seen = [h for h in watch.heavy(share=1e-9) if f"(pid {child.pid}," in h]
         assert len(seen) == 1 and seen[0].startswith("python")
         assert not [h for h in watch.heavy(share=1e-9) if f"(pid {os.getpid()}," in h]  # never this process
+        assert watch.used()[1] > 0  # the child's CPU counts among the others' cores
     finally:
         child.kill()
         child.wait()

@@ -43,15 +43,18 @@ HEAVY_CORES = 0.5  # another process using this much CPU during the test window 
 @dataclass(frozen=True)
 class MachineLoad:
     """How busy this machine is: the 1-min load average against the cores this process may use,
-    and the other processes that used at least `HEAVY_CORES` while the test window ran."""
+    the other processes that used at least `HEAVY_CORES` while the test window ran, and the cores
+    all other processes used meanwhile (more than half of ours: busy)."""
 
     load1: float | None
     cores: int
     heavy: tuple[str, ...] = ()
+    others_cores: float | None = None
 
     @property
     def busy(self) -> bool:
-        return (self.load1 is not None and self.load1 > self.cores) or bool(self.heavy)
+        crowded = self.others_cores is not None and self.others_cores > self.cores / 2
+        return (self.load1 is not None and self.load1 > self.cores) or bool(self.heavy) or crowded
 
     def note(self) -> str | None:
         if not self.busy:
@@ -60,10 +63,13 @@ class MachineLoad:
         load = f"load {self.load1:.1f} on {cores}" if self.load1 is not None else cores
         more = " ..." if len(self.heavy) > 3 else ""
         others = f"; also running: {', '.join(self.heavy[:3])}{more}" if self.heavy else ""
+        if self.others_cores is not None and self.others_cores >= 0.05:
+            others += f"; other processes used {self.others_cores:.1f} of the {cores} during the test window"
         return f"this machine is busy: {load}{others}; the estimate assumes it stays so"
 
     def record(self) -> dict[str, Any]:
-        return {"load1": self.load1, "cores": self.cores, "busy": self.busy, "other_heavy_processes": list(self.heavy)}
+        return {"load1": self.load1, "cores": self.cores, "busy": self.busy, "other_heavy_processes": list(self.heavy),
+                "others_cores": None if self.others_cores is None else round(self.others_cores, 2)}
 
 
 def usable_cores() -> int:
@@ -97,17 +103,23 @@ class CpuWatch:
         return self
 
     def heavy(self, share: float = HEAVY_CORES) -> tuple[str, ...]:
+        return self.used(share)[0]
+
+    def used(self, share: float = HEAVY_CORES) -> tuple[tuple[str, ...], float | None]:
+        """(the processes that used at least `share` cores, most first; the cores all others used),
+        since `start`; ((), None) where /proc cannot be read."""
         seconds = time.monotonic() - self._t0
         if seconds <= 0 or not self._before:
-            return ()
+            return (), None
         after = self._sample()
-        used = []
+        used, total = [], 0.0
         for pid, (name, cpu) in after.items():
             if pid in self._before and self._before[pid][0] == name:
                 cores = (cpu - self._before[pid][1]) / seconds
+                total += cores
                 if cores >= share:
                     used.append((cores, f"{name} (pid {pid}, {cores:.1f} cores)"))
-        return tuple(text for _, text in sorted(used, reverse=True))
+        return tuple(text for _, text in sorted(used, reverse=True)), total
 
     def _sample(self) -> dict[int, tuple[str, float]]:
         """pid -> (command name, user + system CPU seconds), this process and its threads left out."""
@@ -221,7 +233,7 @@ def probe_model(
     t1 = time.perf_counter()
     found = predictor.predict([rgb])
     t2 = time.perf_counter()
-    load = MachineLoad(load_average(), usable_cores(), watch.heavy())
+    load = MachineLoad(load_average(), usable_cores(), *watch.used())
     return Probe(t1 - t0, t2 - t1, len(found[0].points), size, _threads(), str(predictor.device), load)
 
 
