@@ -79,7 +79,8 @@ def test_the_estimate_is_made_of_a_real_test_window(predictor, cells_png):
     assert est.measured and est.windows == windows and est.tiles == tiles and est.window_s == probe.window_s
     assert est.seconds == pytest.approx(1.5 + windows * probe.window_s + tiles * TILE_OVERHEAD_S + finish)
     line = est.line()
-    assert line.startswith("estimated ") and " in all = 1.5 s so far (model loading, planning, test window)" in line
+    assert line.startswith("estimated ")
+    assert " in all = 1.5 s so far (checks, model loading, planning, test window)" in line
     assert f"{windows} tissue windows x {probe.window_s:.2f} s" in line
     assert f"from a {probe.window_s:.2f} s test window on {probe.threads} thread" in line
     assert ("this machine is busy" in line) == probe.load.busy

@@ -196,6 +196,7 @@ def slides_in(given: list[str], pattern: str = "*") -> list[Path]:
 def execute(args: argparse.Namespace, on_result: Callable[["SlideResult"], None] = lambda r: None) -> RunOutcome:
     """The `segment` command: refusals, then each slide (or the dask run); `on_result` sees each
     slide's result as it comes. Setup errors (bad flags, files, model) raise: the CLI exits 2."""
+    started = time.monotonic()  # the first slide's estimate and real time count the checks and loading before it
     from promptnucseg.models.interface import load_predictor
     from .errors import PipelineInputError
     from .plan import FORMATS, SegmentSettings
@@ -263,12 +264,11 @@ def execute(args: argparse.Namespace, on_result: Callable[["SlideResult"], None]
             slides, out, settings, spec, scheduler=args.scheduler, cluster=args.cluster, on_result=on_result
         )
     else:
-        loading = time.monotonic()
         predictor = load_predictor(
             args.weights, device=args.device, prompter_weights=args.prompter_weights, batch_size=args.batch_size,
             preset=args.preset, tta=args.tta,
         )
-        load_seconds = time.monotonic() - loading  # the first slide's time estimate and real time count it
+        load_seconds = time.monotonic() - started  # checks of every slide and the model's loading
         log = lambda m: print(m, file=sys.stderr)  # noqa: E731
         for slide in slides:
             try:

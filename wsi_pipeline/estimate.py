@@ -6,7 +6,7 @@ model has loaded, one real tissue window of the slide goes through the model twi
 call carries the warm-up; the second gives seconds per window on this machine, with the run's
 threads and device, under its present load), and the estimate is
 
-    time so far (model loading + planning + the test window, measured)
+    time so far (the slides' checks, model loading, planning, the test window: measured)
     + tissue windows to run x seconds per window (measured)
     + tiles x per-tile overhead + nuclei x finishing cost (documented figures, below)
 
@@ -242,7 +242,7 @@ class TimeEstimate:
     """The estimate the plan prints and the report keeps (with the real time beside it)."""
 
     seconds: float
-    so_far_s: float  # model loading, planning and the test window: already spent when the estimate is made
+    so_far_s: float  # checks, model loading, planning, the test window: spent when the estimate is made
     windows: int
     window_s: float
     tiles: int
@@ -254,7 +254,7 @@ class TimeEstimate:
     load: MachineLoad
 
     def line(self) -> str:
-        spent = "model loading, planning, test window" if self.measured else "model loading, planning"
+        spent = "checks, model loading, planning, test window" if self.measured else "checks, model loading, planning"
         parts = [f"{duration(self.so_far_s)} so far ({spent})"]
         parts.append(f"{self.windows} tissue window{'s' if self.windows != 1 else ''} x {self.window_s:.2f} s")
         parts.append(f"{self.tiles} tile{'s' if self.tiles != 1 else ''} x {TILE_OVERHEAD_S:g} s")

@@ -326,8 +326,8 @@ def segment_slide(
     log: Callable[[str], None] = print, load_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """Segment one slide into `out_root/<stem>/`, holding that folder's lock throughout;
-    resumes a killed run; returns the report. `load_seconds`: the model's loading, which this
-    slide's time estimate and real time count (the command's first slide)."""
+    resumes a killed run; returns the report. `load_seconds`: the command's time before this slide
+    (the slides' checks, the model's loading), which its time estimate and real time count (the first slide)."""
     lock = lock_slide_folder(out_root, path, settings, log)
     try:
         return _segment_locked(path, out_root, predictor, settings, log, load_seconds)
