@@ -7,6 +7,7 @@ of, so the run itself is the real one:
 |---|---|---|
 | `tissue_mask` | `tissue.tissue_mask` (and `detect_tissue` for the stain fit) | main thread, before the loop |
 | `plan_other` | the rest of `plan.plan_slide` (grid, refusals, stain fit's reads) | main thread |
+| `estimate` | `segment.probe_model`: the plan's test window (its model calls not in `model`) | main thread |
 | `read` | `runner._read_tile`: one tile read and resampled | reader threads, overlapped |
 | `model` | `predictor.predict` | main thread |
 | `postprocess` | `stitch.from_tile_nuclei`: outlines, simplification, morphometrics, ids | post threads, overlapped |
@@ -25,7 +26,7 @@ import time
 from collections import defaultdict
 from typing import Any, Callable
 
-STAGES = ("tissue_mask", "plan_other", "read", "model", "postprocess", "stitch", "loop_wait", "export")
+STAGES = ("tissue_mask", "plan_other", "estimate", "read", "model", "postprocess", "stitch", "loop_wait", "export")
 
 
 class Probes:
@@ -74,6 +75,17 @@ def install(predictor: Any) -> Probes:
     segment.run_batches = runner.run_batches
     segment.finalize = p.wrap("export", segment.finalize)
     predictor.predict = p.wrap("model", predictor.predict)
+    probe_model = segment.probe_model
+
+    def probe(pred: Any, *a: Any, **k: Any) -> Any:  # the plan's test window: the estimate's calls, not the loop's
+        wrapped = pred.predict
+        pred.predict = getattr(wrapped, "__wrapped__", wrapped)
+        try:
+            return probe_model(pred, *a, **k)
+        finally:
+            pred.predict = wrapped
+
+    segment.probe_model = p.wrap("estimate", probe)
     return p
 
 
@@ -81,7 +93,8 @@ def summary(p: Probes, wall: float) -> dict[str, Any]:
     """Seconds and shares of `wall` per stage, and the model's busy fraction over the loop."""
     s = dict(p.seconds)
     loop = s.get("loop", 0.0)
-    out = {k: round(s.get(k, 0.0), 3) for k in ("tissue_mask", "read", "model", "postprocess", "stitch", "export")}
+    named = ("tissue_mask", "estimate", "read", "model", "postprocess", "stitch", "export")
+    out = {k: round(s.get(k, 0.0), 3) for k in named}
     out["plan_other"] = round(max(0.0, s.get("plan", 0.0) - s.get("tissue_mask", 0.0)), 3)
     out["loop_wait"] = round(max(0.0, loop - s.get("model", 0.0)), 3)
     seconds = {k: out[k] for k in STAGES}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -216,6 +217,7 @@ def slides_in(given: list[str], pattern: str = "*") -> list[Path]:
 def execute(args: argparse.Namespace, on_result: Callable[["SlideResult"], None] = lambda r: None) -> RunOutcome:
     """The `segment` command: refusals, then each slide (or the dask run); `on_result` sees each
     slide's result as it comes. Setup errors (bad flags, files, model) raise: the CLI exits 2."""
+    started = time.monotonic()  # the first slide's estimate and real time count the checks and loading before it
     from .errors import PipelineInputError
     from .model_spec import ModelSpec
     from .plan import FORMATS, SegmentSettings
@@ -284,14 +286,17 @@ def execute(args: argparse.Namespace, on_result: Callable[["SlideResult"], None]
         )
     else:
         predictor = spec.load()
+        load_seconds = time.monotonic() - started  # checks of every slide and the model's loading
         log = lambda m: print(m, file=sys.stderr)  # noqa: E731
         for slide in slides:
             try:
-                result = SlideResult(str(slide), True, segment_slide(slide, out, predictor, settings, log=log))
+                report = segment_slide(slide, out, predictor, settings, log=log, load_seconds=load_seconds)
+                result = SlideResult(str(slide), True, report)
             except Exception as err:  # one broken slide must not end an overnight run
                 result = failed_result(slide, err)
             on_result(result)
             results.append(result)
+            load_seconds = 0.0
     failed = [r for r in results if not r.ok]
     if failed:
         print(f"{len(failed)} of {total} slides failed: {', '.join(r.slide for r in failed)}", file=sys.stderr)

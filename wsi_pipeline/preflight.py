@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Iterator
 
 from promptnucseg.models.interface import TILE_ALIGN
 from .errors import PipelineInputError
+from .estimate import duration
 from .tiling import DEFAULT_TILE_SIZE
 
 if TYPE_CHECKING:
+    from .estimate import TimeEstimate
     from .plan import SegmentSettings, SlidePlan
 
 # Memory: each tile in flight holds its RGB (3 B/px) in the read-ahead queue, the model's float
@@ -35,9 +37,6 @@ BYTES_PER_NUCLEUS = {"geojson": 1100, "geojson.gz": 300, "zarr": 350, "table": 1
 NUCLEI_PER_MM2 = 10_000  # dense tissue (the sample: 6,300 per mm² of tissue)
 LABEL_MAP_BYTES_PER_PX = 4  # uint32 labels
 REPORT_BYTES = 64 * 1024
-
-# Time: on 2 CPU cores a 1024-px tile takes ~1.7 s (docs/benchmarks.md).
-CPU_SECONDS_PER_MEGAPIXEL = 1.7 / (1024 * 1024 / 1e6)
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)  # a folder made read-only (or taken away) mid-run
@@ -87,15 +86,23 @@ def check_tile_memory(tile_size: int, batch_size: int, available: int | None = N
     )
 
 
-def plan_summary(plan: "SlidePlan", tiles_left: int, batches_left: int, device: str) -> str:
-    """One line that makes a wrong setting visible before work starts."""
+def plan_summary(
+    plan: "SlidePlan", tiles_left: int, batches_left: int, device: str, estimate: "TimeEstimate | None" = None
+) -> str:
+    """One line that makes a wrong setting visible before work starts; it ends with the time
+    `estimate` (estimate.py) or, without one, the rough documented figure, said so."""
     x, y, w, h = plan.roi
     if abs(plan.scale - 1) < 0.005:
         zoom = "not resampled (already"
     else:
         zoom = f"resampled x{1 / plan.scale:.2f} up to" if plan.scale < 1 else f"resampled 1/{plan.scale:.2f} down to"
-    seconds = estimated_seconds(plan, tiles_left)
-    where = "on 2 CPU cores" if not str(device).startswith("cuda") else "at 2-CPU-core speed (a GPU is faster; no GPU figure measured yet)"
+    if estimate is None:
+        from .estimate import estimate as rough
+
+        done = len(plan.tiles) - tiles_left
+        estimate = rough(plan, plan.tiles[done:] if tiles_left else [], 0.0, None, device)
+    took = duration(estimate.seconds)
+    time_text = f"estimated {took} in all" if estimate.measured else f"roughly {took} (not measured here)"
     whole = (x, y, w, h) == (0, 0, *plan.dimensions)
     if whole:
         share = plan.tissue_fraction
@@ -106,7 +113,7 @@ def plan_summary(plan: "SlidePlan", tiles_left: int, batches_left: int, device: 
         f"{plan.path.name}: plan: {w}x{h} level-0 px at {plan.slide_mpp:g} um/px ({plan.mpp_source}), read from level {plan.read_level}, "
         f"{zoom} the model's {plan.model_mpp:g} um/px{')' if zoom.startswith('not') else ''}; "
         f"{_count(len(plan.tiles), 'tile')} of {plan.grid.tile_size} px in {_count(len(plan.batches), 'batch')} ({batches_left} to run); "
-        f"tissue {_mm2(plan.tissue_mm2)} ({_share(share)} of the {'slide' if whole else 'region'}); estimated {_duration(seconds)} {where}"
+        f"tissue {_mm2(plan.tissue_mm2)} ({_share(share)} of the {'slide' if whole else 'region'}); {time_text}"
     )
 
 
@@ -121,18 +128,6 @@ def _mm2(value: float) -> str:
 
 def _share(value: float) -> str:
     return f"{value:.0%}" if value >= 0.01 or value == 0 else f"{value:.1%}" if value >= 0.001 else "<0.1%"
-
-
-def estimated_seconds(plan: "SlidePlan", tiles: int) -> float:
-    return tiles * plan.grid.tile_size**2 / 1e6 * CPU_SECONDS_PER_MEGAPIXEL
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def estimated_output_bytes(plan: "SlidePlan", settings: "SegmentSettings") -> int:

@@ -62,10 +62,11 @@ def run_batches(
     journal: Journal,
     settings: SegmentSettings,
     on_batch: Callable[[int, int], None] | None = None,
-    on_tile: Callable[[int], None] | None = None,
+    on_tile: Callable[[int, Tile], None] | None = None,
 ) -> BatchStats:
     """Run the given batches (skipping any already journaled) and journal each as it finishes;
-    `on_tile(found)` is called as each tile leaves the model (its nuclei before stitching), `on_batch(tiles, nuclei)` as each batch is journaled."""
+    `on_tile(found, tile)` is called as each tile leaves the model (its nuclei before stitching),
+    `on_batch(tiles, nuclei)` as each batch is journaled."""
     done = journal.done()
     todo = [b for b in batch_indices if b not in done]
     stats = BatchStats()
@@ -85,7 +86,7 @@ def run_batches(
             for (t, rgb, _, _), g in zip(tiles, given):  # one tile per call: progress per tile (the predictor batches its windows itself)
                 nuclei += predictor.predict([rgb], None if g is None else [g.prompts], [plan.tissue_on(t)])
                 if on_tile is not None:
-                    on_tile(len(nuclei[-1].points))
+                    on_tile(len(nuclei[-1].points), t)
                 while pending and pending[0][0].done():  # report a journaled batch as soon as it is
                     _finish(*pending.popleft(), stats, on_batch)
             results = [(t, rgb, o, s, n, g) for (t, rgb, o, s), n, g in zip(tiles, nuclei, given)]

@@ -25,12 +25,14 @@ from .locking import FolderLock, FolderLocked
 from .outputs import REPORT_SLIDE_MPP, ZARR_SLIDE_MPP, SlideOutputs, slide_folder
 from .plausibility import result_warnings
 from .points import output_classes, points_report
+from .estimate import TimeEstimate, estimate, probe_model, tile_windows
 from .preflight import check_free_space, disk_full_explained, plan_summary
 from .progress import SlideProgress
 from .regions import region_summary, write_region_table
 from .plan import SegmentSettings, SlidePlan, plan_slide
 from .runner import iter_parts, peak_rss_mb, run_batches
 from .slides import SlideReader, open_slide
+from .tiling import Tile
 
 PACKAGES = ("promptnucseg", "torch", "segment-anything", "timm", "openslide-python", "openslide-bin", "tifffile", "zarr", "shapely", "numpy", "dask", "distributed")
 
@@ -116,6 +118,12 @@ class SlideJob:
     resumed: bool = False
     started: float = 0.0  # time.monotonic() when preparation began
     finished_report: dict[str, Any] | None = None  # set when an earlier run already completed it
+    load_seconds: float = 0.0  # the model's loading before this slide (the first slide of a command pays it)
+    estimate: TimeEstimate | None = None  # the plan's time estimate (estimate.py), kept for the report
+
+    def tiles_left(self) -> list[Tile]:
+        """The tiles of the batches not yet journaled, in run order."""
+        return [t for b in self.pending() for t in self.plan.batches[b]]
 
     def pending(self) -> list[int]:
         """Batch indices not yet journaled, in order."""
@@ -127,8 +135,13 @@ class SlideJob:
         return sum(len(self.plan.batches[b]) for b in done if b < len(self.plan.batches))
 
 
-def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, settings: SegmentSettings, log: Callable[[str], None] = print) -> SlideJob:
-    """Plan the slide and open (or resume) its journal; notices an already finished run."""
+def prepare_slide(
+    reader: SlideReader, out_root: str | Path, model: ModelFacts, settings: SegmentSettings,
+    log: Callable[[str], None] = print, timing: Callable[[SlideJob], TimeEstimate] | None = None,
+) -> SlideJob:
+    """Plan the slide and open (or resume) its journal; notices an already finished run.
+    `timing(job)` makes the plan line's time estimate (a model at hand: `measured_estimate`);
+    without it the line gives the rough documented figure, said so."""
     started = time.monotonic()
     plan = plan_slide(reader, settings, model)
     plan.min_nucleus_um2 = model.ranges.min_nucleus_um2 if settings.min_nucleus_um2 is None else settings.min_nucleus_um2
@@ -178,7 +191,11 @@ def prepare_slide(reader: SlideReader, out_root: str | Path, model: ModelFacts, 
         job.resumed = journal.start(fp)
     if job.resumed:
         log(f"{plan.path.name}: resuming, {len(journal.done())}/{len(plan.batches)} batches already done")
-    log(plan_summary(plan, len(plan.tiles) - job.tiles_done(), len(job.pending()), str(model.describe().get("device", "cpu"))))
+    job.estimate = timing(job) if timing is not None else None
+    device = str(model.describe().get("device", "cpu"))
+    log(plan_summary(plan, len(plan.tiles) - job.tiles_done(), len(job.pending()), device, job.estimate))
+    if job.estimate is not None:
+        log(f"{plan.path.name}: time: {job.estimate.line()}")
     for warning in plan.warnings:
         log(f"{plan.path.name}: warning: {warning}")
     return job
@@ -246,7 +263,11 @@ def finish_slide(job: SlideJob, model: ModelFacts, settings: SegmentSettings, ru
         report = finalize(job.plan, job.journal, model, settings, staged, job.fingerprint)
         job.paths.update({k: job.folder / p.name for k, p in staged.items()})  # the table may have become .csv
         report["outputs"] = {k: str(p) for k, p in job.paths.items()}
-        report.update({"wall_seconds": round(time.monotonic() - job.started, 3), **run_facts, "resumed": job.resumed, "fingerprint": job.fingerprint})
+        wall = time.monotonic() - job.started
+        report.update({"wall_seconds": round(wall, 3), **run_facts, "resumed": job.resumed,
+                       "fingerprint": job.fingerprint})
+        if job.estimate is not None:
+            report["time_estimate"] = estimate_outcome(job.estimate, job.load_seconds + wall)
         report_name = job.paths["report"].name
         new = [p.name for k, p in job.paths.items() if k != "report"] + [report_name]
         kept = _same_run_outputs(job.folder / report_name, report, job.paths)  # e.g. the zarr of a run now asked for anndata too
@@ -262,29 +283,68 @@ def finish_slide(job: SlideJob, model: ModelFacts, settings: SegmentSettings, ru
     return report
 
 
-def segment_slide(path: str | Path, out_root: str | Path, predictor: NucleusPredictor, settings: SegmentSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+def estimate_outcome(first: TimeEstimate, real_s: float) -> dict[str, Any]:
+    """The report's `time_estimate`: the plan's first estimate beside the real time, machine-readable
+    (real_s counts the model's loading when this slide paid it, as the estimate does)."""
+    ratio = round(real_s / first.seconds, 3) if first.seconds > 0 else None
+    return {**first.record(), "real_s": round(real_s, 2), "real_over_estimate": ratio}
+
+
+def measured_estimate(
+    predictor: NucleusPredictor, reader: SlideReader, load_seconds: float = 0.0
+) -> Callable[[SlideJob], TimeEstimate]:
+    """The plan's time estimate from a test window of the slide through `predictor` (estimate.py);
+    `load_seconds`, the model's loading, counts as time already spent."""
+
+    def timing(job: SlideJob) -> TimeEstimate:
+        job.load_seconds = load_seconds
+        tiles = job.tiles_left()
+        probe = probe_model(predictor, reader, job.plan, tiles)
+        so_far = job.load_seconds + time.monotonic() - job.started
+        return estimate(job.plan, tiles, so_far, probe, str(predictor.device))
+
+    return timing
+
+
+def segment_slide(
+    path: str | Path, out_root: str | Path, predictor: NucleusPredictor, settings: SegmentSettings,
+    log: Callable[[str], None] = print, load_seconds: float = 0.0,
+) -> dict[str, Any]:
     """Segment one slide into `out_root/<stem>/`, holding that folder's lock throughout;
-    resumes a killed run; returns the report."""
+    resumes a killed run; returns the report. `load_seconds`: the command's time before this slide
+    (the slides' checks, the model's loading), which its time estimate and real time count (the first slide)."""
     lock = lock_slide_folder(out_root, path, settings, log)
     try:
-        return _segment_locked(path, out_root, predictor, settings, log)
+        return _segment_locked(path, out_root, predictor, settings, log, load_seconds)
     finally:
         lock.release()
 
 
-def _segment_locked(path: str | Path, out_root: str | Path, predictor: NucleusPredictor, settings: SegmentSettings, log: Callable[[str], None]) -> dict[str, Any]:
+def _segment_locked(
+    path: str | Path, out_root: str | Path, predictor: NucleusPredictor, settings: SegmentSettings,
+    log: Callable[[str], None], load_seconds: float = 0.0,
+) -> dict[str, Any]:
     model = ModelFacts.of(predictor)
     with open_slide(path) as reader:
-        job = prepare_slide(reader, out_root, model, settings, log)
+        job = prepare_slide(reader, out_root, model, settings, log, measured_estimate(predictor, reader, load_seconds))
         if job.finished_report is not None:
             return job.finished_report
         plan = job.plan
         done_nuclei = sum(int(rec.get("nuclei", 0)) for rec in job.journal.done().values())
-        bar = SlideProgress(plan.path.name, len(plan.tiles), job.tiles_done(), plan.tissue_mm2, done_nuclei, settings.progress)
+        tiles = job.tiles_left()
+        bar = SlideProgress(
+            plan.path.name, len(plan.tiles), job.tiles_done(), plan.tissue_mm2, done_nuclei, settings.progress,
+            windows_left=sum(tile_windows(plan, t) for t in tiles),
+            window_s=job.estimate.window_s if job.estimate is not None and job.estimate.measured else None,
+        )
 
         try:
             with disk_full_explained(job.folder):
-                stats = run_batches(reader, plan, range(len(plan.batches)), predictor, job.journal, settings, lambda t, n: bar.batch_done(n, t), bar.tile_done)
+                stats = run_batches(
+                    reader, plan, range(len(plan.batches)), predictor, job.journal, settings,
+                    lambda t, n: bar.batch_done(n, t),
+                    lambda found, tile: bar.tile_done(found, tile_windows(plan, tile)),
+                )
         except Interrupted as stop:
             stop.progress = (len(job.journal.done()), len(plan.batches))
             raise
