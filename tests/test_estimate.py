@@ -43,7 +43,7 @@ def cells_png(tmp_path_factory) -> Path:
 
 def _plan(path: Path, predictor, settings: SegmentSettings = SETTINGS):
     reader = open_slide(path)
-    return reader, plan_slide(reader, settings, predictor.mpp, window_grid=predictor.window_grid)
+    return reader, plan_slide(reader, settings, predictor.facts())
 
 
 def test_windows_to_run_are_the_windows_the_predictor_runs(predictor, cells_png):

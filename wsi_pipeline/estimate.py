@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # reading and post-processing run beside the model, so a tile adds only the loop's wait for them.
 TILE_OVERHEAD_S = 0.03
 FINISH_S_PER_NUCLEUS = 400e-6  # the exports, per nucleus
-ROUGH_WINDOW_S = 0.13  # without a test window: the README's model alone, 256-px windows on 2 cores
+ROUGH_WINDOW_S = 0.13  # without a test window: the bundled model alone, per window on 2 cores (docs/benchmarks.md)
 HEAVY_CORES = 0.5  # another process using this much CPU during the test window makes the machine busy
 
 
