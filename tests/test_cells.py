@@ -94,6 +94,7 @@ def _finish(folder: Path, parts: list[Any], cell_um: float) -> dict[str, Any]:
     paths = {k: folder / f"fixture.{ext}" for k, ext in names.items()}
     report = finalize(plan, journal, model, settings, paths, fp)
     report["fingerprint"] = fp
+    (folder / "fixture_report.json").write_text(json.dumps(report, default=str))  # a finished folder
     return report
 
 
@@ -191,6 +192,18 @@ def test_the_geojson_is_qupaths_cell_layout_and_every_output_has_the_cell_column
     assert one["cell_expansion_um"] == UM and one["cells"]["cells"] == one["nuclei"]
     assert one["cells"]["cells_per_second"] > 0
     assert one["settings"]["cell_expansion_um"] == UM and one["fingerprint"]["cell_expansion_um"] == UM
+
+
+def test_load_results_gives_each_nucleus_its_polygon_and_its_cell(finished):
+    import promptnucseg
+
+    one, plain = finished["one"], finished["plain"]
+    ids, nuclei, cells = _zarr_cells(Path(one["outputs"]["zarr"]))
+    frame = promptnucseg.load_results(Path(one["outputs"]["zarr"]).parent)
+    assert frame["id"].tolist() == ids
+    assert all(a.equals_exact(b, 0) for a, b in zip(frame["polygon"], nuclei))
+    assert all(a.equals_exact(b, 0) for a, b in zip(frame["cell_polygon"], cells))
+    assert "cell_polygon" not in promptnucseg.load_results(Path(plain["outputs"]["zarr"]).parent).columns
 
 
 def test_without_the_flag_no_output_has_a_cell_field_and_the_nuclei_are_the_same(finished):
