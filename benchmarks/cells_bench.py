@@ -62,7 +62,8 @@ def main() -> None:
     with open_slide(attrs["slide"]) as reader:
         plan = plan_slide(reader, settings, float(attrs["model_mpp"]))
         left = nuclei.select(nuclei.points[:, 0] < np.median(nuclei.points[:, 0]))
-        for name, part, with_stains in (("all", nuclei, True), ("all_geometry_only", nuclei, False), ("left_half", left, True)):
+        runs = (("all", nuclei, True), ("all_geometry_only", nuclei, False), ("left_half", left, True))
+        for name, part, with_stains in runs:
             _, wall, cpu = timed(lambda: slide_cells(part, plan, args.um, reader if with_stains else None))
             out[name] = {
                 "cells": len(part), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
@@ -92,7 +93,8 @@ def tiled(nuclei: Any, k: int, step: np.ndarray) -> Any:
             n = len(nuclei)
             zeros = np.zeros(n)
             ids = [f"{i}-{r}-{c}" for i in nuclei.ids]
-            parts.append(SlideNuclei(ids, nuclei.points + shift, nuclei.points + shift, zeros, zeros, zeros, list(polys), {}))
+            points = nuclei.points + shift
+            parts.append(SlideNuclei(ids, points, points, zeros, zeros, zeros, list(polys), {}))
     return SlideNuclei.concatenate(parts)
 
 
