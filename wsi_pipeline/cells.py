@@ -84,8 +84,13 @@ def grow_cells(nuclei: Sequence[shapely.Polygon], owned: Sequence[int], radius: 
     x1, y1 = seeds.max(axis=0) + 4 * radius + spacing
     frame = shapely.box(x0, y0, x1, y1)
     faces = shapely.get_parts(shapely.voronoi_polygons(shapely.multipoints(seeds), extend_to=frame, ordered=True))
-    if len(faces) != len(seeds):
-        raise RuntimeError(f"Voronoi diagram gave {len(faces)} faces for {len(seeds)} seeds")
+    if len(faces) != len(seeds):  # GEOS merged seeds it found too close: each seed's face by where it lies
+        inside, face = shapely.STRtree(faces).query(shapely.points(seeds), predicate="intersects")
+        mapped = np.full(len(seeds), shapely.Polygon(), dtype=object)
+        once = np.unique(face, return_index=True)[1]  # a face to one seed only (the first), so faces never overlap
+        inside, face = inside[once], face[once]
+        mapped[inside] = faces[face]
+        faces = mapped
     # near-cocircular seeds (outlines on a pixel grid) give GEOS a few sliver faces that are invalid or
     # wrapped in a GeometryCollection: made valid, their polygons kept
     odd = np.flatnonzero((shapely.get_type_id(faces) != shapely.GeometryType.POLYGON) | ~shapely.is_valid(faces))
