@@ -261,16 +261,32 @@ def test_the_block_grid_changes_nothing_and_the_tissue_mask_bounds_the_cells(fin
 
 @pytest.mark.slow
 def test_tiled_and_one_pass_runs_of_the_model_give_the_same_cells(tmp_path, predictor):
+    """Cells are a function of the stitched nuclei: where a nucleus and every nucleus within reach of
+    it are the same in both runs, its cell is the same to the bit. (A seamless tiled run's nuclei are the
+    one-pass run's ones, each outline to IoU > 0.99 rather than bit for bit: tests/test_pipeline.py.)
+    No tissue mask: windows of glass left unrun move prompts by ~1e-5 px, which changes the ids."""
     from promptnucseg.wsi_pipeline.plan import SegmentSettings
     from promptnucseg.wsi_pipeline.segment import segment_slide
 
     slide = sample_slide_or_skip()
-    base = dict(roi=(700, 1000, 320, 320), progress=False, formats=("geojson",), cell_expansion_um=5.0)
+    um = 5.0
+    base = dict(roi=(700, 1000, 320, 320), progress=False, formats=("geojson", "zarr"), cell_expansion_um=um,
+                use_tissue_mask=False)
     one = segment_slide(slide, tmp_path / "one", predictor, SegmentSettings(**base), log=lambda m: None)
     tiled_settings = SegmentSettings(tile_size=448, overlap=128, **base)
     tiled = segment_slide(slide, tmp_path / "tiled", predictor, tiled_settings, log=lambda m: None)
     assert one["tiles"] == 1 and tiled["tiles"] > 1 and tiled["tiling"]["seamless"]
-    a = json.loads(Path(one["outputs"]["geojson"]).read_text())["features"]
-    b = json.loads(Path(tiled["outputs"]["geojson"]).read_text())["features"]
-    assert len(a) > 50 and {f["properties"]["objectType"] for f in a} == {"cell"}
-    assert sorted(a, key=lambda f: f["id"]) == sorted(b, key=lambda f: f["id"])
+    ids_a, nuclei_a, cells_a = _zarr_cells(Path(one["outputs"]["zarr"]))
+    ids_b, nuclei_b, cells_b = _zarr_cells(Path(tiled["outputs"]["zarr"]))
+    assert len(ids_a) > 50 and sorted(ids_a) == sorted(ids_b)
+    order = [ids_b.index(i) for i in ids_a]
+    nuclei_b, cells_b = nuclei_b[order], cells_b[order]
+    same = np.array([a.equals_exact(b, 0) for a, b in zip(nuclei_a, nuclei_b)])
+    reach = 2 * um / one["mpp_used"] + 3.0
+    near_a, near_b = shapely.STRtree(nuclei_a).query(shapely.buffer(nuclei_a, reach), predicate="intersects")
+    settled = np.ones(len(ids_a), bool)
+    np.logical_and.at(settled, near_a, same[near_b])  # a nucleus and all within reach unchanged
+    assert settled.mean() > 0.5
+    assert all(a.equals_exact(b, 0) for a, b in zip(cells_a[settled], cells_b[settled]))
+    iou = shapely.area(shapely.intersection(cells_a, cells_b)) / shapely.area(shapely.union(cells_a, cells_b))
+    assert iou.min() > 0.8
