@@ -261,16 +261,16 @@ def test_the_block_grid_changes_nothing_and_the_tissue_mask_bounds_the_cells(fin
 
 @pytest.mark.slow
 def test_tiled_and_one_pass_runs_of_the_model_give_the_same_cells(tmp_path, predictor):
-    """Cells are a function of the stitched nuclei: where a nucleus and every nucleus within reach of
-    it are the same in both runs, its cell is the same to the bit. (A seamless tiled run's nuclei are the
-    one-pass run's ones, each outline to IoU > 0.99 rather than bit for bit: tests/test_pipeline.py.)
-    No tissue mask: windows of glass left unrun move prompts by ~1e-5 px, which changes the ids."""
+    """The model's tiled run finds the one-pass run's nuclei up to float noise (prompts ~1e-3 px apart,
+    so ids can differ; outlines ~1e-6 px), and cells follow their nuclei: measured here 190 of 190 cells,
+    IoU min 0.9905, median 0.99994. (Bit-identical nuclei give bit-identical cells: the fast tests.)
+    No tissue mask: windows of glass left unrun move prompts by ~1e-5 px (tests/test_window_decode.py)."""
     from promptnucseg.wsi_pipeline.plan import SegmentSettings
     from promptnucseg.wsi_pipeline.segment import segment_slide
 
     slide = sample_slide_or_skip()
     um = 5.0
-    base = dict(roi=(700, 1000, 320, 320), progress=False, formats=("geojson", "zarr"), cell_expansion_um=um,
+    base = dict(roi=(800, 1000, 384, 384), progress=False, formats=("geojson", "zarr"), cell_expansion_um=um,
                 use_tissue_mask=False)
     one = segment_slide(slide, tmp_path / "one", predictor, SegmentSettings(**base), log=lambda m: None)
     tiled_settings = SegmentSettings(tile_size=448, overlap=128, **base)
@@ -278,15 +278,17 @@ def test_tiled_and_one_pass_runs_of_the_model_give_the_same_cells(tmp_path, pred
     assert one["tiles"] == 1 and tiled["tiles"] > 1 and tiled["tiling"]["seamless"]
     ids_a, nuclei_a, cells_a = _zarr_cells(Path(one["outputs"]["zarr"]))
     ids_b, nuclei_b, cells_b = _zarr_cells(Path(tiled["outputs"]["zarr"]))
-    assert len(ids_a) > 50 and sorted(ids_a) == sorted(ids_b)
-    order = [ids_b.index(i) for i in ids_a]
-    nuclei_b, cells_b = nuclei_b[order], cells_b[order]
-    same = np.array([a.equals_exact(b, 0) for a, b in zip(nuclei_a, nuclei_b)])
-    reach = 2 * um / one["mpp_used"] + 3.0
-    near_a, near_b = shapely.STRtree(nuclei_a).query(shapely.buffer(nuclei_a, reach), predicate="intersects")
-    settled = np.ones(len(ids_a), bool)
-    np.logical_and.at(settled, near_a, same[near_b])  # a nucleus and all within reach unchanged
-    assert settled.mean() > 0.5
-    assert all(a.equals_exact(b, 0) for a, b in zip(cells_a[settled], cells_b[settled]))
+    points_a, points_b = _zarr_points(Path(one["outputs"]["zarr"])), _zarr_points(Path(tiled["outputs"]["zarr"]))
+    assert len(ids_a) == len(ids_b) > 100
+    gap = np.sqrt(((points_a[:, None] - points_b[None]) ** 2).sum(-1))
+    match = gap.argmin(axis=1)  # the same nucleus: its prompt moved by float noise (~1e-3 px), so its id can differ
+    assert gap[np.arange(len(match)), match].max() < 1.0 and len(set(match.tolist())) == len(match)
+    cells_b = cells_b[match]
     iou = shapely.area(shapely.intersection(cells_a, cells_b)) / shapely.area(shapely.union(cells_a, cells_b))
-    assert iou.min() > 0.8
+    assert iou.min() > 0.98 and np.median(iou) > 0.999, (iou.min(), np.median(iou))
+
+
+def _zarr_points(store: Path) -> np.ndarray:
+    import zarr
+
+    return zarr.open_group(str(store), mode="r")["point"][:]
