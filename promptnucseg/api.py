@@ -375,14 +375,43 @@ def load_results(folder: str | Path) -> "pd.DataFrame":
             "rerun the slide with `promptnucseg segment --overwrite`",
         )
     frame["polygon"] = polygons
+    cells = _cell_polygons(found, report, zarr_path) if report.get("cell_expansion_um") else None
+    if cells is not None and len(cells) == len(frame):  # a run with --cell-expansion: each nucleus' cell
+        frame["cell_polygon"] = cells
     frame.attrs["report"] = report
     return frame
 
 
-def _geojson_polygons(found: Any, report: dict[str, Any]) -> list[Any] | None:
-    import gzip
-
+def _cell_polygons(found: Any, report: dict[str, Any], zarr_path: Path) -> list[Any] | None:
+    """The cells of a run with --cell-expansion, from the zarr store, else the GeoJSON's cell outlines."""
     import shapely
+
+    from promptnucseg.wsi_pipeline.outputs import ZarrColumns as C
+
+    if zarr_path.exists():
+        import zarr
+
+        g = zarr.open_group(str(zarr_path), mode="r")
+        if C.CELL_POLYGON_COORDS in g:
+            rings = (np.asarray(g[C.CELL_RING_OFFSETS][:]), np.asarray(g[C.CELL_POLYGON_OFFSETS][:]))
+            coords = np.asarray(g[C.CELL_POLYGON_COORDS][:])
+            return list(shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, rings))
+    features = _geojson_features(found, report)
+    return None if features is None else [shapely.geometry.shape(f["geometry"]) for f in features]
+
+
+def _geojson_polygons(found: Any, report: dict[str, Any]) -> list[Any] | None:
+    """The nuclei's outlines from the GeoJSON (a cell's nucleus is its `nucleusGeometry`)."""
+    import shapely
+
+    features = _geojson_features(found, report)
+    if features is None:
+        return None
+    return [shapely.geometry.shape(f.get("nucleusGeometry", f["geometry"])) for f in features]
+
+
+def _geojson_features(found: Any, report: dict[str, Any]) -> list[dict[str, Any]] | None:
+    import gzip
 
     named = (report.get("outputs") or {}).get("geojson")
     if not named:
@@ -392,4 +421,4 @@ def _geojson_polygons(found: Any, report: dict[str, Any]) -> list[Any] | None:
         return None
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as fh:
-        return [shapely.geometry.shape(f["geometry"]) for f in json.load(fh)["features"]]
+        return json.load(fh)["features"]

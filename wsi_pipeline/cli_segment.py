@@ -69,6 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         "each nucleus records its region, the report and <stem>_regions.csv give per-region area, counts and densities; "
         "one slide; with --roi, only the parts of the regions inside --roi count",
     )
+    parser.add_argument(
+        "--cell-expansion", type=flags.cell_expansion, default=0.0, metavar="UM",
+        help="also make cells: grow each nucleus by up to UM µm (e.g. 5), never into a neighbour's cell, "
+        "within the tissue "
+        "(QuPath's and StarDist's meaning); GeoJSON features become QuPath cell objects; cell and cytoplasm "
+        "measurements in every output (docs/cells.md); default 0: nuclei only",
+    )
     parser.add_argument("--formats", default="geojson,zarr,table", help="comma list of geojson, zarr, table, anndata (default: geojson,zarr,table; anndata writes <stem>.h5ad and needs promptnucseg[anndata])")
     parser.add_argument("--label-map", action="store_true", help="also write <stem>_labels.tif, the level-0 instance label map (small inputs only)")
     parser.add_argument("--gzip", action="store_true", help="write .geojson.gz")
@@ -269,6 +276,7 @@ def execute(args: argparse.Namespace, on_result: Callable[["SlideResult"], None]
         force_mpp=args.force_mpp, wait_for_lock=args.wait_for_lock,
         points=str(Path(points).resolve()) if points else None, points_mode="only" if args.points else "add",
         regions=str(Path(args.regions).resolve()) if args.regions else None,
+        cell_expansion_um=float(getattr(args, "cell_expansion", 0.0) or 0.0),
     )
     unusable = _refuse_unusable(slides, settings, on_result)
     slides = [s for s in slides if str(s) not in {r.slide for r in unusable}]

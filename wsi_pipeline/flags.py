@@ -69,3 +69,21 @@ def positive_finite(flag: str) -> Callable[[str], float]:
 
 
 MPP = positive_finite("--mpp")
+
+
+def cell_expansion(text: str) -> float:
+    """--cell-expansion: µm, 0 (off) up to cells.MAX_EXPANSION_UM."""
+    from .cells import MAX_EXPANSION_UM
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number; --cell-expansion wants µm, 0 (off) to {MAX_EXPANSION_UM:g}"
+        ) from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_EXPANSION_UM:
+        raise argparse.ArgumentTypeError(
+            f"{text} is out of range; --cell-expansion wants µm, 0 (off) to {MAX_EXPANSION_UM:g} "
+            "(cells are 10-30 µm across; QuPath's and StarDist's usual value is 5)"
+        )
+    return value

@@ -5,6 +5,7 @@ Layout under a slide's output folder (names from outputs.py):
                           settings is refused rather than mixed into the same outputs
     .work/parts/NNNNNN.*  one file per finished batch of tiles, written atomically
     .work/progress.jsonl  one line per finished batch, appended and fsynced after its part
+    .work/cells/NNNNNN.*  with --cell-expansion: each part's cells, made while finishing
     .work/staging/        the final outputs, written here first, then swapped in as a set
     .work/swap.json       written once the staged set is complete: the names to move; a run
                           killed while swapping is finished by the next one (`roll_forward`)
@@ -30,6 +31,7 @@ from .jail import require_inside
 from .outputs import JOURNAL_MANIFEST, JOURNAL_PARTS, JOURNAL_PROGRESS, WORK_DIR
 
 STAGING = "staging"
+CELLS = "cells"  # --cell-expansion: the cells of each part, made while finishing (cells.py)
 OLD = "old"
 SWAP = "swap.json"
 _PART = re.compile(r"^\.?\d{6}\.")  # a part file, or the hidden partial of one (atomic.partial_name)
@@ -153,7 +155,7 @@ class Journal:
         require_inside(self.folder, self.work, "the journal folder")
         if self.work.is_symlink():
             raise PipelineInputError(self.work, "is a symbolic link, not the journal promptnucseg made", "remove the link; promptnucseg deletes only what it wrote inside --out")
-        for name in (STAGING, OLD):
+        for name in (STAGING, OLD, CELLS):
             _remove_tree(self.work / name)
         if self.parts_dir.is_dir() and not self.parts_dir.is_symlink():
             for f in self.parts_dir.iterdir():

@@ -72,6 +72,32 @@ MEASUREMENT_UNITS: dict[str, str] = {
     "eosin_od_mean": "OD",
 }
 
+# with --cell-expansion (cells.py): the cell's and its cytoplasm's columns, after the nucleus' ones
+# column key -> QuPath's name (QuPath's cell detection names them "Cell: ...", "Cytoplasm: ...")
+CELL_MEASUREMENTS: dict[str, str] = {
+    "cell_area_um2": "Cell: Area µm^2",
+    "cell_perimeter_um": "Cell: Perimeter µm",
+    "cell_circularity": "Cell: Circularity",
+    "cell_solidity": "Cell: Solidity",
+    "cell_feret_max_um": "Cell: Max caliper µm",
+    "cell_feret_min_um": "Cell: Min caliper µm",
+    "cell_hematoxylin_od_mean": "Cell: Hematoxylin OD mean",
+    "cell_eosin_od_mean": "Cell: Eosin OD mean",
+    "cytoplasm_area_um2": "Cytoplasm: Area µm^2",
+    "cytoplasm_hematoxylin_od_mean": "Cytoplasm: Hematoxylin OD mean",
+    "cytoplasm_eosin_od_mean": "Cytoplasm: Eosin OD mean",
+    "nucleus_cell_area_ratio": "Nucleus/Cell area ratio",
+}
+CELL_MEASUREMENT_UNITS: dict[str, str] = {
+    "cell_area_um2": "µm^2", "cell_perimeter_um": "µm", "cell_circularity": "1", "cell_solidity": "1",
+    "cell_feret_max_um": "µm", "cell_feret_min_um": "µm", "cell_hematoxylin_od_mean": "OD", "cell_eosin_od_mean": "OD",
+    "cytoplasm_area_um2": "µm^2", "cytoplasm_hematoxylin_od_mean": "OD", "cytoplasm_eosin_od_mean": "OD",
+    "nucleus_cell_area_ratio": "1",
+}
+ALL_MEASUREMENTS = {**MEASUREMENTS, **CELL_MEASUREMENTS}  # what exporters name and give units to
+ALL_MEASUREMENT_UNITS = {**MEASUREMENT_UNITS, **CELL_MEASUREMENT_UNITS}
+
+
 def stain_od(rgb: np.ndarray, stains: StainModel = DEFAULT_STAINS) -> np.ndarray:
     """(..., 3) uint8 RGB -> (..., 2) haematoxylin and eosin optical densities."""
     return stains.amounts(rgb)

@@ -65,6 +65,7 @@ class SlideNuclei:
     polygons: list[shapely.Polygon] = field(default_factory=list)
     measurements: dict[str, np.ndarray] = field(default_factory=empty_measurements)
     regions: np.ndarray | None = None  # (N,) int16 index into the run's --regions, -1 none; all -1 when not given
+    cell_polygons: list[shapely.Polygon] | None = None  # with --cell-expansion: each nucleus' cell (cells.py)
 
     def __post_init__(self) -> None:
         self.ids = [str(i) for i in self.ids]
@@ -78,7 +79,10 @@ class SlideNuclei:
         n = len(self.ids)
         given = self.regions
         self.regions = np.full(n, -1, np.int16) if given is None else np.asarray(given, np.int16).reshape(-1)
+        if self.cell_polygons is not None:
+            self.cell_polygons = list(self.cell_polygons)
         sizes = {
+            **({"cell_polygons": len(self.cell_polygons)} if self.cell_polygons is not None else {}),
             "points": len(self.points), "centroids": len(self.centroids), "classes": len(self.classes),
             "class_scores": len(self.class_scores), "mask_scores": len(self.mask_scores), "polygons": len(self.polygons),
             "regions": len(self.regions),
@@ -107,6 +111,7 @@ class SlideNuclei:
             polygons=[self.polygons[i] for i in idx],
             measurements={k: v[idx] for k, v in self.measurements.items()},
             regions=self.regions[idx],
+            cell_polygons=None if self.cell_polygons is None else [self.cell_polygons[i] for i in idx],
         )
 
     @staticmethod
@@ -129,6 +134,9 @@ class SlideNuclei:
             polygons=[g for p in parts for g in p.polygons],
             measurements={k: np.concatenate([p.measurements[k] for p in parts]) for k in keys},
             regions=np.concatenate([p.regions for p in parts]),
+            cell_polygons=(
+                [g for p in parts for g in p.cell_polygons] if all(p.cell_polygons is not None for p in parts) else None
+            ),
         )
 
     def polygon_arrays(self) -> tuple[np.ndarray, np.ndarray]:

@@ -53,7 +53,12 @@ class ZarrColumns:
     REGION = "region"  # with --regions: int16 index into attrs["regions"]["regions"], -1 none
     POLYGON_OFFSETS = "polygon_offsets"
     POLYGON_COORDS = "polygon_coords"
-    MEASUREMENTS = "measurements"  # a group: one array per morphometrics.MEASUREMENTS key
+    MEASUREMENTS = "measurements"  # a group: one array per morphometrics.MEASUREMENTS key (+ CELL_MEASUREMENTS)
+    # with --cell-expansion (GeoArrow's polygon layout): cell i's rings are p[i]..p[i+1]-1 of p = cell_polygon_offsets,
+    # exterior first, then holes; ring j's closed vertices are cell_polygon_coords[r[j]:r[j+1]], r = cell_ring_offsets
+    CELL_POLYGON_OFFSETS = "cell_polygon_offsets"
+    CELL_RING_OFFSETS = "cell_ring_offsets"
+    CELL_POLYGON_COORDS = "cell_polygon_coords"
     LABELS = "labels"
 
 

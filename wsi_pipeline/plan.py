@@ -51,6 +51,7 @@ class SegmentSettings:
     points_mode: str = "only"  # "only" (--points) or "add" (--add-points)
     min_nucleus_um2: float | None = None  # masks smaller are dropped (counted); None: the model's (plausibility.py)
     regions: str | None = None  # QuPath annotations (regions.py): only nuclei whose prompt lies inside one are kept
+    cell_expansion_um: float = 0.0  # > 0: each nucleus grown into a cell by up to this many µm (cells.py)
 
 # A region narrower than this many model px (8 um at 0.25 um/px) cannot hold a nucleus (5-20 um).
 MIN_REGION_MODEL_PX = 32

@@ -72,7 +72,18 @@ def fingerprint(plan: SlidePlan, model: ModelFacts, settings: SegmentSettings) -
         **({"points": plan.points.fingerprint()} if plan.points is not None else {}),
         # the regions file's content: a redrawn annotation is another run
         **({"regions": plan.regions.fingerprint()} if plan.regions is not None else {}),
+        # cells change the outputs; without them the fingerprint (and config hash) is as before
+        **({"cell_expansion_um": settings.cell_expansion_um} if settings.cell_expansion_um > 0 else {}),
     }
+
+
+def settings_record(settings: SegmentSettings) -> dict[str, Any]:
+    """The settings as outputs record them; `cell_expansion_um` only when cells are made, so a run
+    without them writes the same bytes as before the option existed."""
+    record = asdict(settings)
+    if not record.get("cell_expansion_um"):
+        record.pop("cell_expansion_um", None)
+    return record
 
 
 @dataclass
@@ -383,6 +394,8 @@ def unreadable_regions(journal: Journal, planning: Sequence[dict[str, Any]] = ()
 def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: SegmentSettings, paths: dict[str, Path], fp: dict[str, Any]) -> dict[str, Any]:
     """Write the final outputs by streaming the journaled parts in batch order."""
     from .exporters import write_anndata, write_geojson, write_label_tiff, write_table, write_zarr
+    from .cells import iter_parts_with_cells, make_cells
+    from .morphometrics import CELL_MEASUREMENTS, MEASUREMENTS
 
     palette = output_classes(plan.points, model.palette)
     names, colors = palette.names, palette.colors
@@ -403,6 +416,8 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
     ranges = model.ranges
     small = sum(int(rec.get("small_dropped", 0)) for rec in journal.done().values())
     unreadable = unreadable_regions(journal, plan.unreadable)
+    cell_facts = make_cells(plan, journal, settings.cell_expansion_um) if settings.cell_expansion_um > 0 else None
+    parts = (lambda: iter_parts_with_cells(journal)) if cell_facts is not None else (lambda: iter_parts(journal))
     meta = {
         "slide": str(plan.path),
         ZARR_SLIDE_MPP: plan.slide_mpp,
@@ -412,9 +427,10 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         "class_names": list(names),
         "class_colors": [list(c) for c in colors],
         "model": model.describe(),
-        "settings": asdict(settings),
+        "settings": settings_record(settings),
         "versions": package_versions(),
         "config_hash": fingerprint_hash(fp),
+        **({"cell_expansion_um": settings.cell_expansion_um} if cell_facts is not None else {}),
     }
     regions = None
     if plan.regions is not None:
@@ -423,13 +439,16 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         meta["regions"] = regions
     if "geojson" in paths:
         region_meta = plan.regions.metadata() if plan.regions is not None else None
-        write_geojson(paths["geojson"], iter_parts(journal), names, colors, gzip=settings.gzip, regions=region_meta)
+        write_geojson(paths["geojson"], parts(), names, colors, gzip=settings.gzip, regions=region_meta)
     if "zarr" in paths:
-        write_zarr(paths["zarr"], iter_parts(journal), meta)
+        write_zarr(paths["zarr"], parts(), meta)
     if "table" in paths:
-        paths["table"] = write_table(paths["table"], iter_parts(journal), class_names=names, regions=region_cols)
+        paths["table"] = write_table(paths["table"], parts(), class_names=names, regions=region_cols)
     if "anndata" in paths:
-        write_anndata(paths["anndata"], iter_parts(journal), names, colors, plan.slide_mpp, meta, regions=region_cols)
+        write_anndata(
+            paths["anndata"], parts(), names, colors, plan.slide_mpp, meta, regions=region_cols,
+            measurement_keys=[*MEASUREMENTS, *(CELL_MEASUREMENTS if cell_facts is not None else ())],
+        )
     if "regions" in paths and regions is not None:
         write_region_table(paths["regions"], regions["regions"], names)
     if "label_map" in paths:
@@ -473,8 +492,10 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         "slide_facts": plan.slide_facts,
         "config_hash": fingerprint_hash(fp),
         "model": model.describe(),
-        "settings": asdict(settings),
+        "settings": settings_record(settings),
         "versions": package_versions(),
+        "cell_expansion_um": settings.cell_expansion_um,
+        **({"cells": cell_facts} if cell_facts is not None else {}),
         **({"points": points_report(plan.points, journal)} if plan.points is not None else {}),
         **({"regions": regions} if regions is not None else {}),
     }

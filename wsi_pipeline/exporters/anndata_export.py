@@ -27,7 +27,7 @@ import numpy as np
 
 from promptnucseg.models.interface import hex_color
 from ..errors import PipelineInputError
-from ..morphometrics import MEASUREMENT_UNITS, MEASUREMENTS
+from ..morphometrics import ALL_MEASUREMENT_UNITS, ALL_MEASUREMENTS, MEASUREMENTS
 from .appender import ChunkAppender
 from ..atomic import atomic_file, ensure_output_folder
 
@@ -124,7 +124,7 @@ def write_anndata(
         growing("obs", obs)
         growing("X", np.zeros((0, len(keys)), np.float32), len(keys))
         growing("obsm", {"spatial": np.zeros((0, 2), np.float64)}, 2)
-        var = pd.DataFrame({"unit": [MEASUREMENT_UNITS.get(k, "") for k in keys], "name": [MEASUREMENTS.get(k, k) for k in keys]}, index=pd.Index(keys))
+        var = pd.DataFrame({"unit": [ALL_MEASUREMENT_UNITS.get(k, "") for k in keys], "name": [ALL_MEASUREMENTS.get(k, k) for k in keys]}, index=pd.Index(keys))
         write_elem(f, "var", var)
         for empty in ("layers", "obsp", "varm", "varp"):
             write_elem(f, empty, {})

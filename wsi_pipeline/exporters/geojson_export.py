@@ -5,7 +5,12 @@ with a UUID `id`; `properties.objectType = "detection"` (a missing type makes he
 editable annotations: CellViT#88); `properties.classification = {"name", "color"}` (an
 object, not a string); `properties.measurements = {name: number}` with finite numbers only
 (JSON has no NaN: a non-finite value is left out, which QuPath shows as missing, i.e. NaN).
-Coordinates are level-0 pixels, rounded to 0.01 px. The prompt point goes into
+Coordinates are level-0 pixels, rounded to 0.01 px.
+With cells (`--cell-expansion`, cells.py) a feature is QuPath's cell object: `objectType: "cell"`, the
+cell outline as `geometry`, the nucleus as the feature's `nucleusGeometry` (beside `geometry`, not in
+`properties`: QuPath's `QuPathTypeAdapters.PathObjectTypeAdapter` reads and writes it there), the
+nucleus' measurements named "Nucleus: ..." and the cell's "Cell: ..."/"Cytoplasm: ...", as QuPath's
+own cell detection names them. The prompt point goes into
 `properties.prompt_point` ([x, y]; QuPath ignores unknown properties, scripts can use it);
 class and mask scores are measurements, so QuPath can filter and colour by them.
 """
@@ -19,13 +24,14 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from ..morphometrics import MEASUREMENTS
+from ..morphometrics import CELL_MEASUREMENTS, MEASUREMENTS
 from ..atomic import atomic_file, ensure_output_folder
 
 if TYPE_CHECKING:
     from ..nuclei import SlideNuclei
 
 SCORE_MEASUREMENTS = {"class_score": "Class score", "mask_score": "Mask score"}
+NUCLEUS_PREFIX = "Nucleus: "  # cells' nucleus columns, as QuPath's cell detection names them
 COORD_DECIMALS = 2
 
 
@@ -49,7 +55,12 @@ def _features(
         raise ValueError(f"class index {int(batch.classes[bad][0])} has no name (class_names has {len(class_names)})")
     offsets, coords = batch.polygon_arrays()
     coords = np.round(coords, COORD_DECIMALS)
-    columns = {MEASUREMENTS.get(k, k): _short_floats(v) for k, v in batch.measurements.items()}
+    cells = batch.cell_polygons
+    nucleus_prefix = NUCLEUS_PREFIX if cells is not None else ""
+    columns = {
+        CELL_MEASUREMENTS[k] if k in CELL_MEASUREMENTS else nucleus_prefix + MEASUREMENTS.get(k, k): _short_floats(v)
+        for k, v in batch.measurements.items()
+    }
     columns[SCORE_MEASUREMENTS["class_score"]] = _short_floats(batch.class_scores)
     columns[SCORE_MEASUREMENTS["mask_score"]] = _short_floats(batch.mask_scores)
     names = list(columns)
@@ -64,7 +75,7 @@ def _features(
         values = rows[i]
         measurements = {name: values[j] for j, name in enumerate(names) if finite[i, j]}
         properties = {
-            "objectType": "detection",
+            "objectType": "detection" if cells is None else "cell",
             "classification": classifications[int(batch.classes[i])],
             "prompt_point": points[i],
             "measurements": measurements,
@@ -72,7 +83,20 @@ def _features(
         if regions is not None and region_of[i] >= 0:
             properties["metadata"] = regions[region_of[i]]
         geometry = {"type": "Polygon", "coordinates": [ring]}
-        yield {"type": "Feature", "id": batch.ids[i], "geometry": geometry, "properties": properties}
+        if cells is None:
+            yield {"type": "Feature", "id": batch.ids[i], "geometry": geometry, "properties": properties}
+        else:  # QuPath's cell: the cell outline as the geometry, the nucleus beside it
+            cell = {"type": "Polygon", "coordinates": _rings(cells[i])}
+            yield {
+                "type": "Feature", "id": batch.ids[i], "geometry": cell, "nucleusGeometry": geometry,
+                "properties": properties,
+            }
+
+
+def _rings(polygon) -> list[list[list[float]]]:
+    """A polygon's rings (exterior first, then holes) as GeoJSON coordinates, rounded like the nuclei."""
+    rings = [polygon.exterior, *polygon.interiors]
+    return [np.round(np.asarray(r.coords), COORD_DECIMALS).tolist() for r in rings]
 
 
 def write_geojson(

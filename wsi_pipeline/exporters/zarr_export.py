@@ -7,6 +7,9 @@ Layout (row i of every array is nucleus i, in batch order; level-0 pixels):
     polygon_offsets (N+1,) int64    nucleus i's outline is polygon_coords[o[i]:o[i+1]]
     polygon_coords (M, 2) float64   open rings (closing vertex left out), counter-clockwise
     measurements/<key> (N,) float32 micron units, see attrs["measurements"]
+    cell_polygon_offsets (N+1,) int64, cell_ring_offsets (R+1,) int64, cell_polygon_coords (M', 2) float64
+                                    with --cell-expansion: each nucleus' cell, GeoArrow's polygon layout
+                                    (rings closed, exterior first, then holes; see outputs.ZarrColumns)
     labels (H, W) uint32            optional instance raster, id = row + 1 (0 = none)
 Group attrs: the caller's metadata (slide, mpp, model, config, versions, class names and
 colours) plus counts and the conventions above.
@@ -26,7 +29,7 @@ import numpy as np
 import shapely
 
 from ..geometry import polygon_rows_cols
-from ..morphometrics import MEASUREMENTS
+from ..morphometrics import ALL_MEASUREMENTS as MEASUREMENTS
 from ..outputs import ZarrColumns as C
 from .appender import ChunkAppender
 from ..atomic import atomic_folder, ensure_output_folder, fsync_folder, partial_name
@@ -121,6 +124,14 @@ def write_zarr(
         cols[C.POLYGON_OFFSETS] = column(C.POLYGON_OFFSETS, "int64")
         cols[C.POLYGON_COORDS] = column(C.POLYGON_COORDS, "float64", 2, chunk=4 * chunk_rows)
         cols[C.POLYGON_OFFSETS].add(np.zeros(1, np.int64))
+        with_cells = bool(metadata.get("cell_expansion_um"))
+        if with_cells:
+            cols[C.CELL_POLYGON_OFFSETS] = column(C.CELL_POLYGON_OFFSETS, "int64")
+            cols[C.CELL_RING_OFFSETS] = column(C.CELL_RING_OFFSETS, "int64")
+            cols[C.CELL_POLYGON_COORDS] = column(C.CELL_POLYGON_COORDS, "float64", 2, chunk=4 * chunk_rows)
+            cols[C.CELL_POLYGON_OFFSETS].add(np.zeros(1, np.int64))
+            cols[C.CELL_RING_OFFSETS].add(np.zeros(1, np.int64))
+        n_rings, n_cell_coords = 0, 0
         mgroup = root.create_group(C.MEASUREMENTS)
         measurement_keys: list[str] | None = None
         painter = None
@@ -152,6 +163,15 @@ def write_zarr(
             cols[C.POLYGON_COORDS].add(coords)
             for k in measurement_keys:
                 cols[f"{C.MEASUREMENTS}/{k}"].add(np.asarray(batch.measurements[k], np.float32))
+            if with_cells:
+                if batch.cell_polygons is None:
+                    raise ValueError("the store has cell columns but a batch has no cells")
+                _, ccoords, (rings, polys) = shapely.to_ragged_array(np.asarray(batch.cell_polygons, dtype=object))
+                cols[C.CELL_POLYGON_OFFSETS].add(polys[1:] + n_rings)
+                cols[C.CELL_RING_OFFSETS].add(rings[1:] + n_cell_coords)
+                cols[C.CELL_POLYGON_COORDS].add(ccoords)
+                n_rings += len(rings) - 1
+                n_cell_coords += len(ccoords)
             if painter is not None:
                 painter.paint(batch.polygons, n_nuclei + 1)
             for c, k in zip(*np.unique(batch.classes, return_counts=True)):
