@@ -42,11 +42,13 @@ def _zarr_cells(store: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 def _fixture_plan(settings: Any) -> Any:
     """The fixture image planned as a slide at 0.25 µm/px (the model's), so model px = image px."""
+    from promptnucseg.models.interface import ModelFacts, Palette
     from promptnucseg.wsi_pipeline.plan import plan_slide
     from promptnucseg.wsi_pipeline.slides import open_slide
 
+    facts = ModelFacts(0.25, Palette(("nucleus",), ((220, 40, 40),)), 256, 192, seamless_windows=True)
     with open_slide(HE_GLANDS) as reader:
-        return plan_slide(reader, settings, 0.25, window_grid=(256, 192))
+        return plan_slide(reader, settings, facts)
 
 
 def _fixture_nuclei(plan: Any) -> Any:
@@ -80,11 +82,12 @@ def _finish(folder: Path, parts: list[Any], cell_um: float) -> dict[str, Any]:
     from promptnucseg.wsi_pipeline.journal import Journal
     from promptnucseg.wsi_pipeline.nuclei import save_part
     from promptnucseg.wsi_pipeline.plan import SegmentSettings
-    from promptnucseg.wsi_pipeline.segment import ModelFacts, finalize, fingerprint
+    from promptnucseg.models.interface import ModelFacts, Palette
+    from promptnucseg.wsi_pipeline.segment import finalize, fingerprint
 
     settings = SegmentSettings(mpp=0.25, progress=False, formats=FORMATS, cell_expansion_um=cell_um)
     plan = _fixture_plan(settings)
-    model = ModelFacts(0.25, ("nucleus",), ((255, 0, 0),), {"model": "fixture labels"}, (256, 192))
+    model = ModelFacts(0.25, Palette(("nucleus",), ((255, 0, 0),)), 256, 192, seamless_windows=True, description={"model": "fixture labels"})
     journal = Journal(folder)
     fp = fingerprint(plan, model, settings)
     journal.start(fp)
