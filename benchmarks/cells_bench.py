@@ -43,6 +43,7 @@ def timed(fn: Any) -> tuple[Any, float, float]:
 
 
 def main() -> None:
+    from promptnucseg.models.interface import load_predictor
     from promptnucseg.wsi_pipeline.cells import slide_cells
     from promptnucseg.wsi_pipeline.plan import SegmentSettings, plan_slide
     from promptnucseg.wsi_pipeline.slides import open_slide
@@ -60,7 +61,10 @@ def main() -> None:
     )
     out: dict[str, Any] = {"slide": attrs["slide"], "nuclei": len(nuclei), "um": args.um}
     with open_slide(attrs["slide"]) as reader:
-        plan = plan_slide(reader, settings, float(attrs["model_mpp"]))
+        facts = load_predictor(device="cpu").facts()  # the bundled model's grid (the run's mpp is checked below)
+        if abs(facts.mpp - float(attrs["model_mpp"])) > 1e-6:
+            raise SystemExit(f"{args.run}: made at {attrs['model_mpp']} um/px, the bundled model works at {facts.mpp}; time cells of a default-model run")
+        plan = plan_slide(reader, settings, facts)
         left = nuclei.select(nuclei.points[:, 0] < np.median(nuclei.points[:, 0]))
         runs = (("all", nuclei, True), ("all_geometry_only", nuclei, False), ("left_half", left, True))
         for name, part, with_stains in runs:
