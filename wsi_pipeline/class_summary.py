@@ -72,14 +72,17 @@ class ClassSummaryBuilder:
         """Only a typed model has classes to compare; an untyped run's report stays as it was."""
         return len(class_names) > 1
 
-    def add(self, centroids: np.ndarray, classes: np.ndarray, areas_um2: np.ndarray, inside: np.ndarray | None = None) -> None:
+    def add(
+        self, centroids: np.ndarray, classes: np.ndarray, areas_um2: np.ndarray, inside: np.ndarray | None = None
+    ) -> None:
         """One part's nuclei; `inside` is its (N, R) region membership with --regions."""
         self._centroids.append(np.asarray(centroids, np.float64).reshape(-1, 2))
         self._classes.append(np.asarray(classes, np.int16).reshape(-1))
         self._areas.append(np.asarray(areas_um2, np.float32).reshape(-1))
         if self.region_labels is not None:
             n = len(self._classes[-1])
-            self._inside.append(np.zeros((n, len(self.region_labels)), bool) if inside is None else np.asarray(inside, bool))
+            held = np.zeros((n, len(self.region_labels)), bool) if inside is None else np.asarray(inside, bool)
+            self._inside.append(held)
 
     def build(self) -> dict[str, Any]:
         """The report's `class_summary` (see docs/class_summary.md)."""
@@ -124,7 +127,10 @@ def _figures(
         hits = near[sel].sum(0) if n else np.zeros(len(names), np.int64)
         near_counts[name] = {b: int(hits[j]) for j, b in enumerate(names)}
         near_fraction[name] = {b: (round(int(hits[j]) / n, 4) if n else None) for j, b in enumerate(names)}
-    return {"classes": classes, "near_counts": near_counts, "near_fraction": near_fraction, "headline": _headline(names, classes, near_counts, near_um)}
+    return {
+        "classes": classes, "near_counts": near_counts, "near_fraction": near_fraction,
+        "headline": _headline(names, classes, near_counts, near_um),
+    }
 
 
 def _headline(
@@ -136,8 +142,9 @@ def _headline(
         return None
     of, to = lower[HEADLINE[0]], lower[HEADLINE[1]]
     n, hit = classes[of]["nuclei"], near_counts[of][to]
-    text = (
-        f"{100 * hit / n:.0f}% of {of.lower()} nuclei ({hit:,} of {n:,}) lie within {near_um:g} µm of an {to.lower()} nucleus"
-        if n else f"no {of.lower()} nuclei"
-    )
-    return {"of": of, "near": to, "nuclei": n, "near_nuclei": hit, "fraction": round(hit / n, 4) if n else None, "text": text}
+    if n:
+        text = f"{100 * hit / n:.0f}% of {of.lower()} nuclei ({hit:,} of {n:,}) lie within {near_um:g} µm of an {to.lower()} nucleus"
+    else:
+        text = f"no {of.lower()} nuclei"
+    fraction = round(hit / n, 4) if n else None
+    return {"of": of, "near": to, "nuclei": n, "near_nuclei": hit, "fraction": fraction, "text": text}

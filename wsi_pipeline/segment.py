@@ -345,7 +345,9 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
     total = 0
     areas = []
     region_counts = np.zeros((len(plan.regions.regions) if plan.regions else 0, len(names)), np.int64)
-    typed = ClassSummaryBuilder(names, plan.slide_mpp, plan.regions.labels() if plan.regions else None) if ClassSummaryBuilder.wanted(names) else None
+    typed = None  # a typed model's class_summary (class_summary.py)
+    if ClassSummaryBuilder.wanted(names):
+        typed = ClassSummaryBuilder(names, plan.slide_mpp, plan.regions.labels() if plan.regions else None)
     for part in iter_parts(journal):
         total += len(part)
         areas.append(part.measurements["area_um2"])

@@ -233,7 +233,10 @@ def _files(entry: SlideEntry, base: Path) -> list[tuple[str, str, str]]:
     return links
 
 
-def _pictures(entry: SlideEntry, base: Path) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str]], list[tuple[str, str, bool]]]:
+Figure = tuple[str, str, bool]  # src, caption, wide
+
+
+def _pictures(entry: SlideEntry, base: Path) -> tuple[list[Figure], list[tuple[str, str]], list[Figure]]:
     """(src, caption, wide) of the overview pictures drawn; (src, caption) of the zoomed insets;
     (src, caption, wide) of the charts: shown in that order."""
     pics = entry.pictures or {}
@@ -241,8 +244,8 @@ def _pictures(entry: SlideEntry, base: Path) -> tuple[list[tuple[str, str, bool]
     overlay_caption = "Slide thumbnail with every nucleus outlined in its class colour" if mode == "outlines" else "Slide thumbnail with every nucleus as a dot in its class colour; the box marks the zoomed crop"
     names = pics.get("files") or {}
 
-    def found(wanted: tuple[tuple[str, str, bool], ...]) -> list[tuple[str, str, bool]]:
-        shown = [(_href(entry.folder / Path(str(names[kind])).name, base), caption, wide) for kind, caption, wide in wanted if names.get(kind)]
+    def found(wanted: tuple[Figure, ...]) -> list[Figure]:
+        shown = [(_href(entry.folder / Path(str(names[k])).name, base), caption, wide) for k, caption, wide in wanted if names.get(k)]
         return [(src, caption, wide) for src, caption, wide in shown if src]
 
     overview = found((
@@ -252,13 +255,14 @@ def _pictures(entry: SlideEntry, base: Path) -> tuple[list[tuple[str, str, bool]
     charts = found((("density", "Nuclei per mm² on 100 µm bins", False), ("areas", "Nuclear areas (µm²)", False)))
     insets = []
     for i, inset in enumerate(pics.get("insets") or [], start=1):
-        src = _href(entry.folder / Path(str(names.get(f"inset_{i}", ""))).name, base) if names.get(f"inset_{i}") else None
+        name = names.get(f"inset_{i}")
+        src = _href(entry.folder / Path(str(name)).name, base) if name else None
         if src and isinstance(inset, dict):
             x0, y0, w0, h0 = (float(v) for v in inset["box_level0"])
             colours = "in their class colours" if inset.get("colors") == "class colours" else "in green"
             insets.append((src, (
-                f"Inset {i}, at the model's {float(inset['um_per_px']):.2f} µm/px: level-0 x {x0:,.0f}–{x0 + w0:,.0f}, y {y0:,.0f}–{y0 + h0:,.0f}; "
-                f"{int(inset['nuclei']):,} nuclei outlined {colours}"
+                f"Inset {i}, at the model's {float(inset['um_per_px']):.2f} µm/px: "
+                f"level-0 x {x0:,.0f}–{x0 + w0:,.0f}, y {y0:,.0f}–{y0 + h0:,.0f}; {int(inset['nuclei']):,} nuclei outlined {colours}"
             )))
     return overview, insets, charts
 

@@ -7,7 +7,9 @@ nuclei/mm²) and that nuclear sizes are plausible (area histogram, µm²).
 
 Files written beside `<stem>_report.json`: `<stem>_overlay.png` (thumbnail + legend strip
 below it), `<stem>_overlay_zoom.png` (dots mode only), `<stem>_density.png`,
-`<stem>_areas.png`, `<stem>_class_counts.csv`, and `<stem>_pictures.json`: the numbers
+`<stem>_areas.png`, `<stem>_class_counts.csv`, `<stem>_inset_1.png` .. `_3.png` (zoomed insets at the
+model's µm/px where nuclei are densest: at page scale an outline cannot be told from its
+nucleus), and `<stem>_pictures.json`: the numbers
 the pictures show plus what they were rendered from, so an up-to-date slide is skipped.
 """
 from __future__ import annotations
@@ -148,7 +150,10 @@ def dense_windows(grid: DensityGrid, side_px: float, count: int) -> list[tuple[f
     return centres
 
 
-def _inset_picture(columns: NucleusColumns, classes: np.ndarray, colors: list[tuple[int, int, int]], reader: Any, region: tuple[float, float, float, float], centre: tuple[float, float], scale: float, side: int) -> tuple[Image.Image, dict[str, Any]]:
+def _inset_picture(
+    columns: NucleusColumns, classes: np.ndarray, colors: list[tuple[int, int, int]], reader: Any,
+    region: tuple[float, float, float, float], centre: tuple[float, float], scale: float, side: int,
+) -> tuple[Image.Image, dict[str, Any]]:
     """A `side`-px crop at `scale` level-0 px per px around `centre` (kept inside `region`), the
     outlines of its nuclei drawn `INSET_OUTLINE_PX` wide; only rows near the crop are read."""
     rx, ry, rw, rh = region
@@ -157,30 +162,39 @@ def _inset_picture(columns: NucleusColumns, classes: np.ndarray, colors: list[tu
     y0 = float(np.clip(centre[1] - h0 / 2, ry, ry + rh - h0))
     x0, y0 = float(math.floor(x0)), float(math.floor(y0))  # whole level-0 px: the caption's numbers are exact
     out_w, out_h = max(1, int(round(w0 / scale))), max(1, int(round(h0 / scale)))
-    crop = reader.read_tolerant(x0, y0, out_w, out_h, scale) if reader is not None else np.full((out_h, out_w, 3), 255, np.uint8)
+    if reader is not None:
+        crop = reader.read_tolerant(x0, y0, out_w, out_h, scale)
+    else:
+        crop = np.full((out_h, out_w, 3), 255, np.uint8)
     image = Image.fromarray(crop)
     margin = 64 * scale  # a nucleus whose centre lies outside may still reach in
     per_class = np.zeros(len(colors), np.int64)
     for rows in columns.row_slices():
         c = columns.centroids(rows)
-        keep = np.flatnonzero((c[:, 0] >= x0 - margin) & (c[:, 0] < x0 + w0 + margin) & (c[:, 1] >= y0 - margin) & (c[:, 1] < y0 + h0 + margin))
+        near = (c[:, 0] >= x0 - margin) & (c[:, 0] < x0 + w0 + margin) & (c[:, 1] >= y0 - margin) & (c[:, 1] < y0 + h0 + margin)
+        keep = np.flatnonzero(near)
         if len(keep):
             _, offsets, coords = columns.rings(rows, keep)
             draw_outlines(image, offsets, coords, classes[rows][keep], colors, (x0, y0), scale, INSET_OUTLINE_PX)
             held = keep[(c[keep, 0] >= x0) & (c[keep, 0] < x0 + w0) & (c[keep, 1] >= y0) & (c[keep, 1] < y0 + h0)]
             per_class += np.bincount(classes[rows][held], minlength=len(colors))[: len(colors)]
-    info = {"box_level0": [x0, y0, out_w * scale, out_h * scale], "scale": scale, "size": [out_w, out_h], "nuclei": int(per_class.sum()),
-            "class_nuclei": per_class.tolist(), "outline_px": INSET_OUTLINE_PX}
+    info = {
+        "box_level0": [x0, y0, out_w * scale, out_h * scale], "scale": scale, "size": [out_w, out_h],
+        "nuclei": int(per_class.sum()), "class_nuclei": per_class.tolist(), "outline_px": INSET_OUTLINE_PX,
+    }
     return image, info
 
 
-def _insets(columns: NucleusColumns, classes: np.ndarray, info: ClassInfo, reader: Any, region: tuple[float, float, float, float], mpp: float, model_mpp: float | None, paths: dict[str, Path]) -> list[dict[str, Any]]:
+def _insets(
+    columns: NucleusColumns, classes: np.ndarray, info: ClassInfo, reader: Any, region: tuple[float, float, float, float],
+    mpp: float, model_mpp: float | None, paths: dict[str, Path],
+) -> list[dict[str, Any]]:
     """Up to `INSETS` crops of `INSET_SIDE_PX` at the model's µm/px where nuclei are densest
     (inside the segmented region), each with its outlines, scale bar and level-0 coordinates:
     the page-scale overlay cannot show whether an outline sits on its nucleus."""
     scale = model_mpp / mpp if model_mpp and model_mpp > 0 else 1.0
     side0 = INSET_SIDE_PX * scale
-    grid = nucleus_density(columns, region, mpp, bin_um=side0 * mpp / 2)  # half-inset bins: the windows land on the crowd
+    grid = nucleus_density(columns, region, mpp, bin_um=side0 * mpp / 2)  # half-inset bins: windows land on the crowd
     typed = len(info.names) > 1
     colors = list(info.colors) if typed else [INSET_COLOR] * len(info.colors)
     out = []
@@ -189,10 +203,14 @@ def _insets(columns: NucleusColumns, classes: np.ndarray, info: ClassInfo, reade
         x0, y0, w0, h0 = inset["box_level0"]
         um = scale * mpp
         draw_scale_bar(image, um)
-        caption = f"inset {i}: level-0 x {x0:,.0f}-{x0 + w0:,.0f}, y {y0:,.0f}-{y0 + h0:,.0f}; {um:.2f} µm/px (the model's), {inset['nuclei']:,} nuclei"
+        caption = (
+            f"inset {i}: level-0 x {x0:,.0f}-{x0 + w0:,.0f}, y {y0:,.0f}-{y0 + h0:,.0f}; "
+            f"{um:.2f} µm/px (the model's), {inset['nuclei']:,} nuclei"
+        )
         entries = [(info.names[c], colors[c], n) for c, n in enumerate(inset["class_nuclei"]) if n] if typed else []
         _save_png(_with_legend(image, legend_strip(image.width, caption, entries)), paths[f"inset_{i}"])
-        out.append({**inset, "um_per_px": um, "caption": caption, "colors": "class colours" if typed else _hex(INSET_COLOR), "file": paths[f"inset_{i}"].name})
+        colours = "class colours" if typed else _hex(INSET_COLOR)
+        out.append({**inset, "um_per_px": um, "caption": caption, "colors": colours, "file": paths[f"inset_{i}"].name})
     return out
 
 
@@ -278,7 +296,9 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
             d.rectangle(box, outline=(0, 0, 0), width=frame)
             d.rectangle(box, outline=(255, 255, 255), width=max(1, frame // 3))
 
-        insets = _insets(columns, classes, info, reader, region, mpp, _model_mpp(report, columns.attrs), paths) if columns.n and mpp else []
+        insets = []
+        if columns.n and mpp:  # outlines at the pixels the model saw, where nuclei crowd
+            insets = _insets(columns, classes, info, reader, region, mpp, _model_mpp(report, columns.attrs), paths)
         files.update({f"inset_{i}": paths[f"inset_{i}"] for i in range(1, len(insets) + 1)})
 
         if region != (0.0, 0.0, float(dims[0]), float(dims[1])):  # --roi: the overview shows what was segmented
@@ -323,7 +343,7 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
         files["areas"] = paths["areas"]
     _write_class_counts(paths["class_counts"], counts)
     files["class_counts"] = paths["class_counts"]
-    for kind in ("zoom", "density", "areas", *(f"inset_{i}" for i in range(1, INSETS + 1))):  # left from an earlier rendering
+    for kind in ("zoom", "density", "areas", *(f"inset_{i}" for i in range(1, INSETS + 1))):  # from an earlier rendering
         if kind not in files:
             paths[kind].unlink(missing_ok=True)
     summary = {
