@@ -145,6 +145,6 @@ def _headline(
     if n:
         text = f"{100 * hit / n:.0f}% of {of.lower()} nuclei ({hit:,} of {n:,}) lie within {near_um:g} µm of an {to.lower()} nucleus"
     else:
-        text = f"no {of.lower()} nuclei"
+        text = f"no {of.lower()} nuclei found, so none within {near_um:g} µm of an {to.lower()} nucleus"
     fraction = round(hit / n, 4) if n else None
     return {"of": of, "near": to, "nuclei": n, "near_nuclei": hit, "fraction": fraction, "text": text}

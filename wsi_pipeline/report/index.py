@@ -209,12 +209,13 @@ def _types(entry: SlideEntry) -> dict[str, Any] | None:
         return None
     colors = {c["name"]: c["color"] for c in _classes(entry)}
     slide = _type_table(summary)
-    for row in slide["rows"]:
-        row["color"] = colors.get(row["name"])
     regions = [
         {"label": str(r.get("label") or f"region {int(r.get('index', 0)) + 1}"), **_type_table(r)}
         for r in summary.get("regions") or [] if isinstance(r, dict)
     ]
+    for table in (slide, *regions):
+        for row in table["rows"]:
+            row["color"] = colors.get(row["name"])
     return {"near_um": _num(summary.get("near_um"), 0), **slide, "regions": regions}
 
 
