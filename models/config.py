@@ -30,6 +30,10 @@ class PrompterConfig:
     anchor_step: int = 16  # lambda: 16 for Kumar/CPM-17, 8 for PanNuke
     num_classes: int = 1  # C; the heads predict C + 1 (last = background)
     dropout: float = 0.1
+    # tissue context for the class head: the coarsest pyramid level averaged over k x k cells
+    # (k * 32 px) around each point, added to the class head's input through a zero-started
+    # projection, so a prompter trained without it starts from its own predictions; 0 = off
+    class_context: int = 0
     # loss
     match_distance_weight: float = 0.1  # Hungarian cost = w * L2 - p(class of GT)
     background_weight: float = 0.2  # CE weight of the background class

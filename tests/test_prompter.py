@@ -192,3 +192,29 @@ def test_class_weights_scale_the_classification_loss_of_their_class_only():
     assert cls(PrompterConfig(num_classes=2, class_weights=(5.0, 1.0))) != pytest.approx(cls(plain))
     with pytest.raises(ValueError, match="class_weights"):
         cls(PrompterConfig(num_classes=2, class_weights=(1.0,)))
+
+
+def test_tissue_context_starts_from_the_prompter_it_is_seeded_by_and_then_learns():
+    """`class_context`: a prompter trained without it seeds one with it and, at step 0, predicts
+    exactly the same (the context projection starts at zero); the projection then gets gradients
+    from the class loss, so training can use the context; even or negative sizes are refused."""
+    from dataclasses import replace
+
+    from promptnucseg.models.loading import _load_bundle
+    from promptnucseg.models.predictor import BUNDLED_WEIGHTS
+    from promptnucseg.models.prompter.warm_start import warm_start_prompter
+
+    shipped, _, config, _ = _load_bundle(BUNDLED_WEIGHTS)
+    ctx = Prompter(replace(config.prompter, class_context=5))
+    warm_start_prompter(ctx, BUNDLED_WEIGHTS)
+    shipped.eval()
+    ctx.eval()
+    torch.manual_seed(0)
+    x = shipped.normalize(torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8))
+    a, b = shipped(x), ctx(x)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.points, b.points)
+    b.logits.logsumexp(-1).sum().backward()
+    assert ctx.context_proj.weight.grad.abs().sum() > 0
+    for bad in (4, -1):
+        with pytest.raises(ValueError, match="class_context"):
+            Prompter(replace(config.prompter, class_context=bad))

@@ -2,7 +2,8 @@
 and its four classes reach every output with the names and colours the model card documents.
 
 train_1_004 comes from CoNSeP source image train_1, one of the four held out for validation
-(configs/consep_typed.yaml): 120 annotated nuclei, 80 epithelial, 32 spindle, 8 inflammatory.
+(configs/consep_typed_v2.yaml): 120 annotated nuclei, 80 epithelial, 32 spindle, 8 inflammatory.
+The model card's figures on all 64 held-out patches are checked too (about a minute on 2 cores).
 """
 from __future__ import annotations
 
@@ -69,3 +70,29 @@ def test_typed_model_classes_reach_the_report_zarr_and_table(typed_run):
     assert np.bincount(classes, minlength=4).tolist() == list(report["class_counts"].values())
     table = pd.read_parquet(typed_run / f"{PATCH.stem}_nuclei.parquet")
     assert set(table["class_name"]) <= set(DOCUMENTED) and (table["class_name"].map(list(DOCUMENTED).index) == table["class"]).all()
+
+
+# models/weights/MODEL_CARD_typed.md: typed v2 measured mean F_t 0.401 (Other 0.152, Inflammatory
+# 0.494, Epithelial 0.509, Spindle 0.450), the knn baseline 0.249 on the same nuclei; issue 29 asks
+# for mean F_t >= 0.40, every class above 0, and 0.08 above knn. Floors a little under the figures.
+HELD_OUT = "train_1_*,train_8_*,train_19_*,train_24_*"
+MEAN_F_T_FLOOR = 0.39
+CLASS_F_T_FLOOR = 0.10
+ABOVE_KNN = 0.08
+
+
+def test_typed_model_types_the_held_out_consep_images_well_clear_of_the_knn_baseline(tmp_path):
+    need(PATCH.parents[1] / "classes")
+    if not BUNDLED["typed"].path.is_file():
+        pytest.skip(f"the typed model {BUNDLED['typed'].path} is not in this checkout")
+    data = PATCH.parents[1]
+    scores = {}
+    for name, extra in (("model", []), ("knn", ["--type-baseline", "knn"])):
+        report = tmp_path / f"{name}.json"
+        argv = ["evaluate", "--data", str(data), "--images", HELD_OUT, "--model", "typed", "--device", "cpu", "--json", str(report)]
+        assert main(argv + extra) == 0
+        scores[name] = json.loads(report.read_text())["types"]
+    model, knn = scores["model"], scores["knn"]
+    assert model["mean_f_t"] >= MEAN_F_T_FLOOR, model["f_t"]
+    assert min(model["f_t"].values()) >= CLASS_F_T_FLOOR, model["f_t"]
+    assert model["mean_f_t"] >= knn["mean_f_t"] + ABOVE_KNN, (model["mean_f_t"], knn["mean_f_t"])

@@ -3,7 +3,7 @@
 Why: an absurd setting used to run for hours (`--mpp 50` on a small image: 4,500 tiles,
 nothing printed), a huge `--tile-size` was taken silently, and a full disk showed up as a
 bare `[Errno 28]` after the slide had been segmented. Each check here says what it measured,
-why it refuses, and the fix. The figures are estimates from measured runs (README), stated as
+why it refuses, and the fix. The figures are estimates from measured runs (docs/benchmarks.md), stated as
 such in every message.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ NUCLEI_PER_MM2 = 10_000  # dense tissue (the sample: 6,300 per mm² of tissue)
 LABEL_MAP_BYTES_PER_PX = 4  # uint32 labels
 REPORT_BYTES = 64 * 1024
 
-# Time: on 2 CPU cores a 1024-px tile takes ~1.7 s (README, "Speed and memory").
+# Time: on 2 CPU cores a 1024-px tile takes ~1.7 s (docs/benchmarks.md).
 CPU_SECONDS_PER_MEGAPIXEL = 1.7 / (1024 * 1024 / 1e6)
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

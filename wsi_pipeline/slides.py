@@ -28,7 +28,7 @@ MPP_MIN = 0.05  # um/px; finer than any light microscope can resolve
 MPP_MAX = 10.0  # um/px; coarser than any slide a nucleus model can use
 # Nuclei are 5-20 um across: at 0.5 um/px (a 20x scan) they are 10-40 px, the coarsest scale at which a
 # nucleus model sees them well. Coarser slides are warned about, and refused (unless --force-mpp) past the
-# point where a nucleus is a few pixels: a thumbnail or 5x export, not a slide to segment (README, "Limits").
+# point where a nucleus is a few pixels: a thumbnail or 5x export, not a slide to segment (docs/whole-slide.md, "Slide resolution").
 NUCLEUS_MPP = 0.5
 COARSE_WARN_MPP = 0.6  # a 20x scanner reports 0.49-0.52 um/px: no warning for those
 COARSE_MAX_MPP = 2.0  # 2.5-10 px per nucleus; coarser is refused

@@ -84,6 +84,14 @@ class Prompter(nn.Module):
         self.mix = nn.Conv2d(c * n_levels, c, 3, padding=1)
         self.offset_head = mlp(c, 2, c, config.dropout)
         self.class_head = mlp(c, config.num_classes + 1, c, config.dropout)
+        if config.class_context and self.release:
+            raise ValueError("prompter.class_context is not part of the release layout; leave it 0 there")
+        if config.class_context < 0 or (config.class_context and config.class_context % 2 == 0):
+            raise ValueError(f"prompter.class_context must be 0 or an odd number of cells, got {config.class_context}")
+        self.context_proj = nn.Linear(c, c) if config.class_context else None
+        if self.context_proj is not None:
+            nn.init.zeros_(self.context_proj.weight)
+            nn.init.zeros_(self.context_proj.bias)
         # auxiliary foreground branch: its own one-level (stride 4) pyramid over all stages
         if self.release:
             self.aux_fpn = FPNNeck(self.fpn.body_channels, c, num_outputs=1)
@@ -127,8 +135,13 @@ class Prompter(nn.Module):
         grid = self.mix(sampled.transpose(1, 2).reshape(b, -1, gh, gw))
         mixed = (grid if self.release else F.relu(grid)).flatten(2).transpose(1, 2)  # (B, A, C)
         points = shifted + self.offset_head(mixed)
-        logits = self.class_head(mixed)
+        logits = self.class_head(mixed + self._context(levels[-1], shifted, (h, w)) if self.context_proj is not None else mixed)
         return PrompterOutput(points=points, logits=logits, mask_logits=self._aux_mask(feats, (h, w)), anchors=anchors)
+
+    def _context(self, coarsest: torch.Tensor, points: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+        k = self.config.class_context
+        pooled = F.avg_pool2d(coarsest, k, stride=1, padding=k // 2, count_include_pad=False)
+        return self.context_proj(self._sample(pooled, len(self.fpn.strides) - 1, points, size_hw))
 
     def _sample(self, level: torch.Tensor, index: int, points: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
         if self.release:

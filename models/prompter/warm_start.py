@@ -6,7 +6,8 @@ example the bundled model, to fine-tune it on more data), or a PromptNucSeg rele
 one exception: a one-class prompter may seed a typed one (C > 1). Its nucleus row of the class
 head is copied to every class, so at step 0 an anchor's argmax is a nucleus class exactly
 where it was before (the prompts are the one-class prompter's) and training only has to learn
-to tell the classes apart.
+to tell the classes apart. A prompter without `class_context` may seed one with it (the new
+projection starts at zero).
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def warm_start_prompter(model: nn.Module, path: str | Path) -> None:
     else:
         raise CheckpointError(path, "is neither a promptnucseg model/prompter file nor a PromptNucSeg release prompter", "pass the bundled model, a train-prompter best.pt, or the release's best.pth")
     state = _expand_class_head(model, state)
+    if getattr(model, "context_proj", None) is not None and "context_proj.weight" not in state:
+        # a prompter trained without tissue context: its zero-started projection keeps its predictions
+        state = {**state, **{f"context_proj.{k}": v for k, v in model.context_proj.state_dict().items()}}
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
