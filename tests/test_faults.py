@@ -322,7 +322,9 @@ def test_the_report_page_of_hostile_names_links_every_file_and_runs_nothing(tmp_
             assert stem in info["text"]  # every name shown as text, exactly
         ids = {r["id"] for r in rows if r["kind"] == "id"}
         links = [r for r in rows if r["kind"] in ("a", "img")]
-        assert len([r for r in links if r["kind"] == "a" and not r["hash"]]) >= 3 * 6 and len([r for r in links if r["kind"] == "img"]) == 3 * 3
+        drawn = sum(len([n for n in json.loads(p.read_text())["files"].values() if n.endswith(".png")]) for p in out.glob("*/*_pictures.json"))
+        assert drawn >= 3 * 4  # overlay, density, areas and a zoomed inset per slide
+        assert len([r for r in links if r["kind"] == "a" and not r["hash"]]) >= 3 * 6 and len([r for r in links if r["kind"] == "img"]) == drawn
         for r in links:
             assert r["protocol" if r["kind"] == "a" else "kind"] in ("file:", "img"), r
             url = urlparse(r["url"])

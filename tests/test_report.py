@@ -139,7 +139,7 @@ def test_outline_overlay_colours_each_nucleus_by_class_and_nothing_else(tmp_path
         assert not colour_mask(rgb, color).any(), "the test colours must not occur in the slide itself"
     folder = write_slide_folder(tmp_path / "run", "mosaic", rgb, nuclei, CONSEP_NAMES, CONSEP_COLORS)
     files = render_slide_report(folder)
-    assert set(files) == {"overlay", "density", "areas", "class_counts", "pictures"}  # outlines visible: no zoom crop
+    assert set(files) == {"overlay", "density", "areas", "class_counts", "pictures", "inset_1", "inset_2", "inset_3"}  # outlines visible: no zoom crop
     summary = json.loads(files["pictures"].read_text())
     assert summary["overlay"]["mode"] == "outlines" and summary["overlay"]["scale"] == 1.0
     img = overlay_part(files["overlay"], (512, 512))
@@ -219,6 +219,87 @@ def test_dots_and_a_zoomed_crop_when_outlines_would_be_too_small(tmp_path, kumar
     ly = np.clip((y0 + (yy + 0.5) * s).astype(int), 0, H - 1)
     band = boundary_band(labels, np.unique(labels[labels > 0]), width=3)
     assert band[ly, lx].mean() > 0.97
+
+
+def inset_part(path: Path, size: list[int]) -> np.ndarray:
+    """The crop of an inset PNG (its caption strip lies below it)."""
+    img = np.asarray(Image.open(path).convert("RGB"))
+    w, h = size
+    assert img.shape[1] == w and img.shape[0] > h
+    return img[:h]
+
+
+def check_insets(files: dict[str, Path], rgb: np.ndarray, labels: np.ndarray, nuclei: SlideNuclei, colors: dict[int, tuple[int, int, int]]) -> list[dict]:
+    """Three non-overlapping 256 px crops of the slide at the model's 0.25 µm/px (= level 0 here), inside
+    it, on its densest spots; each is the slide's pixels except where 2-px outlines sit on nucleus edges,
+    in `colors` (class -> colour). Returns the insets' entries of the pictures summary."""
+    from promptnucseg.wsi_pipeline.report.slide import INSET_SIDE_PX
+
+    summary = json.loads(files["pictures"].read_text())
+    insets = summary["insets"]
+    assert len(insets) == 3 and [f"inset_{i}" in files for i in (1, 2, 3)] == [True] * 3
+    H, W = rgb.shape[:2]
+    boxes = []
+    for inset in insets:
+        x0, y0, w0, h0 = inset["box_level0"]
+        assert (w0, h0) == (INSET_SIDE_PX, INSET_SIDE_PX) and inset["size"] == [256, 256] and inset["um_per_px"] == MPP
+        assert 0 <= x0 and 0 <= y0 and x0 + w0 <= W and y0 + h0 <= H and x0 == int(x0) and y0 == int(y0)
+        assert f"x {x0:,.0f}-{x0 + w0:,.0f}, y {y0:,.0f}-{y0 + h0:,.0f}" in inset["caption"]
+        boxes.append((int(x0), int(y0)))
+        cx, cy = nuclei.centroids[:, 0], nuclei.centroids[:, 1]
+        assert inset["nuclei"] == int(np.sum((cx >= x0) & (cx < x0 + w0) & (cy >= y0) & (cy < y0 + h0)))
+    for i, (xa, ya) in enumerate(boxes):  # no two overlap
+        for xb, yb in boxes[i + 1:]:
+            assert abs(xa - xb) >= 256 or abs(ya - yb) >= 256
+    # the first is on the densest spot: no 256 px window of the slide holds many more nuclei
+    hist, _, _ = np.histogram2d(nuclei.centroids[:, 1], nuclei.centroids[:, 0], bins=[np.arange(0, H + 32, 32), np.arange(0, W + 32, 32)])
+    s = np.pad(hist.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    best = (s[8:, 8:] - s[:-8, 8:] - s[8:, :-8] + s[:-8, :-8]).max()
+    assert insets[0]["nuclei"] >= 0.8 * best and insets[0]["nuclei"] >= insets[2]["nuclei"]
+    by_class = label_ids_by_class(labels, nuclei)
+    for i, ((x0, y0), inset) in enumerate(zip(boxes, insets), start=1):
+        img = inset_part(files[f"inset_{i}"], inset["size"])
+        crop, lab = rgb[y0:y0 + 256, x0:x0 + 256], labels[y0:y0 + 256, x0:x0 + 256]
+        drawn = np.zeros(lab.shape, bool)
+        for c, color in colors.items():
+            mine = colour_mask(img, color)
+            drawn |= mine
+            if c in by_class and mine.any():
+                assert (mine & ~boundary_band(lab, by_class[c], width=3)).sum() <= 0.02 * mine.sum(), f"inset {i}: {color} off its nuclei's edges"
+        assert drawn.sum() > 20 * inset["nuclei"] > 0  # 2-px outlines around every nucleus in it
+        bar = np.zeros(lab.shape, bool)
+        bar[-50:, :90] = True  # the scale bar, bottom left
+        assert (img[~drawn & ~bar] == crop[~drawn & ~bar]).all(axis=1).mean() > 0.999  # elsewhere the slide's own pixels
+        assert (img[bar] == 0).all(axis=1).sum() >= 30  # a black scale bar
+    return insets
+
+
+def test_zoomed_insets_show_native_pixels_with_visible_outlines(tmp_path, kumar):
+    from promptnucseg.wsi_pipeline.report.slide import INSET_COLOR
+
+    rgb, labels, nuclei = kumar
+    assert not colour_mask(rgb, INSET_COLOR).any()
+    folder = write_slide_folder(tmp_path / "run", "kumar", rgb, nuclei, ["nucleus"], [NUCLEUS_COLOR])
+    files = render_slide_report(folder, max_side=512)
+    insets = check_insets(files, rgb, labels, nuclei, {0: INSET_COLOR})  # untyped: bright green, not the class colour
+    assert all(i["colors"] == "#00ff00" and i["outline_px"] == 2 for i in insets)
+    assert not colour_mask(inset_part(files["inset_1"], [256, 256]), NUCLEUS_COLOR).any()
+
+
+def test_typed_insets_draw_each_class_in_its_colour_inside_the_roi(tmp_path, consep):
+    rgb, labels, nuclei = consep
+    roi = [0, 0, 512, 300]
+    keep = np.flatnonzero(nuclei.points[:, 1] < 300)  # a run with --roi keeps the nuclei whose prompt lies in it
+    folder = write_slide_folder(tmp_path / "run", "mosaic", rgb, nuclei.select(keep), CONSEP_NAMES, CONSEP_COLORS, roi=roi)
+    files = render_slide_report(folder)
+    insets = json.loads(files["pictures"].read_text())["insets"]
+    assert len(insets) >= 1 and all(i["colors"] == "class colours" for i in insets)
+    for inset in insets:
+        x0, y0, w0, h0 = inset["box_level0"]
+        assert x0 >= 0 and y0 >= 0 and x0 + w0 <= 512 and y0 + h0 <= 300  # inside the ROI
+    img = inset_part(files["inset_1"], insets[0]["size"])
+    seen = [i for i, color in enumerate(CONSEP_COLORS) if colour_mask(img, color).sum() > 50]
+    assert len(seen) >= 2, "a typed inset shows its classes in their colours"
 
 
 def test_density_and_area_numbers_match_the_nuclei(tmp_path, kumar):

@@ -30,6 +30,7 @@ from typing import Any
 
 REPORT_SUFFIX = "_report.json"
 PICTURES_SUFFIX = "_pictures.json"
+INSETS = 3  # the report's zoomed insets at the model's µm/px, <stem>_inset_1.png ...
 WORK_DIR = ".work"
 LOCK_NAME = ".promptnucseg.lock"
 JOURNAL_MANIFEST = "manifest.json"
@@ -140,6 +141,7 @@ class SlideOutputs:
             "density": self.folder / f"{self.stem}_density.png",
             "areas": self.folder / f"{self.stem}_areas.png",
             "class_counts": self.folder / f"{self.stem}_class_counts.csv",
+            **{f"inset_{i}": self.folder / f"{self.stem}_inset_{i}.png" for i in range(1, INSETS + 1)},
             "pictures": self.folder / f"{self.stem}{PICTURES_SUFFIX}",
         }
 

@@ -19,6 +19,7 @@ import numpy as np
 from promptnucseg.models.interface import DEFAULT_WINDOW_BATCH, ModelFacts, NucleusPredictor
 from .errors import PipelineInputError
 from .atomic import atomic_write_text, ensure_output_folder
+from .class_summary import ClassSummaryBuilder
 from .interrupts import Interrupted
 from .journal import Journal, fingerprint_hash
 from .locking import FolderLock, FolderLocked
@@ -403,14 +404,20 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
     total = 0
     areas = []
     region_counts = np.zeros((len(plan.regions.regions) if plan.regions else 0, len(names)), np.int64)
+    typed = None  # a typed model's class_summary (class_summary.py)
+    if ClassSummaryBuilder.wanted(names):
+        typed = ClassSummaryBuilder(names, plan.slide_mpp, plan.regions.labels() if plan.regions else None)
     for part in iter_parts(journal):
         total += len(part)
         areas.append(part.measurements["area_um2"])
         for c in part.classes:
             counts[names[int(c)]] += 1
-        if plan.regions is not None and len(part):  # every nucleus inside each region, overlaps counted in each
-            for j, held in enumerate(plan.regions.inside(part.points).T):
+        inside = plan.regions.inside(part.points) if plan.regions is not None and len(part) else None
+        if inside is not None:  # every nucleus inside each region, overlaps counted in each
+            for j, held in enumerate(inside.T):
                 region_counts[j] += np.bincount(part.classes[held], minlength=len(names))[: len(names)]
+        if typed is not None:
+            typed.add(part.centroids, part.classes, part.measurements["area_um2"], inside)
     region_cols = (plan.regions.labels(), plan.regions.class_names()) if plan.regions is not None else None
     median_area = float(np.nanmedian(np.concatenate(areas))) if total else None
     ranges = model.ranges
@@ -498,4 +505,5 @@ def finalize(plan: SlidePlan, journal: Journal, model: ModelFacts, settings: Seg
         **({"cells": cell_facts} if cell_facts is not None else {}),
         **({"points": points_report(plan.points, journal)} if plan.points is not None else {}),
         **({"regions": regions} if regions is not None else {}),
+        **({"class_summary": typed.build()} if typed is not None else {}),
     }

@@ -173,6 +173,44 @@ def _classes(entry: SlideEntry) -> list[dict[str, Any]]:
     ]
 
 
+def _percent(value: Any) -> str:
+    return "—" if value is None else f"{100 * float(value):.0f}%"
+
+
+def _type_table(figures: dict[str, Any]) -> dict[str, Any]:
+    """One table of a `class_summary` (the slide's or a region's): per class its nuclei, mean
+    and median area, and the share of them with a nucleus of each class nearby."""
+    classes = figures.get("classes") or {}
+    near = figures.get("near_fraction") or {}
+    rows = [
+        {
+            "name": str(name), "count": int(c.get("nuclei") or 0),
+            "mean": _num(c.get("mean_area_um2"), 1), "median": _num(c.get("median_area_um2"), 1),
+            "near": [_percent((near.get(name) or {}).get(other)) for other in classes],
+        }
+        for name, c in classes.items()
+    ]
+    headline = figures.get("headline") if isinstance(figures.get("headline"), dict) else None
+    return {"columns": [str(n) for n in classes], "rows": rows, "headline": headline.get("text") if headline else None}
+
+
+def _types(entry: SlideEntry) -> dict[str, Any] | None:
+    """The typed run's class summary (report key `class_summary`): None for an untyped model."""
+    summary = entry.report.get("class_summary")
+    if not isinstance(summary, dict) or not summary.get("classes"):
+        return None
+    colors = {c["name"]: c["color"] for c in _classes(entry)}
+    slide = _type_table(summary)
+    regions = [
+        {"label": str(r.get("label") or f"region {int(r.get('index', 0)) + 1}"), **_type_table(r)}
+        for r in summary.get("regions") or [] if isinstance(r, dict)
+    ]
+    for table in (slide, *regions):
+        for row in table["rows"]:
+            row["color"] = colors.get(row["name"])
+    return {"near_um": _num(summary.get("near_um"), 0), **slide, "regions": regions}
+
+
 def _files(entry: SlideEntry, base: Path) -> list[tuple[str, str, str]]:
     """(href, name, kind) of each output the report names that is still there."""
     links = []
@@ -188,20 +226,38 @@ def _files(entry: SlideEntry, base: Path) -> list[tuple[str, str, str]]:
     return links
 
 
-def _pictures(entry: SlideEntry, base: Path) -> list[tuple[str, str, bool]]:
-    """(src, caption, wide) of each picture drawn."""
+Figure = tuple[str, str, bool]  # src, caption, wide
+
+
+def _pictures(entry: SlideEntry, base: Path) -> tuple[list[Figure], list[tuple[str, str]], list[Figure]]:
+    """(src, caption, wide) of the overview pictures drawn; (src, caption) of the zoomed insets;
+    (src, caption, wide) of the charts: shown in that order."""
     pics = entry.pictures or {}
     mode = (pics.get("overlay") or {}).get("mode")
     overlay_caption = "Slide thumbnail with every nucleus outlined in its class colour" if mode == "outlines" else "Slide thumbnail with every nucleus as a dot in its class colour; the box marks the zoomed crop"
-    wanted = (
+    names = pics.get("files") or {}
+
+    def found(wanted: tuple[Figure, ...]) -> list[Figure]:
+        shown = [(_href(entry.folder / Path(str(names[k])).name, base), caption, wide) for k, caption, wide in wanted if names.get(k)]
+        return [(src, caption, wide) for src, caption, wide in shown if src]
+
+    overview = found((
         ("overlay", overlay_caption, True),
         ("zoom", "Densest region at a resolution where outlines are visible (scale bar in µm)", True),
-        ("density", "Nuclei per mm² on 100 µm bins", False),
-        ("areas", "Nuclear areas (µm²)", False),
-    )
-    names = pics.get("files") or {}
-    found = [(_href(entry.folder / Path(str(names[kind])).name, base), caption, wide) for kind, caption, wide in wanted if names.get(kind)]
-    return [(src, caption, wide) for src, caption, wide in found if src]
+    ))
+    charts = found((("density", "Nuclei per mm² on 100 µm bins", False), ("areas", "Nuclear areas (µm²)", False)))
+    insets = []
+    for i, inset in enumerate(pics.get("insets") or [], start=1):
+        name = names.get(f"inset_{i}")
+        src = _href(entry.folder / Path(str(name)).name, base) if name else None
+        if src and isinstance(inset, dict):
+            x0, y0, w0, h0 = (float(v) for v in inset["box_level0"])
+            colours = "in their class colours" if inset.get("colors") == "class colours" else "in green"
+            insets.append((src, (
+                f"Inset {i}, at the model's {float(inset['um_per_px']):.2f} µm/px: "
+                f"level-0 x {x0:,.0f}–{x0 + w0:,.0f}, y {y0:,.0f}–{y0 + h0:,.0f}; {int(inset['nuclei']):,} nuclei outlined {colours}"
+            )))
+    return overview, insets, charts
 
 
 def _section(entry: SlideEntry, base: Path) -> dict[str, Any]:
@@ -222,8 +278,9 @@ def _section(entry: SlideEntry, base: Path) -> dict[str, Any]:
     geojson = (entry.report.get("outputs") or {}).get("geojson")
     view.update(
         notes=notes, figures=figures, details=details, classes=classes, class_total=sum(c["count"] for c in classes),
-        geojson=Path(str(geojson)).name if geojson else None, files=_files(entry, base), pictures=_pictures(entry, base),
+        geojson=Path(str(geojson)).name if geojson else None, files=_files(entry, base), types=_types(entry),
     )
+    view["pictures"], view["insets"], view["charts"] = _pictures(entry, base)
     return view
 
 

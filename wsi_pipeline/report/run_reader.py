@@ -17,7 +17,7 @@ from ..errors import PipelineInputError
 from ..outputs import ZarrColumns as C
 from ..outputs import SlideOutputs
 
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2  # 2: zoomed insets at the model's µm/px
 FALLBACK_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127))
 
 

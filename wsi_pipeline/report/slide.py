@@ -7,7 +7,9 @@ nuclei/mm²) and that nuclear sizes are plausible (area histogram, µm²).
 
 Files written beside `<stem>_report.json`: `<stem>_overlay.png` (thumbnail + legend strip
 below it), `<stem>_overlay_zoom.png` (dots mode only), `<stem>_density.png`,
-`<stem>_areas.png`, `<stem>_class_counts.csv`, and `<stem>_pictures.json`: the numbers
+`<stem>_areas.png`, `<stem>_class_counts.csv`, `<stem>_inset_1.png` .. `_3.png` (zoomed insets at the
+model's µm/px where nuclei are densest: at page scale an outline cannot be told from its
+nucleus), and `<stem>_pictures.json`: the numbers
 the pictures show plus what they were rendered from, so an up-to-date slide is skipped.
 """
 from __future__ import annotations
@@ -26,11 +28,14 @@ from PIL import Image, ImageDraw
 from ..errors import PipelineInputError
 from ..atomic import atomic_file
 from ..geometry import signed_areas
-from .drawing import DENSITY_BIN_UM, _save_png, _with_legend, draw_areas, draw_density, draw_outlines, draw_scale_bar, legend_strip, nucleus_density, paint_dots
-from ..outputs import REPORT_SUFFIX, SlideOutputs, slide_mpp_of
+from .drawing import DENSITY_BIN_UM, DensityGrid, _save_png, _with_legend, draw_areas, draw_density, draw_outlines, draw_scale_bar, legend_strip, nucleus_density, paint_dots
+from ..outputs import INSETS, REPORT_SUFFIX, SlideOutputs, slide_mpp_of
 from promptnucseg.models.interface import hex_color as _hex
 from .run_reader import ClassInfo, NucleusColumns, _inputs, _region, load_json, pictures_up_to_date
 
+INSET_SIDE_PX = 256  # each inset's side, at the model's µm/px (the pixels the model saw)
+INSET_COLOR = (0, 255, 0)  # an untyped run's outlines in the insets: bright green reads on haematoxylin and on eosin
+INSET_OUTLINE_PX = 2
 OUTLINE_MIN_DIAMETER_PX = 3.0  # median nucleus narrower than this on the thumbnail: dots + zoom crop
 ROI_COLOR = (0, 90, 255)  # the --roi box on the overview (the zoom crop is black and white, unreadable blocks red)
 ZOOM_DIAMETER_PX = 16.0  # median nucleus diameter in the zoom crop
@@ -63,6 +68,17 @@ def _median_diameter_px(columns: NucleusColumns, areas_um2: np.ndarray | None, m
         _, offsets, coords = columns.rings(rows)
         areas = np.abs(signed_areas(coords, offsets))
         return float(2 * np.sqrt(np.median(areas) / np.pi)) if len(areas) else None
+    return None
+
+
+def _model_mpp(report: dict[str, Any], attrs: dict[str, Any]) -> float | None:
+    """The µm/px the model ran at (the insets' resolution), from the report or the store."""
+    for value in (report.get("model_mpp"), attrs.get("model_mpp")):
+        try:
+            if value is not None and float(value) > 0:
+                return float(value)
+        except (TypeError, ValueError):
+            pass
     return None
 
 
@@ -115,6 +131,88 @@ def _zoom_picture(columns: NucleusColumns, classes: np.ndarray, colors: list[tup
             draw_outlines(image, offsets, coords, classes[rows][keep], colors, (x0, y0), zoom_scale)
             shown += len(keep)
     return image, {"box_level0": [x0, y0, w0, h0], "scale": zoom_scale, "size": [out_w, out_h], "nuclei_drawn": shown}
+
+
+def dense_windows(grid: DensityGrid, side_px: float, count: int) -> list[tuple[float, float]]:
+    """Level-0 centres of up to `count` windows `side_px` wide holding the most nuclei, densest
+    first, no two overlapping (their centres at least `side_px` apart along x or y)."""
+    rows, cols = grid.counts.shape
+    k = max(1, min(int(round(side_px / grid.bin_px)), rows, cols))
+    apart = max(k, math.ceil(side_px / grid.bin_px - 1e-9))
+    s = np.pad(grid.counts.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = (s[k:, k:] - s[:-k, k:] - s[k:, :-k] + s[:-k, :-k]).astype(np.float64)
+    centres: list[tuple[float, float]] = []
+    while len(centres) < count and sums.size:
+        r, c = np.unravel_index(int(np.argmax(sums)), sums.shape)
+        if sums[r, c] <= 0:
+            break
+        centres.append((grid.origin[0] + (c + k / 2) * grid.bin_px, grid.origin[1] + (r + k / 2) * grid.bin_px))
+        sums[max(0, r - apart + 1) : r + apart, max(0, c - apart + 1) : c + apart] = -1
+    return centres
+
+
+def _inset_picture(
+    columns: NucleusColumns, classes: np.ndarray, colors: list[tuple[int, int, int]], reader: Any,
+    region: tuple[float, float, float, float], centre: tuple[float, float], scale: float, side: int,
+) -> tuple[Image.Image, dict[str, Any]]:
+    """A `side`-px crop at `scale` level-0 px per px around `centre` (kept inside `region`), the
+    outlines of its nuclei drawn `INSET_OUTLINE_PX` wide; only rows near the crop are read."""
+    rx, ry, rw, rh = region
+    w0, h0 = min(side * scale, rw), min(side * scale, rh)
+    x0 = float(np.clip(centre[0] - w0 / 2, rx, rx + rw - w0))
+    y0 = float(np.clip(centre[1] - h0 / 2, ry, ry + rh - h0))
+    x0, y0 = float(math.floor(x0)), float(math.floor(y0))  # whole level-0 px: the caption's numbers are exact
+    out_w, out_h = max(1, int(round(w0 / scale))), max(1, int(round(h0 / scale)))
+    if reader is not None:
+        crop = reader.read_tolerant(x0, y0, out_w, out_h, scale)
+    else:
+        crop = np.full((out_h, out_w, 3), 255, np.uint8)
+    image = Image.fromarray(crop)
+    margin = 64 * scale  # a nucleus whose centre lies outside may still reach in
+    per_class = np.zeros(len(colors), np.int64)
+    for rows in columns.row_slices():
+        c = columns.centroids(rows)
+        near = (c[:, 0] >= x0 - margin) & (c[:, 0] < x0 + w0 + margin) & (c[:, 1] >= y0 - margin) & (c[:, 1] < y0 + h0 + margin)
+        keep = np.flatnonzero(near)
+        if len(keep):
+            _, offsets, coords = columns.rings(rows, keep)
+            draw_outlines(image, offsets, coords, classes[rows][keep], colors, (x0, y0), scale, INSET_OUTLINE_PX)
+            held = keep[(c[keep, 0] >= x0) & (c[keep, 0] < x0 + w0) & (c[keep, 1] >= y0) & (c[keep, 1] < y0 + h0)]
+            per_class += np.bincount(classes[rows][held], minlength=len(colors))[: len(colors)]
+    info = {
+        "box_level0": [x0, y0, out_w * scale, out_h * scale], "scale": scale, "size": [out_w, out_h],
+        "nuclei": int(per_class.sum()), "class_nuclei": per_class.tolist(), "outline_px": INSET_OUTLINE_PX,
+    }
+    return image, info
+
+
+def _insets(
+    columns: NucleusColumns, classes: np.ndarray, info: ClassInfo, reader: Any, region: tuple[float, float, float, float],
+    mpp: float, model_mpp: float | None, paths: dict[str, Path],
+) -> list[dict[str, Any]]:
+    """Up to `INSETS` crops of `INSET_SIDE_PX` at the model's µm/px where nuclei are densest
+    (inside the segmented region), each with its outlines, scale bar and level-0 coordinates:
+    the page-scale overlay cannot show whether an outline sits on its nucleus."""
+    scale = model_mpp / mpp if model_mpp and model_mpp > 0 else 1.0
+    side0 = INSET_SIDE_PX * scale
+    grid = nucleus_density(columns, region, mpp, bin_um=side0 * mpp / 2)  # half-inset bins: windows land on the crowd
+    typed = len(info.names) > 1
+    colors = list(info.colors) if typed else [INSET_COLOR] * len(info.colors)
+    out = []
+    for i, centre in enumerate(dense_windows(grid, side0, INSETS), start=1):
+        image, inset = _inset_picture(columns, classes, colors, reader, region, centre, scale, INSET_SIDE_PX)
+        x0, y0, w0, h0 = inset["box_level0"]
+        um = scale * mpp
+        draw_scale_bar(image, um)
+        caption = (
+            f"inset {i}: level-0 x {x0:,.0f}-{x0 + w0:,.0f}, y {y0:,.0f}-{y0 + h0:,.0f}; "
+            f"{um:.2f} µm/px (the model's), {inset['nuclei']:,} nuclei"
+        )
+        entries = [(info.names[c], colors[c], n) for c, n in enumerate(inset["class_nuclei"]) if n] if typed else []
+        _save_png(_with_legend(image, legend_strip(image.width, caption, entries)), paths[f"inset_{i}"])
+        colours = "class colours" if typed else _hex(INSET_COLOR)
+        out.append({**inset, "um_per_px": um, "caption": caption, "colors": colours, "file": paths[f"inset_{i}"].name})
+    return out
 
 
 def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_date: bool = False, zoom_side: int = ZOOM_SIDE_PX) -> dict[str, Path]:
@@ -199,6 +297,11 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
             d.rectangle(box, outline=(0, 0, 0), width=frame)
             d.rectangle(box, outline=(255, 255, 255), width=max(1, frame // 3))
 
+        insets = []
+        if columns.n and mpp:  # outlines at the pixels the model saw, where nuclei crowd
+            insets = _insets(columns, classes, info, reader, region, mpp, _model_mpp(report, columns.attrs), paths)
+        files.update({f"inset_{i}": paths[f"inset_{i}"] for i in range(1, len(insets) + 1)})
+
         if region != (0.0, 0.0, float(dims[0]), float(dims[1])):  # --roi: the overview shows what was segmented
             d = ImageDraw.Draw(overlay_img)
             x, y, w, h = region
@@ -241,12 +344,12 @@ def render_slide_report(slide_folder: Path, max_side: int = 2048, *, skip_up_to_
         files["areas"] = paths["areas"]
     _write_class_counts(paths["class_counts"], counts)
     files["class_counts"] = paths["class_counts"]
-    for kind in ("zoom", "density", "areas"):  # left from an earlier rendering that drew them
+    for kind in ("zoom", "density", "areas", *(f"inset_{i}" for i in range(1, INSETS + 1))):  # from an earlier rendering
         if kind not in files:
             paths[kind].unlink(missing_ok=True)
     summary = {
         "inputs": inputs, "rendered": time.strftime("%Y-%m-%d %H:%M:%S"), "stem": stem, "nuclei": columns.n,
-        "files": {k: v.name for k, v in files.items()}, "class_counts": counts, "overlay": overlay_info, "zoom": zoom_info,
+        "files": {k: v.name for k, v in files.items()}, "class_counts": counts, "overlay": overlay_info, "zoom": zoom_info, "insets": insets,
         "density": density_info, "areas": area_info, "region_level0": list(region), "mpp": mpp, "notes": notes,
     }
     with atomic_file(paths["pictures"]) as tmp:
