@@ -128,24 +128,31 @@ def test_a_prompter_warm_starts_from_a_model_file_and_refuses_another_shape(tmp_
         warm_start_prompter(other, BUNDLED_WEIGHTS)
 
 
-def test_a_one_class_prompter_seeds_a_typed_one_with_the_same_prompts():
-    """Warm-starting four classes from the bundled one-class prompter: every tensor but the class
-    head is loaded as it is, and at step 0 the typed prompter keeps exactly the same anchors
-    (argmax not background), each now a tie between the four classes."""
+def _seeded_by_the_bundled_prompter(**changes):
+    """The bundled prompter, one built from its config with `changes` and warm-started from it
+    (both in eval mode), and a seeded random 128-px input."""
     from dataclasses import replace
 
     from promptnucseg.models.loading import _load_bundle
     from promptnucseg.models.predictor import BUNDLED_WEIGHTS
-    from promptnucseg.models.prompter.postprocess import candidate_prompts
     from promptnucseg.models.prompter.warm_start import warm_start_prompter
 
     shipped, _, config, _ = _load_bundle(BUNDLED_WEIGHTS)
-    typed = Prompter(replace(config.prompter, num_classes=4))
-    warm_start_prompter(typed, BUNDLED_WEIGHTS)
+    seeded = Prompter(replace(config.prompter, **changes))
+    warm_start_prompter(seeded, BUNDLED_WEIGHTS)
     shipped.eval()
-    typed.eval()
+    seeded.eval()
     torch.manual_seed(0)
-    x = shipped.normalize(torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8))
+    return shipped, seeded, shipped.normalize(torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8))
+
+
+def test_a_one_class_prompter_seeds_a_typed_one_with_the_same_prompts():
+    """Warm-starting four classes from the bundled one-class prompter: every tensor but the class
+    head is loaded as it is, and at step 0 the typed prompter keeps exactly the same anchors
+    (argmax not background), each now a tie between the four classes."""
+    from promptnucseg.models.prompter.postprocess import candidate_prompts
+
+    shipped, typed, x = _seeded_by_the_bundled_prompter(num_classes=4)
     with torch.no_grad():
         a, b = shipped(x), typed(x)
     assert b.logits.shape[-1] == 5
@@ -200,21 +207,11 @@ def test_tissue_context_starts_from_the_prompter_it_is_seeded_by_and_then_learns
     from the class loss, so training can use the context; even or negative sizes are refused."""
     from dataclasses import replace
 
-    from promptnucseg.models.loading import _load_bundle
-    from promptnucseg.models.predictor import BUNDLED_WEIGHTS
-    from promptnucseg.models.prompter.warm_start import warm_start_prompter
-
-    shipped, _, config, _ = _load_bundle(BUNDLED_WEIGHTS)
-    ctx = Prompter(replace(config.prompter, class_context=5))
-    warm_start_prompter(ctx, BUNDLED_WEIGHTS)
-    shipped.eval()
-    ctx.eval()
-    torch.manual_seed(0)
-    x = shipped.normalize(torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8))
+    shipped, ctx, x = _seeded_by_the_bundled_prompter(class_context=5)
     a, b = shipped(x), ctx(x)
     assert torch.equal(a.logits, b.logits) and torch.equal(a.points, b.points)
     b.logits.logsumexp(-1).sum().backward()
     assert ctx.context_proj.weight.grad.abs().sum() > 0
     for bad in (4, -1):
         with pytest.raises(ValueError, match="class_context"):
-            Prompter(replace(config.prompter, class_context=bad))
+            Prompter(replace(shipped.config, class_context=bad))
